@@ -1,0 +1,364 @@
+"""The transformer: one decoder-only model for every supported family.
+
+Reads top to bottom: norm -> RoPE -> KV cache -> attention -> MLP -> block -> model. Families
+differ only through `ModelConfig` fields (see config.py); nothing here checks a model's name.
+
+    tokens -> embed (* sqrt(d) if embed_scale) (+ learned positions)
+           -> n_layer x Block:
+                  x = x + post_attn_norm(Attention(attn_norm(x)))      # post_* only in Gemma 2
+                  x = x + post_mlp_norm(MLP(mlp_norm(x)))
+           -> norm -> lm_head (tied to embed if tie_embeddings) -> softcap -> logits
+
+Positions are explicit: `forward(idx, input_pos, cache)`. Row b's token t sits at position
+`input_pos[b, t]` and its keys/values are written to cache slot `input_pos[b, t]`, so rows of a
+batch may be at different positions (right-padded prompts, continuous batching) and still get
+exactly the positions, and therefore the tokens, they would get alone.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from llmkit.config import ModelConfig
+
+
+# --- normalisation ------------------------------------------------------------------------------
+class Norm(nn.Module):
+    """RMSNorm (Zhang & Sennrich 2019) or LayerNorm, per `cfg.norm`.
+
+    RMSNorm normalises in float32 like the reference implementations (HF LlamaRMSNorm); with
+    `norm_unit_offset` (Gemma) the scale is (1 + w) and w is stored around zero.
+    """
+
+    def __init__(self, dim: int, cfg: ModelConfig):
+        super().__init__()
+        self.kind, self.eps, self.unit_offset = cfg.norm, cfg.norm_eps, cfg.norm_unit_offset
+        self.weight = nn.Parameter(torch.zeros(dim) if cfg.norm_unit_offset else torch.ones(dim))
+        self.bias = nn.Parameter(torch.zeros(dim)) if cfg.norm_bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind == "layer":
+            return F.layer_norm(x, self.weight.shape, self.weight, self.bias, self.eps)
+        normed = F.rms_norm(x.float(), self.weight.shape, eps=self.eps)
+        if self.unit_offset:  # Gemma multiplies in float32, then casts
+            return (normed * (1.0 + self.weight.float())).type_as(x)
+        return self.weight * normed.type_as(x)
+
+    def reset_parameters(self) -> None:
+        nn.init.zeros_(self.weight) if self.unit_offset else nn.init.ones_(self.weight)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
+
+# --- rotary position embedding (Su et al. 2021) -------------------------------------------------
+def rope_inv_freq(cfg: ModelConfig) -> torch.Tensor:
+    """Inverse frequencies theta^(-2i/d), with Llama 3.1 or linear scaling applied."""
+    d = cfg.head_size
+    inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, d, 2, dtype=torch.int64).float() / d))
+    s = cfg.rope_scaling
+    if s is None:
+        return inv_freq
+    if s.type == "linear":
+        return inv_freq / s.factor
+    # Llama 3.1: keep high frequencies, divide low ones by `factor`, interpolate in between
+    # (Meta's llama-models `apply_scaling`).
+    low_wavelen = s.original_max_seq_len / s.low_freq_factor
+    high_wavelen = s.original_max_seq_len / s.high_freq_factor
+    wavelen = 2 * math.pi / inv_freq
+    scaled = torch.where(wavelen > low_wavelen, inv_freq / s.factor, inv_freq)
+    smooth = (s.original_max_seq_len / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor)
+    smoothed = (1 - smooth) * scaled / s.factor + smooth * scaled
+    medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+    return torch.where(medium, smoothed, scaled)
+
+
+def rope_cos_sin(inv_freq: torch.Tensor, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin for positions `pos` (B, T) -> each (B, 1, T, head_dim), computed in float32."""
+    freqs = pos[..., None].float() * inv_freq  # (B, T, head_dim/2)
+    emb = torch.cat((freqs, freqs), dim=-1)  # (B, T, head_dim): halves layout, as HF checkpoints
+    return emb.cos()[:, None], emb.sin()[:, None]
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate pairs (x_i, x_{i+d/2}); x is (B, H, T, head_dim)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    rotated = torch.cat((-x2, x1), dim=-1)
+    return x * cos.to(x.dtype) + rotated * sin.to(x.dtype)
+
+
+# --- KV cache -----------------------------------------------------------------------------------
+class KVCache:
+    """Preallocated key/value buffers, one pair per layer: (B, n_kv_heads, max_len, head_dim).
+
+    Keys of the token at position p live in slot p. `update` writes new keys and returns the
+    buffer up to `kv_len` (the longest position in use + 1), so attention never scans slots no
+    row has reached. Slots past a row's position may hold stale values from an earlier, longer
+    sequence: the causal mask (key position <= query position) never lets a query see them.
+    """
+
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        batch_size: int,
+        max_len: int,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+    ):
+        shape = (batch_size, cfg.kv_heads, max_len, cfg.head_size)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
+        self.batch_size, self.max_len, self.kv_len = batch_size, max_len, 0
+
+    def update(self, layer: int, pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+        """Write k, v (B, n_kv, T, hd) at positions `pos` (B|1, T); return (B, n_kv, kv_len, hd)."""
+        kc, vc = self.k[layer], self.v[layer]
+        if kc.shape[0] != k.shape[0]:  # a sub-batch: the first rows of the cache
+            kc, vc = kc[: k.shape[0]], vc[: k.shape[0]]
+        if pos.shape[0] == 1:  # every row at the same positions: one contiguous copy
+            kc.index_copy_(2, pos[0], k.to(kc.dtype))
+            vc.index_copy_(2, pos[0], v.to(vc.dtype))
+        else:
+            idx = pos[:, None, :, None].expand(-1, k.shape[1], -1, k.shape[3])  # (B, n_kv, T, hd)
+            kc.scatter_(2, idx, k.to(kc.dtype))
+            vc.scatter_(2, idx, v.to(vc.dtype))
+        return kc[:, :, : self.kv_len], vc[:, :, : self.kv_len]
+
+
+def attention_mask(q_pos: torch.Tensor, k_pos: torch.Tensor, window: Optional[int]) -> torch.Tensor:
+    """Boolean mask (B, 1, T, S) from query positions (B|1, T) and key positions (B|1, S):
+    a key at position j is visible to a query at position p iff j <= p and (no window or
+    p - j < window)."""
+    diff = q_pos[:, None, :, None] - k_pos[:, None, None, :]  # (B, 1, T, S)
+    mask = diff >= 0
+    if window is not None:
+        mask &= diff < window
+    return mask
+
+
+# --- attention ----------------------------------------------------------------------------------
+class Attention(nn.Module):
+    """Multi-head attention with grouped key/value heads.
+
+        n_head query heads share n_kv_heads key/value heads in groups of n_head // n_kv_heads:
+        q: [h0 h1 | h2 h3 | h4 h5 | h6 h7]     (GQA, n_head=8, n_kv_heads=4)
+        k:  [ k0  |  k1   |  k2   |  k3  ]     MHA: n_kv_heads = n_head; MQA: n_kv_heads = 1
+    """
+
+    def __init__(self, cfg: ModelConfig, layer_idx: int):
+        super().__init__()
+        d, hd = cfg.n_embd, cfg.head_size
+        self.n_head, self.n_kv, self.hd = cfg.n_head, cfg.kv_heads, hd
+        self.q = nn.Linear(d, cfg.n_head * hd, bias=cfg.qkv_bias)
+        self.k = nn.Linear(d, cfg.kv_heads * hd, bias=cfg.qkv_bias)
+        self.v = nn.Linear(d, cfg.kv_heads * hd, bias=cfg.qkv_bias)
+        self.o = nn.Linear(cfg.n_head * hd, d, bias=cfg.attn_out_bias)
+        self.q_norm = Norm(hd, cfg) if cfg.qk_norm else None
+        self.k_norm = Norm(hd, cfg) if cfg.qk_norm else None
+        self.rope = cfg.pos == "rope"
+        self.scale = cfg.attn_scale if cfg.attn_scale is not None else hd**-0.5
+        self.softcap = cfg.attn_softcap
+        self.window = cfg.sliding_window if cfg.is_local_layer(layer_idx) else None
+        self.layer_idx = layer_idx
+
+    def forward(self, x, cos, sin, pos, mask, cache: Optional[KVCache]) -> torch.Tensor:
+        B, T, _ = x.shape
+        q = self.q(x).view(B, T, self.n_head, self.hd).transpose(1, 2)  # (B, n_head, T, hd)
+        k = self.k(x).view(B, T, self.n_kv, self.hd).transpose(1, 2)  # (B, n_kv, T, hd)
+        v = self.v(x).view(B, T, self.n_kv, self.hd).transpose(1, 2)  # (B, n_kv, T, hd)
+        if self.q_norm is not None:  # Qwen3: per-head RMSNorm before RoPE
+            q, k = self.q_norm(q), self.k_norm(k)
+        if self.rope:
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:
+            k, v = cache.update(self.layer_idx, pos, k, v)  # (B, n_kv, kv_len, hd)
+        m = mask[self.window]  # None means plain causal over T == kv_len
+        if self.softcap is None:
+            y = F.scaled_dot_product_attention(
+                q, k.to(q.dtype), v.to(q.dtype), attn_mask=m, is_causal=m is None,
+                scale=self.scale, enable_gqa=self.n_kv != self.n_head,
+            )
+        else:  # Gemma 2: tanh soft-capped logits; SDPA cannot express this
+            y = self._softcapped(q, k.to(q.dtype), v.to(q.dtype), m)
+        y = y.transpose(1, 2).reshape(B, T, self.n_head * self.hd)  # (B, T, n_head * hd)
+        return self.o(y)
+
+    def _softcapped(self, q, k, v, mask) -> torch.Tensor:
+        rep = self.n_head // self.n_kv
+        k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)  # (B, n_head, S, hd)
+        scores = (q @ k.transpose(-2, -1)) * self.scale  # (B, n_head, T, S)
+        scores = torch.tanh(scores / self.softcap) * self.softcap
+        if mask is None:
+            T, S = scores.shape[-2:]
+            mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(S - T)
+        scores = scores.masked_fill(~mask, float("-inf"))
+        return torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype) @ v
+
+
+# --- MLP ----------------------------------------------------------------------------------------
+class MLP(nn.Module):
+    """GELU MLP (GPT-2) or gated: SwiGLU (Llama) / GeGLU (Gemma), Shazeer 2020."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        d, f = cfg.n_embd, cfg.ffn_size
+        self.gated = cfg.mlp in ("swiglu", "geglu")
+        self.gate = nn.Linear(d, f, bias=cfg.mlp_bias) if self.gated else None
+        self.up = nn.Linear(d, f, bias=cfg.mlp_bias)
+        self.down = nn.Linear(f, d, bias=cfg.mlp_bias)
+        self.act = F.silu if cfg.mlp == "swiglu" else (lambda t: F.gelu(t, approximate=cfg.gelu_approx))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.gated:
+            return self.down(self.act(self.gate(x)) * self.up(x))
+        return self.down(self.act(self.up(x)))
+
+
+# --- block and model ----------------------------------------------------------------------------
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer_idx: int):
+        super().__init__()
+        self.attn_norm = Norm(cfg.n_embd, cfg)
+        self.attn = Attention(cfg, layer_idx)
+        self.mlp_norm = Norm(cfg.n_embd, cfg)
+        self.mlp = MLP(cfg)
+        self.post_attn_norm = Norm(cfg.n_embd, cfg) if cfg.post_block_norms else nn.Identity()
+        self.post_mlp_norm = Norm(cfg.n_embd, cfg) if cfg.post_block_norms else nn.Identity()
+
+    def forward(self, x, cos, sin, pos, mask, cache=None):
+        x = x + self.post_attn_norm(self.attn(self.attn_norm(x), cos, sin, pos, mask, cache))
+        return x + self.post_mlp_norm(self.mlp(self.mlp_norm(x)))
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.pos_embed = nn.Embedding(cfg.block_size, cfg.n_embd) if cfg.pos == "learned" else None
+        self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
+        self.norm = Norm(cfg.n_embd, cfg)
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.embed.weight
+        self.register_buffer("inv_freq", rope_inv_freq(cfg), persistent=False)
+        self.gradient_checkpointing = False
+        self.init_weights()
+
+    @property
+    def max_seq_len(self) -> int:
+        return self.cfg.block_size
+
+    def init_weights(self) -> None:
+        """GPT-2 init: N(0, 0.02), residual output projections scaled by 1/sqrt(2 n_layer)."""
+        std = 0.02
+        for name, p in self.named_parameters():
+            if p.device.type == "meta":
+                return
+            if name.endswith(".bias"):
+                nn.init.zeros_(p)
+            elif p.dim() >= 2:
+                s = std / math.sqrt(2 * self.cfg.n_layer) if name.endswith(("attn.o.weight", "mlp.down.weight")) else std
+                nn.init.normal_(p, mean=0.0, std=s)
+        for m in self.modules():
+            if isinstance(m, Norm):
+                m.reset_parameters()
+
+    def hidden_states(
+        self,
+        idx: torch.Tensor,
+        input_pos: Optional[torch.Tensor] = None,
+        cache: Optional[KVCache] = None,
+    ) -> torch.Tensor:
+        """Final-normed hidden states (B, T, n_embd); `forward` applies the head to them.
+
+        idx: (B, T) token ids. input_pos: (T,) or (B, T) positions, default 0..T-1.
+        cache: a KVCache to read and extend (positions then index its slots).
+        """
+        B, T = idx.shape
+        if input_pos is None:
+            if cache is not None:
+                raise ValueError("input_pos is required with a KV cache")
+            pos = torch.arange(T, device=idx.device)[None]  # (1, T)
+        else:
+            pos = input_pos if input_pos.dim() == 2 else input_pos[None]  # (B|1, T)
+        x = self.embed(idx)  # (B, T, d)
+        if self.cfg.embed_scale:  # Gemma: the scale is rounded to x's dtype, as in the reference
+            x = x * torch.tensor(self.cfg.n_embd**0.5, dtype=x.dtype)
+        if self.pos_embed is not None:
+            x = x + self.pos_embed(pos)
+        cos, sin = rope_cos_sin(self.inv_freq, pos) if self.cfg.pos == "rope" else (None, None)
+
+        # Masks per window size; None = plain causal (SDPA's fused is_causal path).
+        masks: dict = {}
+        if cache is not None:  # keys live in slots 0..kv_len-1, slot == position
+            cache.kv_len = int(pos.max()) + 1
+            if cache.kv_len > cache.max_len:
+                raise ValueError(f"position {cache.kv_len - 1} is past the KV cache ({cache.max_len})")
+            k_pos = torch.arange(cache.kv_len, device=idx.device)[None]
+        else:
+            k_pos = pos
+        for w in {blk.attn.window for blk in self.blocks}:
+            plain = cache is None and input_pos is None and (w is None or w >= T)
+            masks[w] = None if plain else attention_mask(pos, k_pos, w)
+
+        for blk in self.blocks:
+            if self.gradient_checkpointing and self.training:
+                x = torch.utils.checkpoint.checkpoint(blk, x, cos, sin, pos, masks, None, use_reentrant=False)
+            else:
+                x = blk(x, cos, sin, pos, masks, cache)
+        return self.norm(x)
+
+    def forward(
+        self,
+        idx: torch.Tensor,
+        input_pos: Optional[torch.Tensor] = None,
+        cache: Optional[KVCache] = None,
+        last_only: bool = False,
+    ) -> torch.Tensor:
+        """Logits (B, T, vocab), or (B, 1, vocab) for the last position with `last_only`."""
+        h = self.hidden_states(idx, input_pos, cache)
+        if last_only:
+            h = h[:, -1:]
+        logits = self.lm_head(h)
+        if self.cfg.final_softcap is not None:  # Gemma 2
+            logits = torch.tanh(logits / self.cfg.final_softcap) * self.cfg.final_softcap
+        return logits
+
+    def new_cache(self, batch_size: int, max_len: Optional[int] = None, dtype=None) -> KVCache:
+        p = self.embed.weight
+        return KVCache(self.cfg, batch_size, min(max_len or self.max_seq_len, self.max_seq_len), p.device, dtype or p.dtype)
+
+
+# --- sizes --------------------------------------------------------------------------------------
+def count_params(cfg: ModelConfig) -> int:
+    """Exact parameter count (tied weights once), without allocating memory (meta device)."""
+    with torch.device("meta"):
+        model = Transformer(cfg)
+    return sum(p.numel() for p in model.parameters())
+
+
+def list_models(family: Optional[str] = None) -> None:
+    """List the architecture presets with their parameter counts.
+
+    Args:
+        family: only presets whose name contains this text (e.g. "qwen").
+    """
+    from llmkit.presets import PRESETS
+
+    rows = []
+    for name in PRESETS:
+        if family and family.lower() not in name:
+            continue
+        cfg = ModelConfig.from_name(name)
+        heads = f"{cfg.n_head}/{cfg.kv_heads}"
+        rows.append((name, f"{count_params(cfg):,}", str(cfg.n_layer), str(cfg.n_embd), heads,
+                     str(cfg.block_size), cfg.hf_repo or "-"))
+    header = ("preset", "parameters", "layers", "d_model", "heads/kv", "context", "hugging face repo")
+    widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
+    for r in [header] + rows:
+        print("  ".join(c.rjust(w) if i == 1 else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip())
