@@ -125,7 +125,7 @@ PRESETS: dict[str, dict] = {
         intermediate_size=128, block_size=256,
     ),
     "tiny-gpt2": dict(_GPT2, name="tiny-gpt2", vocab_size=512, n_layer=2, n_embd=64, n_head=4, block_size=256),
-    # ~11M parameters: what 2 CPU cores pretrain to readable text in minutes.
+    # ~6M parameters: what 2 CPU cores pretrain to readable text in minutes.
     "micro-llama": dict(
         _LLAMA, name="micro-llama", vocab_size=4096, n_layer=6, n_embd=256, n_head=8,
         n_kv_heads=4, intermediate_size=768, block_size=512, tie_embeddings=True,

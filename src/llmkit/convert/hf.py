@@ -1,0 +1,409 @@
+"""Hugging Face <-> llmkit: configs and weights.
+
+Weight names are data: one table per family of (HF name, llmkit name(s), transform). A
+transform is how one HF tensor becomes llmkit tensors and back:
+
+    copy        same tensor
+    t           transposed (GPT-2's Conv1D stores weights as (in, out))
+    qkv / qkv_t one fused [q; k; v] tensor split in three (Phi-3 qkv_proj; GPT-2 c_attn, transposed)
+    gate_up     one fused [gate; up] tensor split in two (Phi-3 gate_up_proj)
+
+Export is checked by a round trip: the HF config we write is read back with `config_from_hf`
+and must give the same architecture, so a model that a given HF class cannot express (say,
+QK-norm in a Llama) is refused with the fields that differ instead of exported wrong.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from llmkit.config import ModelConfig, RopeScaling
+from llmkit.errors import LLMKitError
+
+# --- weight name tables -------------------------------------------------------------------------
+_L = "model.layers.{}."
+_B = "blocks.{}."
+_LLAMA_MAP = [
+    ("model.embed_tokens.weight", ("embed.weight",), "copy"),
+    ("model.norm.weight", ("norm.weight",), "copy"),
+    ("lm_head.weight", ("lm_head.weight",), "copy"),
+    (_L + "input_layernorm.weight", (_B + "attn_norm.weight",), "copy"),
+    (_L + "self_attn.q_proj.weight", (_B + "attn.q.weight",), "copy"),
+    (_L + "self_attn.k_proj.weight", (_B + "attn.k.weight",), "copy"),
+    (_L + "self_attn.v_proj.weight", (_B + "attn.v.weight",), "copy"),
+    (_L + "self_attn.o_proj.weight", (_B + "attn.o.weight",), "copy"),
+    (_L + "self_attn.q_proj.bias", (_B + "attn.q.bias",), "copy"),
+    (_L + "self_attn.k_proj.bias", (_B + "attn.k.bias",), "copy"),
+    (_L + "self_attn.v_proj.bias", (_B + "attn.v.bias",), "copy"),
+    (_L + "self_attn.o_proj.bias", (_B + "attn.o.bias",), "copy"),
+    (_L + "self_attn.q_norm.weight", (_B + "attn.q_norm.weight",), "copy"),
+    (_L + "self_attn.k_norm.weight", (_B + "attn.k_norm.weight",), "copy"),
+    (_L + "post_attention_layernorm.weight", (_B + "mlp_norm.weight",), "copy"),
+    (_L + "mlp.gate_proj.weight", (_B + "mlp.gate.weight",), "copy"),
+    (_L + "mlp.up_proj.weight", (_B + "mlp.up.weight",), "copy"),
+    (_L + "mlp.down_proj.weight", (_B + "mlp.down.weight",), "copy"),
+    (_L + "mlp.gate_proj.bias", (_B + "mlp.gate.bias",), "copy"),
+    (_L + "mlp.up_proj.bias", (_B + "mlp.up.bias",), "copy"),
+    (_L + "mlp.down_proj.bias", (_B + "mlp.down.bias",), "copy"),
+]
+# Gemma 2 has four norms per block; HF's `post_attention_layernorm` is the sandwich norm there.
+_GEMMA2_MAP = [e for e in _LLAMA_MAP if "post_attention_layernorm" not in e[0]] + [
+    (_L + "post_attention_layernorm.weight", (_B + "post_attn_norm.weight",), "copy"),
+    (_L + "pre_feedforward_layernorm.weight", (_B + "mlp_norm.weight",), "copy"),
+    (_L + "post_feedforward_layernorm.weight", (_B + "post_mlp_norm.weight",), "copy"),
+]
+_PHI3_MAP = [e for e in _LLAMA_MAP if not any(s in e[0] for s in ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj"))] + [
+    (_L + "self_attn.qkv_proj.weight", (_B + "attn.q.weight", _B + "attn.k.weight", _B + "attn.v.weight"), "qkv"),
+    (_L + "mlp.gate_up_proj.weight", (_B + "mlp.gate.weight", _B + "mlp.up.weight"), "gate_up"),
+]
+_G = "transformer.h.{}."
+_GPT2_MAP = [
+    ("transformer.wte.weight", ("embed.weight",), "copy"),
+    ("transformer.wpe.weight", ("pos_embed.weight",), "copy"),
+    ("transformer.ln_f.weight", ("norm.weight",), "copy"),
+    ("transformer.ln_f.bias", ("norm.bias",), "copy"),
+    ("lm_head.weight", ("lm_head.weight",), "copy"),
+    (_G + "ln_1.weight", (_B + "attn_norm.weight",), "copy"),
+    (_G + "ln_1.bias", (_B + "attn_norm.bias",), "copy"),
+    (_G + "attn.c_attn.weight", (_B + "attn.q.weight", _B + "attn.k.weight", _B + "attn.v.weight"), "qkv_t"),
+    (_G + "attn.c_attn.bias", (_B + "attn.q.bias", _B + "attn.k.bias", _B + "attn.v.bias"), "qkv"),
+    (_G + "attn.c_proj.weight", (_B + "attn.o.weight",), "t"),
+    (_G + "attn.c_proj.bias", (_B + "attn.o.bias",), "copy"),
+    (_G + "ln_2.weight", (_B + "mlp_norm.weight",), "copy"),
+    (_G + "ln_2.bias", (_B + "mlp_norm.bias",), "copy"),
+    (_G + "mlp.c_fc.weight", (_B + "mlp.up.weight",), "t"),
+    (_G + "mlp.c_fc.bias", (_B + "mlp.up.bias",), "copy"),
+    (_G + "mlp.c_proj.weight", (_B + "mlp.down.weight",), "t"),
+    (_G + "mlp.c_proj.bias", (_B + "mlp.down.bias",), "copy"),
+]
+
+WEIGHT_MAPS = {
+    "llama": _LLAMA_MAP, "mistral": _LLAMA_MAP, "qwen2": _LLAMA_MAP, "qwen3": _LLAMA_MAP,
+    "gemma": _LLAMA_MAP, "gemma2": _GEMMA2_MAP, "phi3": _PHI3_MAP, "gpt2": _GPT2_MAP,
+}
+ARCHITECTURES = {
+    "llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
+    "qwen3": "Qwen3ForCausalLM", "gemma": "GemmaForCausalLM", "gemma2": "Gemma2ForCausalLM",
+    "phi3": "Phi3ForCausalLM", "gpt2": "GPT2LMHeadModel",
+}
+# Buffers some HF checkpoints carry that are recomputed, never loaded.
+_IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias", "rotary_emb.inv_freq")
+
+
+def _expand(table, n_layer: int):
+    """[(hf_name, native_names, transform)] with the layer index filled in."""
+    for hf, natives, kind in table:
+        if "{}" in hf:
+            for i in range(n_layer):
+                yield hf.format(i), tuple(n.format(i) for n in natives), kind
+        else:
+            yield hf, natives, kind
+
+
+def _qkv_sizes(cfg: ModelConfig) -> list[int]:
+    return [cfg.n_head * cfg.head_size, cfg.kv_heads * cfg.head_size, cfg.kv_heads * cfg.head_size]
+
+
+def state_dict_from_hf(hf_sd: dict[str, torch.Tensor], cfg: ModelConfig, source: str = "checkpoint") -> dict:
+    """HF tensors -> llmkit tensors for `cfg` (whose hf_model_type picks the table)."""
+    mt = cfg.hf_model_type
+    table = WEIGHT_MAPS[mt]
+    # Base-model checkpoints (e.g. openai-community/gpt2) store names without the LM prefix.
+    base = "transformer." if mt == "gpt2" else "model."
+    sd = {}
+    for k, v in hf_sd.items():
+        if k.endswith(_IGNORED_SUFFIXES):
+            continue
+        if not k.startswith(base) and k != "lm_head.weight":
+            k = base + k
+        sd[k] = v
+    out: dict[str, torch.Tensor] = {}
+    for hf, natives, kind in _expand(table, cfg.n_layer):
+        if hf not in sd:
+            continue
+        t = sd.pop(hf)
+        if kind == "copy":
+            out[natives[0]] = t
+        elif kind == "t":
+            out[natives[0]] = t.t()
+        elif kind in ("qkv", "qkv_t", "gate_up"):
+            sizes = _qkv_sizes(cfg) if kind != "gate_up" else [cfg.ffn_size, cfg.ffn_size]
+            dim = 1 if kind == "qkv_t" else 0
+            if t.shape[dim] != sum(sizes):
+                raise LLMKitError(f"{source}: shape mismatch for {hf}: {tuple(t.shape)} does not split into {sizes}")
+            for name, part in zip(natives, torch.split(t, sizes, dim=dim)):
+                out[name] = part.t() if kind == "qkv_t" else part
+    if cfg.tie_embeddings:
+        sd.pop("lm_head.weight", None)
+    if sd:
+        keys = sorted(sd)
+        raise LLMKitError(f"{source}: tensors with no llmkit counterpart for model_type '{mt}': "
+                          f"{', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}")
+    return out
+
+
+def state_dict_to_hf(sd: dict[str, torch.Tensor], cfg: ModelConfig, model_type: str) -> dict:
+    """llmkit tensors -> HF tensors (the tied head omitted, as HF saves it)."""
+    out = {}
+    for hf, natives, kind in _expand(WEIGHT_MAPS[model_type], cfg.n_layer):
+        if not all(n in sd for n in natives):
+            continue
+        if hf == "lm_head.weight" and cfg.tie_embeddings:
+            continue
+        parts = [sd[n] for n in natives]
+        if kind == "copy":
+            out[hf] = parts[0]
+        elif kind == "t":
+            out[hf] = parts[0].t()
+        elif kind == "qkv_t":
+            out[hf] = torch.cat([p.t() for p in parts], dim=1)
+        else:
+            out[hf] = torch.cat(parts, dim=0)
+    return out
+
+
+# --- configs ------------------------------------------------------------------------------------
+_TIE_DEFAULT = {"llama": False, "mistral": False, "qwen2": False, "qwen3": True, "phi3": False,
+                "gemma": True, "gemma2": True, "gpt2": True}
+_EXTRA_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id")
+
+
+def _rope(hf: dict) -> tuple[float, Optional[RopeScaling]]:
+    """rope_theta and scaling from either the legacy keys or transformers 5's `rope_parameters`."""
+    params = dict(hf.get("rope_parameters") or {})
+    legacy = hf.get("rope_scaling") or {}
+    theta = float(hf.get("rope_theta") or params.get("rope_theta") or 10000.0)
+    scaling = {**params, **legacy}
+    rtype = scaling.get("rope_type") or scaling.get("type") or "default"
+    if rtype == "default":
+        return theta, None
+    if rtype == "llama3":
+        return theta, RopeScaling(
+            type="llama3", factor=float(scaling["factor"]),
+            low_freq_factor=float(scaling["low_freq_factor"]), high_freq_factor=float(scaling["high_freq_factor"]),
+            original_max_seq_len=int(scaling["original_max_position_embeddings"]),
+        )
+    if rtype == "linear":
+        return theta, RopeScaling(type="linear", factor=float(scaling["factor"]))
+    raise LLMKitError(f"RoPE scaling type '{rtype}' is not supported (supported: llama3, linear)")
+
+
+def config_from_hf(hf: dict, name: Optional[str] = None) -> ModelConfig:
+    """A ModelConfig from a transformers config.json dict."""
+    mt = hf.get("model_type")
+    if mt not in WEIGHT_MAPS:
+        raise LLMKitError(f"unsupported architecture model_type='{mt}' (supported: {', '.join(WEIGHT_MAPS)})")
+    extra = {k: hf[k] for k in _EXTRA_KEYS if hf.get(k) is not None}
+    tie = hf.get("tie_word_embeddings", _TIE_DEFAULT[mt])
+    name = name or hf.get("_name_or_path") or mt
+    if mt == "gpt2":
+        if hf.get("scale_attn_by_inverse_layer_idx") or hf.get("reorder_and_upcast_attn"):
+            raise LLMKitError("GPT-2 variants with scale_attn_by_inverse_layer_idx/reorder_and_upcast_attn are not supported")
+        act = hf.get("activation_function", "gelu_new")
+        if act not in ("gelu_new", "gelu_pytorch_tanh", "gelu"):
+            raise LLMKitError(f"GPT-2 activation '{act}' is not supported")
+        return ModelConfig(
+            name=name, hf_model_type=mt, vocab_size=hf["vocab_size"], n_layer=hf["n_layer"],
+            n_embd=hf["n_embd"], n_head=hf["n_head"], intermediate_size=hf.get("n_inner") or 4 * hf["n_embd"],
+            block_size=hf.get("n_positions", 1024), pos="learned", norm="layer",
+            norm_eps=hf.get("layer_norm_epsilon", 1e-5), norm_bias=True, mlp="gelu",
+            gelu_approx="none" if act == "gelu" else "tanh", qkv_bias=True, attn_out_bias=True,
+            mlp_bias=True, tie_embeddings=tie, extra=extra,
+        )
+    theta, scaling = _rope(hf)
+    n_head, d = hf["num_attention_heads"], hf["hidden_size"]
+    head_dim = hf.get("head_dim")
+    c = dict(
+        name=name, hf_model_type=mt, vocab_size=hf["vocab_size"], n_layer=hf["num_hidden_layers"],
+        n_embd=d, n_head=n_head, n_kv_heads=hf.get("num_key_value_heads") or n_head,
+        head_dim=head_dim if head_dim and head_dim != d // n_head else None,
+        intermediate_size=hf["intermediate_size"], block_size=hf.get("max_position_embeddings", 2048),
+        pos="rope", rope_theta=theta, rope_scaling=scaling, norm="rms",
+        norm_eps=hf.get("rms_norm_eps", 1e-6), mlp="swiglu", tie_embeddings=tie, extra=extra,
+    )
+    act = hf.get("hidden_act") or hf.get("hidden_activation") or "silu"
+    if mt in ("gemma", "gemma2"):
+        act = hf.get("hidden_activation") or "gelu_pytorch_tanh"
+        c.update(mlp="geglu", gelu_approx="none" if act == "gelu" else "tanh", norm_unit_offset=True, embed_scale=True)
+    elif act != "silu":
+        raise LLMKitError(f"hidden_act '{act}' is not supported for {mt}")
+    if mt == "llama":
+        c.update(qkv_bias=bool(hf.get("attention_bias")), attn_out_bias=bool(hf.get("attention_bias")),
+                 mlp_bias=bool(hf.get("mlp_bias")))
+    if mt == "qwen2":
+        c.update(qkv_bias=True)
+    if mt == "qwen3":
+        c.update(qk_norm=True, qkv_bias=bool(hf.get("attention_bias")), attn_out_bias=bool(hf.get("attention_bias")))
+    if mt in ("qwen2", "qwen3") and hf.get("use_sliding_window"):
+        raise LLMKitError(f"{mt} with use_sliding_window=true is not supported")
+    if mt in ("mistral", "phi3") and hf.get("sliding_window"):
+        c.update(sliding_window=int(hf["sliding_window"]))
+    if mt == "phi3" and float(hf.get("partial_rotary_factor", 1.0)) != 1.0:
+        raise LLMKitError("Phi-3 variants with partial_rotary_factor != 1 are not supported")
+    if mt == "gemma2":
+        c.update(
+            post_block_norms=True, attn_scale=float(hf.get("query_pre_attn_scalar", 256)) ** -0.5,
+            attn_softcap=hf.get("attn_logit_softcapping"), final_softcap=hf.get("final_logit_softcapping"),
+            sliding_window=hf.get("sliding_window"),
+        )
+        types = hf.get("layer_types")
+        if types and c["sliding_window"]:
+            every = _window_period(types)
+            if every is None:
+                raise LLMKitError(f"gemma2 layer_types pattern {types[:4]}... is not supported")
+            c.update(sliding_window_every=every)
+        elif c["sliding_window"]:
+            c.update(sliding_window_every=2)
+    return ModelConfig(**c)
+
+
+def _window_period(types: list[str]) -> Optional[int]:
+    """k such that layer i is local iff i % k == 0, or None if the pattern is not of that form."""
+    for k in range(1, len(types) + 1):
+        if all((t == "sliding_attention") == (i % k == 0) for i, t in enumerate(types)):
+            return k
+    return None
+
+
+def infer_hf_model_type(cfg: ModelConfig) -> str:
+    if cfg.hf_model_type:
+        return cfg.hf_model_type
+    if cfg.pos == "learned":
+        return "gpt2"
+    if cfg.post_block_norms:
+        return "gemma2"
+    if cfg.norm_unit_offset:
+        return "gemma"
+    if cfg.qk_norm:
+        return "qwen3"
+    if cfg.qkv_bias and not cfg.attn_out_bias:
+        return "qwen2"
+    if cfg.sliding_window:
+        return "mistral"
+    return "llama"
+
+
+def config_to_hf(cfg: ModelConfig, model_type: Optional[str] = None, dtype: str = "float32") -> dict:
+    """A transformers config.json dict for `cfg`, verified by reading it back."""
+    mt = model_type or infer_hf_model_type(cfg)
+    if mt not in WEIGHT_MAPS:
+        raise LLMKitError(f"cannot export to model_type '{mt}' (supported: {', '.join(WEIGHT_MAPS)})")
+    hf: dict = {"architectures": [ARCHITECTURES[mt]], "model_type": mt, "vocab_size": cfg.vocab_size,
+                "tie_word_embeddings": cfg.tie_embeddings, "torch_dtype": dtype, "use_cache": True}
+    if mt == "gpt2":
+        hf.update(n_layer=cfg.n_layer, n_embd=cfg.n_embd, n_head=cfg.n_head, n_inner=cfg.ffn_size,
+                  n_positions=cfg.block_size, n_ctx=cfg.block_size, layer_norm_epsilon=cfg.norm_eps,
+                  activation_function="gelu_new" if cfg.gelu_approx == "tanh" else "gelu")
+    else:
+        hf.update(num_hidden_layers=cfg.n_layer, hidden_size=cfg.n_embd, num_attention_heads=cfg.n_head,
+                  num_key_value_heads=cfg.kv_heads, head_dim=cfg.head_size, intermediate_size=cfg.ffn_size,
+                  max_position_embeddings=cfg.block_size, rms_norm_eps=cfg.norm_eps, rope_theta=cfg.rope_theta,
+                  attention_dropout=0.0)
+        rope_params: dict = {"rope_type": "default", "rope_theta": cfg.rope_theta}
+        s = cfg.rope_scaling
+        if s is not None:
+            scaling = {"rope_type": s.type, "factor": s.factor}
+            if s.type == "llama3":
+                scaling.update(low_freq_factor=s.low_freq_factor, high_freq_factor=s.high_freq_factor,
+                               original_max_position_embeddings=s.original_max_seq_len)
+            hf["rope_scaling"] = scaling
+            rope_params = {**scaling, "rope_theta": cfg.rope_theta}
+        hf["rope_parameters"] = rope_params
+        if mt in ("gemma", "gemma2"):
+            act = "gelu_pytorch_tanh" if cfg.gelu_approx == "tanh" else "gelu"
+            hf.update(hidden_activation=act, hidden_act=act)
+        else:
+            hf["hidden_act"] = "silu"
+        if mt == "llama":
+            hf.update(attention_bias=cfg.qkv_bias, mlp_bias=cfg.mlp_bias)
+        if mt == "qwen3":
+            hf.update(attention_bias=cfg.qkv_bias)
+        if mt in ("qwen2", "qwen3"):
+            hf.update(use_sliding_window=False, max_window_layers=cfg.n_layer, sliding_window=None)
+        if mt in ("mistral", "phi3"):
+            hf["sliding_window"] = cfg.sliding_window
+        if mt == "gemma2":
+            scalar = (cfg.attn_scale or cfg.head_size**-0.5) ** -2
+            scalar = round(scalar, 6)
+            hf.update(query_pre_attn_scalar=int(scalar) if scalar == int(scalar) else scalar, attn_logit_softcapping=cfg.attn_softcap,
+                      final_logit_softcapping=cfg.final_softcap, sliding_window=cfg.sliding_window,
+                      layer_types=["sliding_attention" if cfg.is_local_layer(i) else "full_attention"
+                                   for i in range(cfg.n_layer)])
+    hf.update({k: v for k, v in cfg.extra.items() if k in _EXTRA_KEYS})
+    if mt == "phi3" and "pad_token_id" not in hf:
+        hf["pad_token_id"] = cfg.extra.get("eos_token_id", 0)  # Phi3Config requires one in range
+    # The round trip: what transformers will build from this dict must be our architecture.
+    back = config_from_hf(hf, name=cfg.name)
+    ignore = {"name", "hf_repo", "extra", "hf_model_type"}
+    diffs = [f.name for f in dataclasses.fields(cfg) if f.name not in ignore and _norm_field(cfg, f.name) != _norm_field(back, f.name)]
+    if diffs:
+        raise LLMKitError(f"this architecture cannot be expressed as Hugging Face '{mt}': it differs in {', '.join(diffs)}")
+    return hf
+
+
+def _norm_field(cfg: ModelConfig, name: str):
+    v = getattr(cfg, name)
+    if name == "head_dim":
+        return cfg.head_size
+    if name == "n_kv_heads":
+        return cfg.kv_heads
+    if name == "intermediate_size":
+        return cfg.ffn_size
+    if name == "attn_scale":
+        return round(v if v is not None else cfg.head_size**-0.5, 6)
+    if name == "sliding_window_every" and cfg.sliding_window is None:
+        return None
+    return v
+
+
+# --- commands -----------------------------------------------------------------------------------
+def from_hf(src: str, out: str, dtype: Optional[str] = None, max_shard_size_mb: int = 5000) -> None:
+    """Convert a Hugging Face model (directory or hub repo id) to an llmkit checkpoint.
+
+    Args:
+        src: a Hugging Face model directory or hub repo id.
+        out: the llmkit checkpoint directory to write.
+        dtype: store weights as float32, bfloat16 or float16 (default: as in the source).
+        max_shard_size_mb: split the weights into shards of at most this size.
+    """
+    from llmkit.checkpoint import load_model, save_model
+
+    loaded = load_model(src, dtype=dtype)
+    if loaded.kind != "hf":
+        raise LLMKitError(f"{loaded.path}: already an llmkit checkpoint")
+    save_model(out, loaded.model, tokenizer_dir=loaded.path, max_shard_bytes=max_shard_size_mb * 1024**2)
+    n = sum(p.numel() for p in loaded.model.parameters())
+    print(f"wrote {out} ({loaded.config.hf_model_type}, {n:,} parameters)")
+
+
+def to_hf(src: str, out: str, model_type: Optional[str] = None, dtype: Optional[str] = None,
+          max_shard_size_mb: int = 5000) -> None:
+    """Export a model to a Hugging Face directory that transformers' from_pretrained loads.
+
+    Args:
+        src: an llmkit checkpoint (or any MODEL llmkit accepts).
+        out: the Hugging Face model directory to write.
+        model_type: the transformers model_type to export as (default: from the config).
+        dtype: store weights as float32, bfloat16 or float16 (default: as loaded).
+    """
+    from llmkit.checkpoint import atomic_write_json, copy_tokenizer_files, load_model, save_weights
+
+    loaded = load_model(src, dtype=dtype)
+    cfg = loaded.config
+    mt = model_type or infer_hf_model_type(cfg)
+    param_dtype = str(next(loaded.model.parameters()).dtype).removeprefix("torch.")
+    hf_cfg = config_to_hf(cfg, mt, dtype=param_dtype)
+    sd = state_dict_to_hf(loaded.model.state_dict(), cfg, mt)
+    outp = Path(out)
+    save_weights(outp, sd, max_shard_size_mb * 1024**2)
+    copy_tokenizer_files(loaded.path, outp)
+    gen = outp / "generation_config.json"
+    if not gen.exists():
+        atomic_write_json(gen, {k: v for k, v in cfg.extra.items() if k in _EXTRA_KEYS})
+    atomic_write_json(outp / "config.json", hf_cfg)
+    print(f"wrote {out} (Hugging Face {ARCHITECTURES[mt]})")
+

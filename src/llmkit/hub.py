@@ -1,0 +1,57 @@
+"""Downloads from the Hugging Face hub: only the files llmkit reads, with clear errors offline."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+from llmkit.errors import LLMKitError
+
+# Config, safetensors weights (never pickles), tokenizer and generation defaults.
+ALLOW_PATTERNS = [
+    "config.json", "generation_config.json", "*.safetensors", "model.safetensors.index.json",
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
+    "merges.txt", "tokenizer.model", "chat_template.jinja", "chat_template.json", "added_tokens.json",
+]
+
+
+def download(repo_id: str, out: Optional[str] = None, token: Optional[str] = None, revision: Optional[str] = None) -> Path:
+    """Download a model from the Hugging Face hub (config, safetensors, tokenizer files only).
+
+    Args:
+        repo_id: the hub repository, e.g. HuggingFaceTB/SmolLM2-135M.
+        out: directory to place the files in (default: the hub cache).
+        token: access token for gated repos (default: $HF_TOKEN or the cached login).
+        revision: branch, tag or commit.
+    """
+    try:
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import (
+            GatedRepoError, HfHubHTTPError, HFValidationError, LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError,
+        )
+    except ImportError as e:  # pragma: no cover - a dependency
+        raise LLMKitError(f"huggingface_hub is required for downloads ({e})") from None
+    token = token or os.environ.get("HF_TOKEN") or None
+    try:
+        path = snapshot_download(repo_id, revision=revision, local_dir=out, token=token, allow_patterns=ALLOW_PATTERNS)
+    except GatedRepoError:
+        raise LLMKitError(f"{repo_id} is gated: accept its license on huggingface.co and pass --token (or set HF_TOKEN)") from None
+    except RepositoryNotFoundError:
+        raise LLMKitError(f"{repo_id}: no such model on the Hugging Face hub (or it is private: pass --token)") from None
+    except HFValidationError:
+        raise LLMKitError(f"'{repo_id}' is not a valid Hugging Face repo id") from None
+    except RevisionNotFoundError:
+        raise LLMKitError(f"{repo_id}: no revision '{revision}'") from None
+    except LocalEntryNotFoundError:
+        raise LLMKitError(f"cannot download {repo_id}: the Hugging Face hub is unreachable (offline?) and it is not in the local cache") from None
+    except HfHubHTTPError as e:
+        raise LLMKitError(f"cannot download {repo_id}: {str(e).splitlines()[0]}") from None
+    except OSError as e:  # connection errors surface as OSError subclasses in some versions
+        raise LLMKitError(f"cannot download {repo_id}: {e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else 'network error'}") from None
+    path = Path(path)
+    if not (path / "config.json").exists():
+        raise LLMKitError(f"{repo_id}: the repository has no config.json (not a transformers model?)")
+    print(f"downloaded {repo_id} to {path}", file=sys.stderr)
+    return path

@@ -1,0 +1,71 @@
+"""Shared fixtures: tiny random Hugging Face models built locally (no network)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+# One tiny config per supported family: 2 layers, width 64, vocab 320, GQA where the family has
+# it, every family-specific switch turned on (biases, QK-norm, softcaps, windows, RoPE scaling).
+TINY_HF = {
+    "llama": dict(vocab_size=320, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                  rope_theta=500000.0, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2,
+                  rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                "high_freq_factor": 4.0, "original_max_position_embeddings": 64}),
+    "mistral": dict(vocab_size=320, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                    num_attention_heads=4, num_key_value_heads=1, max_position_embeddings=128,
+                    sliding_window=8, bos_token_id=1, eos_token_id=2),
+    "qwen2": dict(vocab_size=320, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                  tie_word_embeddings=True, bos_token_id=1, eos_token_id=2),
+    "qwen3": dict(vocab_size=320, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, head_dim=32, max_position_embeddings=128,
+                  tie_word_embeddings=True, bos_token_id=1, eos_token_id=2),
+    "phi3": dict(vocab_size=320, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                 num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=128,
+                 original_max_position_embeddings=128, sliding_window=16, pad_token_id=0,
+                 bos_token_id=1, eos_token_id=2),
+    "gemma": dict(vocab_size=320, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=1, head_dim=24, max_position_embeddings=128,
+                  bos_token_id=1, eos_token_id=2, pad_token_id=0),
+    "gemma2": dict(vocab_size=320, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
+                   num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=128,
+                   query_pre_attn_scalar=24, attn_logit_softcapping=50.0, final_logit_softcapping=30.0,
+                   sliding_window=8, bos_token_id=1, eos_token_id=2, pad_token_id=0),
+    "gpt2": dict(vocab_size=320, n_embd=64, n_layer=2, n_head=4, n_positions=128,
+                 bos_token_id=1, eos_token_id=2),
+}
+
+
+def make_hf_model(model_type: str, seed: int = 0):
+    """A tiny random transformers model of `model_type` (eager attention, fp32, eval mode)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = AutoConfig.for_model(model_type, **TINY_HF[model_type])
+    cfg._attn_implementation = "eager"
+    model = AutoModelForCausalLM.from_config(cfg, attn_implementation="eager").eval()
+    # Random init leaves norms at 1 (or 0 for Gemma): perturb every parameter so that a
+    # mis-mapped norm or bias cannot hide behind its initial value.
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return model
+
+
+@pytest.fixture
+def hf_dir(tmp_path):
+    """Factory: save a tiny HF model of a family to a directory, return (dir, model)."""
+
+    def _make(model_type: str, seed: int = 0) -> tuple[Path, object]:
+        model = make_hf_model(model_type, seed)
+        d = tmp_path / f"hf-{model_type}"
+        model.save_pretrained(d)
+        return d, model
+
+    return _make
