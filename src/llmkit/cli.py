@@ -26,6 +26,7 @@ COMMANDS: dict[str, str | dict[str, str]] = {
         "from-hf": "llmkit.convert.hf:from_hf",
         "to-hf": "llmkit.convert.hf:to_hf",
     },
+    "pretrain": "llmkit.recipes.pretrain:pretrain",
     "tokenizer": {"train": "llmkit.tokenizer:train_tokenizer"},
     "data": {
         "prepare": "llmkit.data.prepare:prepare",
@@ -70,6 +71,119 @@ def _normalize(args: list[str]) -> list[str]:
     return out
 
 
+def _model_overrides(fn: Callable, args: list[str]) -> list[str]:
+    """`--model llama-3.2-1b --model.n_layer 4`: MODEL is a name, the dotted options override
+    its config fields. They are gathered into the function's `model_overrides` dict."""
+    import inspect
+
+    import yaml
+
+    if "model_overrides" not in inspect.signature(fn).parameters:
+        return args
+    rest, overrides, i = [], {}, 0
+    while i < len(args):
+        a = args[i]
+        if a.startswith("--model."):
+            key, eq, val = a[len("--model."):].partition("=")
+            if not eq:
+                if i + 1 >= len(args):
+                    raise LLMKitError(f"{a} needs a value")
+                i += 1
+                val = args[i]
+            overrides[key] = yaml.safe_load(val)
+        else:
+            rest.append(a)
+        i += 1
+    if overrides:
+        import json
+
+        rest += ["--model_overrides", json.dumps(overrides)]
+    return rest
+
+
+def _is_list(annotation) -> bool:
+    import typing
+
+    if isinstance(annotation, str):  # postponed annotations
+        return annotation.replace("Optional[", "").startswith(("list[", "List[", "tuple[", "Sequence[")) or "list[" in annotation.split("|")[0]
+    origin = typing.get_origin(annotation)
+    if origin in (list, tuple):
+        return True
+    return any(_is_list(a) for a in typing.get_args(annotation) if a is not type(None)) if origin else False
+
+
+def _lists(fn: Callable, args: list[str]) -> list[str]:
+    """Let list-typed parameters take several words, as argparse's nargs="+" does:
+    `prepare a.txt b.txt --tokenizer t` and `--stop a b` become the JSON lists jsonargparse reads."""
+    import inspect
+    import json
+
+    params = inspect.signature(fn).parameters
+    lists = {n for n, p in params.items() if _is_list(p.annotation)}
+    bools = {n for n, p in params.items() if p.annotation in (bool, "bool")}
+    positional_names = [n for n, p in params.items() if p.default is inspect.Parameter.empty]
+    opts, pos, i = [], [], 0
+    while i < len(args):
+        a = args[i]
+        if a.startswith("--") and len(a) > 2:
+            name = a[2:].split("=", 1)[0]
+            if "=" in a:
+                opts.append(a)
+            elif name in lists:
+                vals = []
+                while i + 1 < len(args) and not args[i + 1].startswith("--"):
+                    i += 1
+                    vals.append(args[i])
+                opts += [a, vals[0] if len(vals) == 1 and vals[0].startswith("[") else json.dumps(vals)]
+            elif name in bools and (i + 1 >= len(args) or args[i + 1].lower() not in ("true", "false")):
+                opts += [a, "true"]
+            elif i + 1 < len(args) and name not in ("help", "print_config"):
+                opts += [a, args[i + 1]]
+                i += 1
+            else:
+                opts.append(a)
+        elif a in ("-h",):
+            opts.append(a)
+        else:
+            pos.append(a)
+        i += 1
+    # A required parameter may also be given as an option (`--tokenizer DIR`): jsonargparse
+    # only takes required parameters positionally, so move it into its slot.
+    named: dict[str, str] = {}
+    kept: list[str] = []
+    j = 0
+    while j < len(opts):
+        name = opts[j][2:].split("=", 1)[0] if opts[j].startswith("--") else None
+        if name in positional_names:
+            if "=" in opts[j]:
+                named[name] = opts[j].split("=", 1)[1]
+                j += 1
+            else:
+                named[name] = opts[j + 1] if j + 1 < len(opts) else ""
+                j += 2
+            continue
+        kept.append(opts[j])
+        j += 1
+    opts = kept
+    # Fill the remaining positional slots in order; a list slot takes every word left over.
+    slots = [n for n in positional_names if n not in named]
+    extra = len(pos) - len(slots)
+    values: dict[str, str] = dict(named)
+    k = 0
+    for n in slots:
+        if n in lists:
+            take = max(extra + 1, 0)
+            items, k = pos[k:k + take], k + take
+            values[n] = items[0] if len(items) == 1 and items[0].startswith("[") else json.dumps(items)
+        elif k < len(pos):
+            values[n], k = pos[k], k + 1
+    for n in named:
+        if n in lists and not named[n].startswith("["):
+            values[n] = json.dumps([named[n]])
+    ordered = [values[n] for n in positional_names if n in values]
+    return ordered + pos[k:] + opts
+
+
 def run(argv: list[str] | None = None) -> object:
     """Parse `argv` (without the program name) and run the command. Raises on error."""
     from jsonargparse import CLI
@@ -90,7 +204,7 @@ def run(argv: list[str] | None = None) -> object:
             table = target
             continue
         fn = _resolve(target)
-        return CLI(fn, args=_normalize(argv), prog=prog, as_positional=True)
+        return CLI(fn, args=_lists(fn, _model_overrides(fn, _normalize(argv))), prog=prog, as_positional=True)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,398 @@
+"""Tokenizers: load Hugging Face tokenizer folders, train byte-level BPE, stream-decode.
+
+`Tokenizer` wraps a `tokenizers.Tokenizer` (the Rust library behind HF's fast tokenizers) and
+adds what the rest of llmkit needs and the raw library does not know about: special tokens and
+stop tokens read from the HF side files (`tokenizer_config.json`, `special_tokens_map.json`,
+`generation_config.json`), whether a BOS token is prepended, and the chat template.
+
+Supported folder layouts, tried in this order:
+
+* `tokenizer.json` (every modern HF model),
+* GPT-2 style `vocab.json` + `merges.txt`, or OpenAI's original `encoder.json` + `vocab.bpe`
+  (byte-level BPE built here from the two files: transformers 5's
+  `GPT2TokenizerFast(vocab_file=..., merges_file=...)` silently builds an empty tokenizer),
+* `tokenizer.model` only (SentencePiece): converted through `transformers` when installed.
+
+Special tokens are never added by the backend's post-processor: `encode` always asks the backend
+for the plain ids and adds BOS/EOS itself, so a tokenizer whose `tokenizer.json` template already
+prepends BOS (Llama) cannot end up with two.
+
+Decoding never applies transformers' legacy `clean_up_tokenization_spaces` (" ." -> "."): that
+is lossy, and `decode(encode(text)) == text` is an invariant the data pipeline relies on.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+from tokenizers import AddedToken, decoders, models, pre_tokenizers, processors, trainers
+from tokenizers import Tokenizer as _Backend
+
+from llmkit.errors import LLMKitError
+
+# Files `save` copies verbatim from the folder a tokenizer was loaded from.
+_SIDE_FILES = ("special_tokens_map.json", "generation_config.json", "chat_template.jinja")
+_SPECIAL_KEYS = ("bos_token", "eos_token", "pad_token", "unk_token")
+
+
+def _read_json(path: Path) -> Optional[dict]:
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise LLMKitError(f"cannot read {path}: {e}") from None
+    if not isinstance(data, dict):
+        raise LLMKitError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _token_content(value: Any) -> Optional[str]:
+    """tokenizer_config stores special tokens as "<s>" or as {"content": "<s>", ...}."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict) and isinstance(value.get("content"), str):
+        return value["content"]
+    return None
+
+
+def _id_list(value: Any) -> list[int]:
+    """generation_config's *_token_id fields are an int, a list of ints, or null."""
+    if isinstance(value, bool):  # bool is an int subclass; never a token id
+        return []
+    if isinstance(value, int):
+        return [value]
+    if isinstance(value, list):
+        return [v for v in value if isinstance(v, int) and not isinstance(v, bool)]
+    return []
+
+
+def _byte_level_bpe(vocab: dict[str, int], merges: list[tuple[str, str]]) -> _Backend:
+    """The GPT-2 pipeline: byte-level pre-tokenizer (GPT-2 regex) -> BPE -> byte-level decoder."""
+    tok = _Backend(models.BPE(vocab=vocab, merges=merges))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    return tok
+
+
+def _read_merges(path: Path) -> list[tuple[str, str]]:
+    merges = []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise LLMKitError(f"cannot read {path}: {e}") from None
+    for n, line in enumerate(lines, 1):
+        if not line.strip() or (n == 1 and line.startswith("#version")):
+            continue
+        parts = line.split(" ")
+        if len(parts) != 2:
+            raise LLMKitError(f"{path}:{n}: expected two space-separated symbols per merge, got {line!r}")
+        merges.append((parts[0], parts[1]))
+    return merges
+
+
+def _load_backend(d: Path) -> _Backend:
+    if (d / "tokenizer.json").is_file():
+        try:
+            return _Backend.from_file(str(d / "tokenizer.json"))
+        except Exception as e:  # the Rust side raises a bare Exception on malformed files
+            raise LLMKitError(f"cannot load {d / 'tokenizer.json'}: {e}") from None
+    for vocab_name, merges_name in (("vocab.json", "merges.txt"), ("encoder.json", "vocab.bpe")):
+        if (d / vocab_name).is_file() and (d / merges_name).is_file():
+            vocab = _read_json(d / vocab_name)
+            if not vocab or not all(isinstance(v, int) for v in vocab.values()):
+                raise LLMKitError(f"{d / vocab_name}: expected a JSON object of token -> id")
+            return _byte_level_bpe(vocab, _read_merges(d / merges_name))
+    if (d / "tokenizer.model").is_file():
+        # SentencePiece protobuf: transformers carries the converter to a tokenizers pipeline.
+        try:
+            from transformers import AutoTokenizer
+        except ImportError:
+            raise LLMKitError(f"{d} has only tokenizer.model (SentencePiece); "
+                              "install transformers to convert it, or provide tokenizer.json") from None
+        try:
+            return AutoTokenizer.from_pretrained(str(d)).backend_tokenizer
+        except Exception as e:
+            raise LLMKitError(f"cannot convert {d / 'tokenizer.model'}: {e}") from None
+    raise LLMKitError(f"no tokenizer files in {d} (expected tokenizer.json, vocab.json + merges.txt, "
+                      "encoder.json + vocab.bpe, or tokenizer.model)")
+
+
+class Tokenizer:
+    """A text <-> token id mapping with its special tokens, stop tokens and chat template."""
+
+    def __init__(self, backend: _Backend, config: Optional[dict] = None,
+                 special_tokens_map: Optional[dict] = None, generation_config: Optional[dict] = None,
+                 chat_template: Optional[str] = None, source_dir: Optional[Path] = None):
+        self.backend = backend
+        self.config = dict(config or {})
+        self.source_dir = source_dir
+        smap = special_tokens_map or {}
+        gen = generation_config or {}
+
+        # Special token strings: tokenizer_config wins, special_tokens_map fills the gaps.
+        self.special_tokens: dict[str, str] = {}
+        for key in _SPECIAL_KEYS:
+            content = _token_content(self.config.get(key))
+            if content is None:
+                content = _token_content(smap.get(key))
+            if content is not None:
+                self.special_tokens[key] = content
+        # A GPT-2 folder (vocab + merges, no config) or a bare tokenizer.json: GPT-2's convention
+        # is that <|endoftext|> is BOS, EOS and UNK at once (transformers' GPT2Tokenizer defaults).
+        if not self.config and not smap and "eos_token" not in self.special_tokens \
+                and backend.token_to_id("<|endoftext|>") is not None:
+            self.special_tokens.update(bos_token="<|endoftext|>", eos_token="<|endoftext|>")
+
+        # Register the specials (and `added_tokens_decoder` entries) as special added tokens:
+        # a no-op for a complete tokenizer.json, essential for vocab + merges folders, where
+        # "<|endoftext|>" in text must map to its id and `skip_special` must drop it.
+        added = []
+        for tid, entry in sorted(self.config.get("added_tokens_decoder", {}).items(), key=lambda kv: int(kv[0])):
+            if isinstance(entry, dict) and isinstance(entry.get("content"), str):
+                added.append(AddedToken(entry["content"], special=bool(entry.get("special", True)),
+                                        normalized=bool(entry.get("normalized", False)),
+                                        lstrip=bool(entry.get("lstrip", False)),
+                                        rstrip=bool(entry.get("rstrip", False))))
+        added += [AddedToken(c, special=True, normalized=False) for c in self.special_tokens.values()]
+        known = {t.content for t in backend.get_added_tokens_decoder().values()}
+        missing = [t for t in added if t.content not in known]
+        if missing:
+            backend.add_special_tokens(missing)
+
+        def resolve(key: str) -> Optional[int]:
+            if key in self.special_tokens:
+                return backend.token_to_id(self.special_tokens[key])
+            ids = _id_list(gen.get(f"{key}_id"))  # e.g. generation_config's bos_token_id
+            return ids[0] if ids else None
+
+        self.bos_id: Optional[int] = resolve("bos_token")
+        self.eos_id: Optional[int] = resolve("eos_token")
+        self.pad_id: Optional[int] = resolve("pad_token")
+        # Stop tokens: chat models list several (Llama 3.1: <|end_of_text|>, <|eom_id|>, <|eot_id|>).
+        self.eos_ids: set[int] = set(_id_list(gen.get("eos_token_id")))
+        if self.eos_id is not None:
+            self.eos_ids.add(self.eos_id)
+        for key, tid in (("bos_token", self.bos_id), ("eos_token", self.eos_id), ("pad_token", self.pad_id)):
+            if tid is not None and key not in self.special_tokens:
+                token = backend.id_to_token(tid)
+                if token is not None:
+                    self.special_tokens[key] = token
+
+        # BOS: tokenizer_config's add_bos_token when present, otherwise whatever the backend's
+        # post-processor does (Llama's tokenizer.json template prepends it; GPT-2/Qwen do not).
+        if isinstance(self.config.get("add_bos_token"), bool):
+            self.add_bos: bool = self.config["add_bos_token"]
+        else:
+            self.add_bos = self._post_processor_adds_bos()
+        self.chat_template = chat_template
+
+    # --- loading ------------------------------------------------------------------------------
+    @classmethod
+    def from_dir(cls, path: str | Path) -> "Tokenizer":
+        """Load a tokenizer folder (a path to its tokenizer.json is accepted too)."""
+        d = Path(path)
+        if d.is_file() and d.name in ("tokenizer.json", "tokenizer_config.json"):
+            d = d.parent
+        if not d.exists():
+            raise LLMKitError(f"tokenizer directory '{d}' does not exist")
+        if not d.is_dir():
+            raise LLMKitError(f"tokenizer path '{d}' is not a directory")
+        config = _read_json(d / "tokenizer_config.json") or {}
+        backend = _load_backend(d)
+        template: Any = config.get("chat_template")
+        if isinstance(template, list):  # [{"name": "default", "template": ...}, {"name": "tool_use", ...}]
+            named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+            template = named.get("default") or next(iter(named.values()), None)
+        if not isinstance(template, str):
+            template = None
+            if (d / "chat_template.jinja").is_file():
+                template = (d / "chat_template.jinja").read_text(encoding="utf-8")
+            elif (d / "chat_template.json").is_file():  # processor-style folders
+                template = (_read_json(d / "chat_template.json") or {}).get("chat_template")
+        return cls(backend, config=config, special_tokens_map=_read_json(d / "special_tokens_map.json"),
+                   generation_config=_read_json(d / "generation_config.json"),
+                   chat_template=template, source_dir=d)
+
+    def _post_processor_adds_bos(self) -> bool:
+        if self.bos_id is None:
+            return False
+        with_specials = self.backend.encode("a", add_special_tokens=True).ids
+        plain = self.backend.encode("a", add_special_tokens=False).ids
+        return len(with_specials) > len(plain) and with_specials[0] == self.bos_id and plain[:1] != [self.bos_id]
+
+    # --- properties ---------------------------------------------------------------------------
+    @property
+    def vocab_size(self) -> int:
+        """Number of ids, added special tokens included (the model's embedding may be larger)."""
+        return self.backend.get_vocab_size(with_added_tokens=True)
+
+    def token_to_id(self, token: str) -> Optional[int]:
+        return self.backend.token_to_id(token)
+
+    def __repr__(self) -> str:
+        return (f"Tokenizer(vocab_size={self.vocab_size}, bos_id={self.bos_id}, eos_id={self.eos_id}, "
+                f"pad_id={self.pad_id}, add_bos={self.add_bos})")
+
+    # --- encode / decode ----------------------------------------------------------------------
+    def _wrap(self, ids: list[int], bos: Optional[bool], eos: bool) -> list[int]:
+        if (self.add_bos if bos is None else bos) and self.bos_id is not None:
+            ids = [self.bos_id] + ids
+        if eos:
+            if self.eos_id is None:
+                raise LLMKitError("the tokenizer has no EOS token (set eos_token in tokenizer_config.json)")
+            ids = ids + [self.eos_id]
+        return ids
+
+    def encode(self, text: str, bos: Optional[bool] = None, eos: bool = False) -> list[int]:
+        """Token ids of `text`; BOS when `bos` (None: `self.add_bos`), EOS when `eos`.
+
+        Special-token strings inside `text` (e.g. "<|endoftext|>") map to their ids, as in HF.
+        """
+        return self._wrap(self.backend.encode(text, add_special_tokens=False).ids, bos, eos)
+
+    def encode_batch(self, texts: list[str], bos: Optional[bool] = None, eos: bool = False) -> list[list[int]]:
+        """`encode` over many texts at once: the Rust backend spreads them over all cores."""
+        fast = getattr(self.backend, "encode_batch_fast", None)  # tokenizers >= 0.21: skips offsets
+        encodings = (fast or self.backend.encode_batch)(list(texts), add_special_tokens=False)
+        return [self._wrap(e.ids, bos, eos) for e in encodings]
+
+    def decode(self, ids: Iterable[int], skip_special: bool = True) -> str:
+        if hasattr(ids, "tolist"):  # numpy arrays and torch tensors
+            ids = ids.tolist()
+        return self.backend.decode([int(i) for i in ids], skip_special_tokens=skip_special)
+
+    # --- saving -------------------------------------------------------------------------------
+    def save(self, out_dir: str | Path) -> Path:
+        """Write tokenizer.json + tokenizer_config.json (and copy the side files it was loaded
+        with) so that both `Tokenizer.from_dir` and `transformers.AutoTokenizer` load the folder."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        self.backend.save(str(out / "tokenizer.json"))
+        config = dict(self.config)
+        config.setdefault("tokenizer_class", "PreTrainedTokenizerFast")
+        config.update(self.special_tokens)
+        config["add_bos_token"] = self.add_bos
+        config.setdefault("add_eos_token", False)
+        # Keep AutoTokenizer's decode lossless, like ours (see the module docstring).
+        config.setdefault("clean_up_tokenization_spaces", False)
+        copied = set()
+        if self.source_dir is not None and self.source_dir.resolve() != out.resolve():
+            for name in _SIDE_FILES:
+                if (self.source_dir / name).is_file():
+                    shutil.copyfile(self.source_dir / name, out / name)
+                    copied.add(name)
+        if self.chat_template is not None and "chat_template.jinja" not in copied:
+            config["chat_template"] = self.chat_template
+        (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n",
+                                                   encoding="utf-8")
+        return out
+
+
+class StreamDecoder:
+    """Incremental detokenizer: push ids one at a time, get text as soon as it is complete.
+
+    Decoding single tokens is wrong for byte-level BPE (an emoji is 2-4 byte tokens, each alone
+    decodes to U+FFFD) and for SentencePiece (a token's leading space depends on its neighbours).
+    So, as in vLLM's incremental detokenizer, we decode a short window of recent ids twice —
+    `ids[prefix:read]` (text already emitted) and `ids[prefix:]` — and emit the difference once it
+    no longer ends in U+FFFD. The window restarts after each emission, so the cost per token is
+    O(1) amortised rather than O(length of the generation).
+    """
+
+    def __init__(self, tokenizer: Tokenizer, skip_special: bool = True):
+        self.tokenizer = tokenizer
+        self.skip_special = skip_special
+        self._ids: list[int] = []
+        self._prefix = 0  # window start: ids before it are emitted and forgotten
+        self._read = 0  # ids[_prefix:_read] decode to text already emitted
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special=self.skip_special)
+
+    def push(self, token_id: int) -> str:
+        """Add one id; return the text it completes ("" while a UTF-8 sequence is unfinished)."""
+        self._ids.append(int(token_id))
+        emitted = self._decode(self._ids[self._prefix:self._read])
+        text = self._decode(self._ids[self._prefix:])
+        if len(text) <= len(emitted) or text.endswith("\ufffd"):
+            return ""
+        # The next window starts at the ids that produced the text just emitted, so a
+        # SentencePiece leading space is decoded with the same left context both times.
+        self._prefix, self._read = self._read, len(self._ids)
+        if self._prefix > 64:  # drop ids no window will look at again
+            del self._ids[:self._prefix]
+            self._read -= self._prefix
+            self._prefix = 0
+        return text[len(emitted):]
+
+    def flush(self) -> str:
+        """Return whatever is still held back (an unfinished byte sequence decodes to U+FFFD)."""
+        emitted = self._decode(self._ids[self._prefix:self._read])
+        text = self._decode(self._ids[self._prefix:])
+        self._ids, self._prefix, self._read = [], 0, 0
+        return text[len(emitted):] if len(text) > len(emitted) else ""
+
+
+def train_tokenizer(files: list[str], vocab_size: int = 8192, out: str = "tokenizer", min_frequency: int = 2,
+                    special_tokens: Optional[list[str]] = None, text_field: str = "text") -> None:
+    """Train a byte-level BPE tokenizer on text files.
+
+    The GPT-2 recipe (Radford et al. 2019, sec. 2.2): BPE over UTF-8 bytes after the GPT-2 regex
+    pre-tokenizer, so any text round-trips without an unknown token. The result loads with
+    `Tokenizer.from_dir` and with `transformers.AutoTokenizer.from_pretrained(out)`.
+
+    Args:
+        files: text files (.txt/.md, one document per file), JSONL/JSON/Parquet files, or folders
+            of them (searched recursively) - the same sources as `llmkit data prepare`.
+        vocab_size: size of the vocabulary, the 256 byte tokens and the special tokens included.
+        out: folder to write tokenizer.json and tokenizer_config.json to.
+        min_frequency: a pair must occur this often to be merged.
+        special_tokens: special tokens to reserve (ids 0, 1, ...). The first is the document
+            separator, used as BOS, EOS and padding; default ["<|endoftext|>"].
+        text_field: field holding the text in JSONL/JSON/Parquet sources.
+    """
+    from tqdm import tqdm
+
+    from llmkit.data import iter_documents
+
+    specials = list(special_tokens) if special_tokens else ["<|endoftext|>"]
+    if len(set(specials)) != len(specials):
+        raise LLMKitError(f"duplicate special tokens: {specials}")
+    minimum = 256 + len(specials)
+    if vocab_size < minimum:
+        raise LLMKitError(f"vocab_size {vocab_size} is too small: the 256 byte tokens and "
+                          f"{len(specials)} special token(s) need at least {minimum}")
+    if min_frequency < 1:
+        raise LLMKitError(f"min_frequency must be >= 1, got {min_frequency}")
+
+    backend = _Backend(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    backend.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=specials,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=True)
+
+    n_docs = 0
+
+    def texts() -> Iterable[str]:
+        nonlocal n_docs
+        # Documents stream from disk; the trainer keeps only word counts, never the corpus.
+        for doc in tqdm(iter_documents(files, text_field=text_field), desc="reading", unit=" docs", disable=None):
+            n_docs += 1
+            yield doc.text
+
+    backend.train_from_iterator(texts(), trainer=trainer)
+    if n_docs == 0:
+        raise LLMKitError(f"no text found in {', '.join(files)}")
+
+    sep = specials[0]
+    pad = next((t for t in specials if t in ("<pad>", "<|pad|>", "[PAD]")), sep)
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": sep, "eos_token": sep, "pad_token": pad}
+    tok = Tokenizer(backend, config=config)
+    tok.save(out)
+    print(f"trained byte-level BPE on {n_docs} document(s): {tok.vocab_size} tokens -> {out}")

@@ -1,0 +1,547 @@
+"""The one training loop.
+
+Pretraining, full finetuning, LoRA, frozen layers, classifier heads and DPO all run here; they
+differ in the batches they feed (`batches`), the loss they compute (`loss_fn`), which
+parameters require grad, and what a checkpoint keeps (`trainable_only`). Single process vs
+`torchrun` (DDP or FSDP2) is a setting, not another loop.
+
+Resumability is exact: a checkpoint holds the weights, the optimizer state, the step/token
+counters, the RNG state and the data position, and is taken only at optimizer-step
+boundaries, so an interrupted run that resumes reproduces the uninterrupted loss curve bit for
+bit on CPU. A checkpoint directory appears only once complete (written as `*.tmp`, renamed),
+and `latest` is switched atomically after it: a crash mid-save never leaves a broken latest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+import signal
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
+
+import torch
+import torch.distributed as dist
+
+from llmkit.errors import LLMKitError
+from llmkit.training.optim import lr_at, make_optimizer
+
+
+@dataclass
+class TrainConfig:
+    """Settings of the training loop (shared by every recipe; the output directory is the
+    recipe's `--out`).
+
+    Args:
+        max_steps: stop after this many optimizer steps.
+        max_tokens: stop after this many training tokens (all processes together).
+        max_time: stop after this many seconds of training.
+        micro_batch_size: sequences per forward pass per process.
+        grad_accum: micro-batches per optimizer step (global batch = micro * accum * processes).
+        lr: peak learning rate.
+        min_lr_ratio: cosine decay ends at this fraction of the peak.
+        warmup_steps: linear warmup steps.
+        weight_decay: AdamW decay, applied to matrices only.
+        beta1: AdamW beta1.
+        beta2: AdamW beta2.
+        grad_clip: clip the global gradient norm to this (0 = off).
+        precision: auto, fp32, bf16 or fp16 (autocast; auto = bf16 where supported).
+        compile: torch.compile the model.
+        activation_checkpointing: recompute block activations in backward to save memory.
+        eval_every: evaluate every N steps (0 = only at the end).
+        log_every: log every N steps.
+        save_every: checkpoint every N steps (0 = only at the end and on a signal).
+        keep_last: step checkpoints to keep.
+        seed: seed for the model init, data order and dropout.
+        resume: auto (latest checkpoint in out_dir, if any), none, or a checkpoint directory.
+        distributed: auto, none, ddp or fsdp (under torchrun; auto = ddp with >1 process).
+        device: auto, cpu, cuda, cuda:N or mps.
+        peak_flops: the device's peak FLOP/s for MFU (default: a table for GPUs, measured on CPU).
+        tensorboard: also log to TensorBoard (out_dir/tb).
+    """
+
+    max_steps: Optional[int] = None
+    max_tokens: Optional[int] = None
+    max_time: Optional[float] = None
+    micro_batch_size: int = 8
+    grad_accum: int = 1
+    lr: float = 3e-4
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    precision: str = "auto"
+    compile: bool = False
+    activation_checkpointing: bool = False
+    eval_every: int = 100
+    log_every: int = 10
+    save_every: int = 500
+    keep_last: int = 2
+    seed: int = 42
+    resume: str = "auto"
+    distributed: str = "auto"
+    device: str = "auto"
+    peak_flops: Optional[float] = None
+    tensorboard: bool = True
+
+    def validate(self) -> None:
+        if not (self.max_steps or self.max_tokens or self.max_time):
+            raise LLMKitError("set a training budget: max_steps, max_tokens or max_time")
+        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+            raise LLMKitError(f"precision must be auto, fp32, bf16 or fp16, got '{self.precision}'")
+        if self.distributed not in ("auto", "none", "ddp", "fsdp"):
+            raise LLMKitError(f"distributed must be auto, none, ddp or fsdp, got '{self.distributed}'")
+        for name in ("micro_batch_size", "grad_accum"):
+            if getattr(self, name) < 1:
+                raise LLMKitError(f"{name} must be >= 1")
+
+
+# --- devices, precision, processes --------------------------------------------------------------
+@dataclass
+class Runtime:
+    rank: int = 0
+    local_rank: int = 0
+    world: int = 1
+    device: torch.device = torch.device("cpu")
+    mode: str = "none"  # none | ddp | fsdp
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_runtime(cfg: TrainConfig) -> Runtime:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    if cfg.device == "auto":
+        device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(cfg.device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise LLMKitError("device cuda requested but CUDA is not available")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    mode = "none"
+    if world > 1:
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        mode = "ddp" if cfg.distributed in ("auto", "ddp") else cfg.distributed
+        if mode == "none":
+            raise LLMKitError("distributed=none under a multi-process launch")
+    elif cfg.distributed == "fsdp":
+        mode = "none"  # one process: sharding is a no-op
+    return Runtime(rank, local_rank, world, device, mode)
+
+
+def resolve_precision(precision: str, device: torch.device) -> Optional[torch.dtype]:
+    """The autocast dtype, or None for fp32. fp16 on CPU is refused: it runs ~300x slower."""
+    if precision == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        if device.type == "cpu" and _cpu_has_bf16():
+            return torch.bfloat16
+        return None
+    if precision == "fp16" and device.type == "cpu":
+        raise LLMKitError("fp16 on CPU falls back to a ~300x slower path; use --precision bf16 or fp32")
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def _cpu_has_bf16() -> bool:
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except Exception:
+        return False
+
+
+_GPU_PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12,
+                  "L4": 121e12, "RTX 4090": 165e12, "RTX 3090": 71e12, "V100": 125e12, "T4": 65e12}
+
+
+def device_peak_flops(device: torch.device, dtype: Optional[torch.dtype]) -> Optional[float]:
+    """Dense matmul peak of the device: a table for GPUs, a quick measurement on CPU."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        return next((v for k, v in _GPU_PEAK_BF16.items() if k in name), None)
+    if device.type != "cpu":
+        return None
+    n, dt = 1024, dtype or torch.float32
+    a, b = torch.randn(n, n, dtype=dt), torch.randn(n, n, dtype=dt)
+    a @ b
+    best = float("inf")
+    for _ in range(3):
+        t = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best
+
+
+# --- checkpoints --------------------------------------------------------------------------------
+def _step_dir(root: Path, step: int) -> Path:
+    return root / f"step-{step:08d}"
+
+
+def find_latest(out_dir: str | Path) -> Optional[Path]:
+    root = Path(out_dir) / "checkpoints"
+    latest = root / "latest"
+    if latest.exists():
+        d = root / latest.read_text().strip()
+        if (d / "trainer_state.json").exists():
+            return d
+    done = sorted(p for p in root.glob("step-*") if p.is_dir() and not p.name.endswith(".tmp")
+                  and (p / "trainer_state.json").exists())
+    return done[-1] if done else None
+
+
+# --- the loop -----------------------------------------------------------------------------------
+LossFn = Callable[[torch.nn.Module, Any], dict]
+
+
+class Trainer:
+    """Runs `loss_fn(model, batch)` over `batches` with the settings of `cfg`.
+
+    loss_fn returns a dict with "loss" (a scalar tensor, mean over the micro-batch's targets),
+    "tokens" (how many tokens the micro-batch trained on, for throughput), and optionally more
+    scalar metrics to log (e.g. DPO's reward margin).
+    batches: this process's iterator of micro-batches (tensors, tuples or dicts of tensors);
+    under torchrun each process iterates its own share of the global batch. If it has
+    state_dict()/load_state_dict(), its position is checkpointed for exact resume.
+    evaluate: model -> dict of metrics (e.g. {"val_loss": ..., "val_ppl": ...}), run every
+    eval_every steps and at the end. on_eval: called after evaluate with (step, model, metrics),
+    e.g. to print sample generations.
+    save_fn: (directory, full state dict) -> None, writes the weights of a checkpoint (and
+    whatever files make it loadable); default writes model.safetensors.
+    trainable_only: checkpoints keep only parameters that require grad (LoRA adapters, heads).
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        cfg: TrainConfig,
+        out_dir: str | Path,
+        batches: Iterator,
+        loss_fn: LossFn,
+        evaluate: Optional[Callable[[torch.nn.Module], dict]] = None,
+        on_eval: Optional[Callable[[int, torch.nn.Module, dict], None]] = None,
+        save_fn: Optional[Callable[[Path, dict], None]] = None,
+        trainable_only: bool = False,
+        flops_per_token: Optional[float] = None,
+        runtime: Optional[Runtime] = None,
+    ):
+        cfg.validate()
+        self.cfg, self.batches, self.loss_fn = cfg, batches, loss_fn
+        self.evaluate_fn, self.on_eval, self.save_fn = evaluate, on_eval, save_fn
+        self.trainable_only, self.flops_per_token = trainable_only, flops_per_token
+        self.rt = runtime or setup_runtime(cfg)
+        self.out = Path(out_dir)
+        self.raw_model = model
+        self.amp_dtype = resolve_precision(cfg.precision, self.rt.device)
+        self.step, self.tokens, self.elapsed = 0, 0, 0.0
+        self.history: list[dict] = []
+        self._signal: Optional[int] = None
+        self.model = self._wrap(model)
+        self.optimizer = make_optimizer(self.model if self.rt.mode == "fsdp" else model, cfg.lr,
+                                        cfg.weight_decay, (cfg.beta1, cfg.beta2))
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
+
+    # -- setup --
+    def _wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        model.to(self.rt.device)
+        if self.cfg.activation_checkpointing:
+            if not hasattr(model, "gradient_checkpointing"):
+                raise LLMKitError("this model does not support activation checkpointing")
+            model.gradient_checkpointing = True
+        model.train()
+        if self.rt.mode == "ddp":
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            ids = [self.rt.device.index] if self.rt.device.type == "cuda" else None
+            wrapped = DDP(model, device_ids=ids, find_unused_parameters=False)
+        elif self.rt.mode == "fsdp":
+            from torch.distributed.fsdp import fully_shard
+
+            # Shard each block, then the root (embeddings, final norm, head): the standard
+            # FSDP2 layout, one all-gather per block in forward and backward.
+            for block in getattr(model, "blocks", []):
+                fully_shard(block)
+            wrapped = fully_shard(model)
+        else:
+            wrapped = model
+        if self.cfg.compile:
+            wrapped = torch.compile(wrapped)
+        return wrapped
+
+    def _state_options(self, **kw):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+        return StateDictOptions(full_state_dict=True, cpu_offload=self.rt.mode != "none", **kw)
+
+    # -- checkpointing --
+    def save_checkpoint(self) -> Optional[Path]:
+        from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+
+        target = self.model if self.rt.mode == "fsdp" else self.raw_model
+        sd = get_model_state_dict(target, options=self._state_options())
+        osd = get_optimizer_state_dict(target, self.optimizer, options=self._state_options())
+        if not self.rt.main:
+            self._barrier()
+            return None
+        if self.trainable_only:
+            keep = {n for n, p in self.raw_model.named_parameters() if p.requires_grad}
+            sd = {k: v for k, v in sd.items() if k in keep}
+        root = self.out / "checkpoints"
+        final = _step_dir(root, self.step)
+        tmp = final.with_name(final.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        if self.save_fn is not None:
+            self.save_fn(tmp, sd)
+        else:
+            from llmkit.checkpoint import save_weights
+
+            save_weights(tmp, {k: v for k, v in sd.items()})
+        rng = {"cpu": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state()
+        # Optimizer state and RNG are tensors, ints and floats: loadable with weights_only=True.
+        from llmkit.checkpoint import atomic_write, atomic_write_json, atomic_write_text
+
+        atomic_write(tmp / "optimizer.pt", lambda p: torch.save({"optimizer": osd, "rng": rng}, p))
+        data_state = self.batches.state_dict() if hasattr(self.batches, "state_dict") else None
+        atomic_write_json(tmp / "trainer_state.json", {
+            "step": self.step, "tokens": self.tokens, "elapsed": self.elapsed, "data": data_state,
+            "config": asdict(self.cfg), "world": self.rt.world,
+        })
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        atomic_write_text(root / "latest", final.name + "\n")
+        if self.cfg.keep_last > 0:  # `final` counts as one of the kept
+            older = sorted(p for p in root.glob("step-*") if p.is_dir() and p != final and not p.name.endswith(".tmp"))
+            for old in older[: len(older) - (self.cfg.keep_last - 1)]:
+                shutil.rmtree(old, ignore_errors=True)
+        self._barrier()
+        return final
+
+    def load_checkpoint(self, path: Path) -> None:
+        from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
+
+        from llmkit.checkpoint import load_weights
+
+        state = json.loads((path / "trainer_state.json").read_text())
+        sd = load_weights(path)
+        bundle = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
+        target = self.model if self.rt.mode == "fsdp" else self.raw_model
+        opts = self._state_options(strict=False)
+        missing = [n for n, p in self.raw_model.named_parameters() if p.requires_grad and n not in sd
+                   and not (n == "lm_head.weight" and "embed.weight" in sd)]
+        if missing:
+            raise LLMKitError(f"{path}: checkpoint lacks trained parameters {missing[:3]}")
+        set_model_state_dict(target, sd, options=opts)
+        set_optimizer_state_dict(target, self.optimizer, bundle["optimizer"], options=self._state_options())
+        torch.set_rng_state(bundle["rng"]["cpu"])
+        if "cuda" in bundle["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state(bundle["rng"]["cuda"])
+        self.step, self.tokens, self.elapsed = state["step"], state["tokens"], state["elapsed"]
+        if state.get("data") is not None and hasattr(self.batches, "load_state_dict"):
+            self.batches.load_state_dict(state["data"])
+        if self.rt.main:
+            print(f"resumed from {path} at step {self.step}", flush=True)
+
+    def _maybe_resume(self) -> None:
+        r = self.cfg.resume
+        if r == "none":
+            return
+        path = find_latest(self.out) if r == "auto" else Path(r)
+        if path is None:
+            return
+        if not (path / "trainer_state.json").exists():
+            raise LLMKitError(f"{path}: not a training checkpoint (no trainer_state.json)")
+        self.load_checkpoint(path)
+
+    # -- distributed helpers --
+    def _barrier(self) -> None:
+        if self.rt.world > 1:
+            dist.barrier()
+
+    def _mean(self, value: float) -> float:
+        if self.rt.world == 1:
+            return value
+        t = torch.tensor([value], dtype=torch.float64, device=self.rt.device)
+        dist.all_reduce(t)
+        return t.item() / self.rt.world
+
+    def _any(self, flag: bool) -> bool:
+        if self.rt.world == 1:
+            return flag
+        t = torch.tensor([int(flag)], device=self.rt.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item())
+
+    def _local(self, batch):
+        """Move a micro-batch (tensor, tuple or dict of tensors) to the device."""
+        def move(t):
+            return t.to(self.rt.device, non_blocking=True) if torch.is_tensor(t) else t
+
+        if isinstance(batch, dict):
+            return {k: move(v) for k, v in batch.items()}
+        if isinstance(batch, (tuple, list)):
+            return type(batch)(move(t) for t in batch)
+        return move(batch)
+
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.rt.device.type, dtype=self.amp_dtype)
+
+    # -- evaluation --
+    def run_eval(self) -> dict:
+        if self.evaluate_fn is None:
+            return {}
+        self.model.eval()
+        with torch.no_grad(), self._autocast():
+            metrics = self.evaluate_fn(self.model)
+        self.model.train()
+        metrics = {k: self._mean(float(v)) for k, v in metrics.items()}
+        if self.on_eval is not None and self.rt.main:
+            self.on_eval(self.step, self.raw_model, metrics)
+        return metrics
+
+    # -- main --
+    def _total_steps(self) -> Optional[int]:
+        c = self.cfg
+        if c.max_steps:
+            return c.max_steps
+        return None  # token budgets: derived once the first step tells us tokens per step
+
+    def fit(self) -> dict:
+        from llmkit.training.logger import MetricsLogger
+
+        c = self.cfg
+        torch.manual_seed(c.seed + self.rt.rank)
+        self._maybe_resume()
+        logger = MetricsLogger(self.out, enabled=self.rt.main, tensorboard=c.tensorboard, total=c.max_steps)
+        peak = c.peak_flops or (device_peak_flops(self.rt.device, self.amp_dtype) if self.flops_per_token else None)
+        old_handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        total = self._total_steps()
+        # Tokens per optimizer step fix the step count of a token budget (and so the LR schedule);
+        # after a resume they come from the counters so the schedule continues unchanged.
+        tokens_per_step: Optional[int] = self.tokens // self.step if self.step else None
+        stop_reason = "budget"
+        try:
+            if self.step == 0 and c.eval_every and self.evaluate_fn is not None:
+                logger.log(self.step, self.run_eval(), tokens=self.tokens)
+            t_last, tok_last = time.perf_counter(), self.tokens
+            while True:
+                if self._done(total):
+                    break
+                t0 = time.perf_counter()
+                lr = lr_at(self.step, c.lr, c.warmup_steps, total or self._estimate_total(tokens_per_step), c.min_lr_ratio)
+                for g in self.optimizer.param_groups:
+                    g["lr"] = lr
+                loss_sum, step_tokens, extra = 0.0, 0, {}
+                for micro in range(c.grad_accum):
+                    batch = self._local(next(self.batches))
+                    sync = micro == c.grad_accum - 1
+                    ctx = self.model.no_sync() if (self.rt.mode == "ddp" and not sync) else contextlib.nullcontext()
+                    if self.rt.mode == "fsdp":
+                        self.model.set_requires_gradient_sync(sync)
+                    with ctx:
+                        with self._autocast():
+                            out = self.loss_fn(self.model, batch)
+                        loss = out["loss"] / c.grad_accum
+                        (self.scaler.scale(loss) if self.scaler else loss).backward()
+                    loss_sum += float(out["loss"].detach())
+                    step_tokens += int(out.get("tokens", 0))
+                    for k, v in out.items():
+                        if k not in ("loss", "tokens"):
+                            extra[k] = extra.get(k, 0.0) + float(v) / c.grad_accum
+                if self.scaler:
+                    self.scaler.unscale_(self.optimizer)
+                grad_norm = self._clip()
+                if self.scaler:
+                    self.scaler.step(self.optimizer)
+                    self.scaler.update()
+                else:
+                    self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.step += 1
+                step_tokens = step_tokens * self.rt.world
+                tokens_per_step = tokens_per_step or step_tokens
+                self.tokens += step_tokens
+                self.elapsed += time.perf_counter() - t0
+                loss_val = self._mean(loss_sum / c.grad_accum)
+                if not math.isfinite(loss_val):
+                    raise LLMKitError(f"loss is {loss_val} at step {self.step}: lower the learning rate or check the data")
+                row = {"loss": loss_val, "lr": lr, "grad_norm": grad_norm, **{k: self._mean(v) for k, v in extra.items()}}
+                self.history.append({"step": self.step, "loss": loss_val})
+                if self.step % c.log_every == 0 or self.step == 1:
+                    now = time.perf_counter()
+                    tps = (self.tokens - tok_last) / max(now - t_last, 1e-9)
+                    t_last, tok_last = now, self.tokens
+                    row["tokens_per_sec"] = tps
+                    if peak and self.flops_per_token:
+                        row["mfu"] = self.flops_per_token * tps / (peak * self.rt.world)
+                logger.log(self.step, row, tokens=self.tokens)
+                if c.eval_every and self.step % c.eval_every == 0 and not self._done(total):
+                    logger.log(self.step, self.run_eval(), tokens=self.tokens)
+                if c.save_every and self.step % c.save_every == 0 and not self._done(total):
+                    self.save_checkpoint()
+                if self._any(self._signal is not None):
+                    stop_reason = "signal"
+                    break
+            final_metrics = self.run_eval() if stop_reason == "budget" else {}
+            if final_metrics:
+                logger.log(self.step, final_metrics, tokens=self.tokens)
+            ckpt = self.save_checkpoint()
+        finally:
+            for s, h in old_handlers.items():
+                signal.signal(s, h)
+            logger.close()
+        if self.rt.main:
+            logger.plot()
+        if stop_reason == "signal":
+            if self.rt.main:
+                print(f"stopped by signal at step {self.step}; checkpoint saved to {ckpt}; resume with --resume auto", flush=True)
+            raise SystemExit(128 + (self._signal or signal.SIGTERM))
+        return {"step": self.step, "tokens": self.tokens, "checkpoint": ckpt, **final_metrics,
+                "loss": self.history[-1]["loss"] if self.history else None}
+
+    def _estimate_total(self, tokens_per_step: Optional[int]) -> int:
+        c = self.cfg
+        if c.max_tokens and tokens_per_step:
+            return max(1, math.ceil(c.max_tokens / tokens_per_step))
+        if c.max_tokens:  # before the first step: from the nominal batch shape
+            return max(1, c.warmup_steps + 1)
+        # Time budget only: decay over the steps the elapsed rate predicts.
+        rate = self.step / self.elapsed if self.elapsed > 0 else 0
+        return max(c.warmup_steps + 1, int(rate * (c.max_time or 0)) or c.warmup_steps + 1)
+
+    def _done(self, total: Optional[int]) -> bool:
+        c = self.cfg
+        done = bool((c.max_steps and self.step >= c.max_steps) or (c.max_tokens and self.tokens >= c.max_tokens)
+                    or (c.max_time and self.elapsed >= c.max_time))
+        return self._any(done)
+
+    def _clip(self) -> float:
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        if not params:
+            return 0.0
+        max_norm = self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf")
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        if hasattr(norm, "full_tensor"):  # DTensor under FSDP2
+            norm = norm.full_tensor()
+        return float(norm)
+
+    def _on_signal(self, signum, frame) -> None:
+        if self._signal is not None:  # a second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        self._signal = signum
+        if self.rt.main:
+            print(f"\nreceived signal {signum}: saving a checkpoint after this step ...", flush=True)
