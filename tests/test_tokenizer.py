@@ -80,8 +80,8 @@ def llama_like(d: Path, config: dict | None = None) -> Path:
                                                        special_tokens=[("<s>", 1)])
     tok.add_special_tokens(["<unk>", "<s>", "</s>"])
     tok.save(str(d / "tokenizer.json"))
-    cfg = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": {"__type": "AddedToken", "content": "<s>", "lstrip": False},
-           "eos_token": "</s>", "unk_token": "<unk>"}
+    cfg = {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "</s>", "unk_token": "<unk>",
+           "bos_token": {"__type": "AddedToken", "content": "<s>", "lstrip": False}}  # the dict form
     cfg.update(config or {})
     (d / "tokenizer_config.json").write_text(json.dumps(cfg), encoding="utf-8")
     return d
@@ -160,6 +160,20 @@ def test_save_loads_in_transformers(tmp_path):
     assert again.eos_ids == tok.eos_ids == {5, 7, tok.eos_id}
 
 
+def test_folder_saved_by_transformers(tmp_path):
+    from transformers import AutoTokenizer, GPT2TokenizerFast
+
+    src = gpt2_style_files(tmp_path / "gpt2")
+    vocab = json.loads((src / "vocab.json").read_text(encoding="utf-8"))
+    merges = [tuple(line.split()) for line in (src / "merges.txt").read_text(encoding="utf-8").splitlines()[1:]]
+    GPT2TokenizerFast(vocab=vocab, merges=merges).save_pretrained(str(tmp_path / "hf"))
+    tok = Tokenizer.from_dir(tmp_path / "hf")
+    hf = AutoTokenizer.from_pretrained(str(tmp_path / "hf"))
+    assert (tok.bos_id, tok.eos_id, tok.pad_id, tok.add_bos) == (hf.bos_token_id, hf.eos_token_id, None, False)
+    for text in SAMPLES:
+        assert tok.encode(text) == hf.encode(text)
+
+
 @pytest.mark.skipif(not (GPT2_DATA / "encoder.json").exists(), reason=f"GPT-2 tokenizer files not in {GPT2_DATA}")
 def test_real_gpt2_files():
     from transformers import GPT2TokenizerFast
@@ -200,12 +214,12 @@ def test_config_files_specials_and_templates(trained, tmp_path):
            "added_tokens_decoder": {"0": {"content": "<|endoftext|>", "special": True}},
            "chat_template": [{"name": "tool_use", "template": "T"}, {"name": "default", "template": "D"}]}
     (d / "tokenizer_config.json").write_text(json.dumps(cfg), encoding="utf-8")
-    (d / "generation_config.json").write_text(json.dumps({"eos_token_id": [0, 3], "bos_token_id": 0}),
-                                              encoding="utf-8")
+    (d / "generation_config.json").write_text(json.dumps({"eos_token_id": [0, 3], "bos_token_id": 0,
+                                                          "pad_token_id": 0}), encoding="utf-8")
     tok = Tokenizer.from_dir(d)
     assert tok.eos_id == 0 and tok.eos_ids == {0, 3}
     assert tok.bos_id == 0  # from generation_config: tokenizer_config names none
-    assert tok.pad_id is None
+    assert tok.pad_id is None  # an explicit null in tokenizer_config wins over generation_config
     assert tok.chat_template == "D"
     assert tok.special_tokens["eos_token"] == "<|endoftext|>"
     # chat_template.jinja is read when the config has none, and copied by save().

@@ -32,6 +32,7 @@ COMMANDS: dict[str, str | dict[str, str]] = {
         "prepare": "llmkit.data.prepare:prepare",
         "curate": "llmkit.data.curate:curate",
     },
+    "evaluate": "llmkit.evaluate:evaluate",
 }
 
 

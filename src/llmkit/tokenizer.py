@@ -152,7 +152,7 @@ class Tokenizer:
         # a no-op for a complete tokenizer.json, essential for vocab + merges folders, where
         # "<|endoftext|>" in text must map to its id and `skip_special` must drop it.
         added = []
-        for tid, entry in sorted(self.config.get("added_tokens_decoder", {}).items(), key=lambda kv: int(kv[0])):
+        for _, entry in sorted(self.config.get("added_tokens_decoder", {}).items(), key=lambda kv: int(kv[0])):
             if isinstance(entry, dict) and isinstance(entry.get("content"), str):
                 added.append(AddedToken(entry["content"], special=bool(entry.get("special", True)),
                                         normalized=bool(entry.get("normalized", False)),
@@ -167,7 +167,9 @@ class Tokenizer:
         def resolve(key: str) -> Optional[int]:
             if key in self.special_tokens:
                 return backend.token_to_id(self.special_tokens[key])
-            ids = _id_list(gen.get(f"{key}_id"))  # e.g. generation_config's bos_token_id
+            if key in self.config:  # an explicit null (Qwen's bos_token) means "none", as in HF
+                return None
+            ids = _id_list(gen.get(f"{key}_id"))  # otherwise e.g. generation_config's bos_token_id
             return ids[0] if ids else None
 
         self.bos_id: Optional[int] = resolve("bos_token")

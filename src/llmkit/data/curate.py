@@ -76,6 +76,14 @@ def ngram_hashes(h: np.ndarray, n: int) -> np.ndarray:
     return g
 
 
+def extend_ngrams(g: np.ndarray, h: np.ndarray, n: int) -> np.ndarray:
+    """The n-gram hashes from the (n-1)-gram hashes `g` (as ngram_hashes(h, n), one step)."""
+    m = len(h) - n + 1
+    if m <= 0:
+        return np.empty(0, dtype=np.uint64)
+    return g[:m] * _POLY + h[n - 1:]
+
+
 def normalized_words(text: str) -> list[str]:
     """Lower-cased runs of letters/digits: punctuation and spacing do not hide a duplicate."""
     return _WORD_RE.findall(text.lower())
@@ -95,7 +103,8 @@ class QualityFilter:
 
     Defaults are Gopher's (Rae et al. 2021, A.1.1 and table A1) except `max_digit_fraction`
     (ours: tables of numbers, logs and listings). Ratios are over whitespace-separated words,
-    non-empty lines, and characters of words.
+    non-empty lines, and characters of words; stop words and n-gram repetition compare words
+    lower-cased with surrounding punctuation removed.
     """
 
     min_words: Optional[int] = 50
@@ -162,8 +171,11 @@ class QualityFilter:
             digits = sum(map(text.count, "0123456789"))
             if digits / chars > self.max_digit_fraction and fail("digit_fraction"):
                 return failed
+        # Word identity for stop words and repetition: case and surrounding punctuation ignored,
+        # so "Thou." and "thou" are one word (an n-gram repeated at a line end still counts).
+        plain = [p for p in (w.strip(_PUNCT).lower() for w in words) if p]
         if self.min_stop_words is not None:
-            present = STOP_WORDS.intersection(w.strip(_PUNCT).lower() for w in words)
+            present = STOP_WORDS.intersection(plain)
             if len(present) < self.min_stop_words and fail("stop_words"):
                 return failed
         if self.max_duplicate_line_fraction is not None or self.max_duplicate_line_char_fraction is not None:
@@ -177,48 +189,58 @@ class QualityFilter:
                     and dup_chars / sum(map(len, lines)) > self.max_duplicate_line_char_fraction \
                     and fail("duplicate_line_chars"):
                 return failed
-        if self.max_top_ngram_fraction or self.max_duplicate_ngram_fraction:
-            h = word_hashes(words)
-            if self.max_top_ngram_fraction and self._top_ngram(h, lengths, chars) and fail("top_ngram"):
+        if (self.max_top_ngram_fraction or self.max_duplicate_ngram_fraction) and plain:
+            h = word_hashes(plain)
+            plain_lengths = np.fromiter(map(len, plain), dtype=np.int64, count=len(plain))
+            plain_chars = int(plain_lengths.sum())
+            if self.max_top_ngram_fraction and self._top_ngram(h, plain_lengths, plain_chars) and fail("top_ngram"):
                 return failed
-            if self.max_duplicate_ngram_fraction and self._duplicate_ngram(h, lengths, chars) \
+            if self.max_duplicate_ngram_fraction and self._duplicate_ngram(h, plain_lengths, plain_chars) \
                     and fail("duplicate_ngram"):
                 return failed
         return failed
 
     def _top_ngram(self, h: np.ndarray, lengths: np.ndarray, chars: int) -> bool:
         """Gopher: the characters covered by the most frequent n-gram (n = 2, 3, 4) exceed a fraction."""
-        g = None
+        g = h
         for n, limit in enumerate(self.max_top_ngram_fraction, start=2):
-            g = ngram_hashes(h, n)
+            g = extend_ngrams(g, h, n)
             if len(g) == 0:
                 return False
             _, first, counts = np.unique(g, return_index=True, return_counts=True)
             top = int(np.argmax(counts))
-            if counts[top] > 1:
-                ngram_chars = int(lengths[first[top]:first[top] + n].sum())
-                if counts[top] * ngram_chars / chars > limit:
-                    return True
+            if counts[top] == 1:
+                return False  # no n-gram repeats, so no longer one does
+            ngram_chars = int(lengths[first[top]:first[top] + n].sum())
+            if counts[top] * ngram_chars / chars > limit:
+                return True
         return False
 
     def _duplicate_ngram(self, h: np.ndarray, lengths: np.ndarray, chars: int) -> bool:
         """Gopher: the characters inside n-grams that occur more than once (overlaps counted
         once) exceed a fraction, for n = 5..10."""
-        for n, limit in enumerate(self.max_duplicate_ngram_fraction, start=5):
-            g = ngram_hashes(h, n)
+        limits = list(self.max_duplicate_ngram_fraction)
+        g = ngram_hashes(h, 4)
+        for k, limit in enumerate(limits):
+            n = 5 + k
+            g = extend_ngrams(g, h, n)
             if len(g) == 0:
                 return False
             _, inverse, counts = np.unique(g, return_inverse=True, return_counts=True)
             starts = np.flatnonzero(counts[inverse] > 1)
             if len(starts) == 0:
-                continue
+                return False  # no n-gram repeats, so no longer one does
             # Mark words covered by any repeated n-gram: +1 at its start, -1 after its end.
             delta = np.zeros(len(h) + 1, dtype=np.int64)
             np.add.at(delta, starts, 1)
             np.add.at(delta, starts + n, -1)
             covered = np.cumsum(delta[:-1]) > 0
-            if int(lengths[covered].sum()) / chars > limit:
+            fraction = int(lengths[covered].sum()) / chars
+            if fraction > limit:
                 return True
+            # A repeated (n+1)-gram is made of repeated n-grams: coverage only shrinks with n.
+            if fraction <= min(limits[k + 1:], default=math.inf):
+                return False
         return False
 
 
@@ -226,12 +248,16 @@ class QualityFilter:
 _trapezoid = getattr(np, "trapezoid", None) or np.trapz  # renamed in numpy 2.0
 
 
-def lsh_bands(threshold: float, num_perm: int) -> tuple[int, int]:
-    """(bands, rows) with bands * rows <= num_perm minimising the false-positive plus
+def lsh_bands(threshold: float, num_perm: int, fp_weight: float = 0.1) -> tuple[int, int]:
+    """(bands, rows) with bands * rows <= num_perm minimising the weighted false-positive plus
     false-negative probability mass around `threshold`.
 
     A pair with Jaccard s shares at least one band with probability 1 - (1 - s^r)^b, an S-curve
-    whose midpoint is about (1/b)^(1/r) (Leskovec et al., sec. 3.4.2).
+    whose midpoint is about (1/b)^(1/r) (Leskovec et al., sec. 3.4.2). Candidates are verified
+    against the full signature, so a false positive costs one comparison while a false negative
+    is a duplicate kept: false negatives weigh (1 - fp_weight) / fp_weight = 9x more. For 0.8
+    and 128 permutations that gives 14 bands of 9 rows: a 0.9-similar pair is found with
+    probability 0.999 (equal weights: 9 x 14, and 0.90).
     """
     s = np.linspace(0.0, 1.0, 2001)
     below, above = s <= threshold, s > threshold
@@ -239,7 +265,7 @@ def lsh_bands(threshold: float, num_perm: int) -> tuple[int, int]:
     for b in range(1, num_perm + 1):
         r = num_perm // b
         p = 1.0 - (1.0 - s ** r) ** b
-        cost = _trapezoid(p[below], s[below]) + _trapezoid(1.0 - p[above], s[above])
+        cost = fp_weight * _trapezoid(p[below], s[below]) + (1 - fp_weight) * _trapezoid(1.0 - p[above], s[above])
         if cost < best[0]:
             best = (cost, b, r)
     return best[1], best[2]
@@ -520,13 +546,12 @@ def curate(sources: list[str], out: str, weights: Optional[list[Union[float, str
     ) if quality else None
     lsh = MinHashLSH(num_perm, near_dup_threshold, bands, shingle_size) if near_dedup else None
     docs = iter_documents(sources, text_field=text_field, text_unit=text_unit)  # checks every path now
-    decon = Decontaminator(decontaminate, decontaminate_ngram) if decontaminate else None
-
     out_dir = Path(out)
     if (out_dir / CURATE_REPORT).exists() and not overwrite:
         raise LLMKitError(f"'{out_dir}' already holds a curated corpus; pass --overwrite to replace it")
     if out_dir.exists() and not out_dir.is_dir():
         raise LLMKitError(f"output path '{out_dir}' exists and is not a folder")
+    decon = Decontaminator(decontaminate, decontaminate_ngram) if decontaminate else None
     out_dir.mkdir(parents=True, exist_ok=True)
     for old in [out_dir / CURATE_REPORT, out_dir / "report.md", *out_dir.glob("curated_*.jsonl")]:
         old.unlink(missing_ok=True)
@@ -588,7 +613,12 @@ def curate(sources: list[str], out: str, weights: Optional[list[Union[float, str
         total_in = sum(s.docs_in.docs for s in stats.values())
         if total_in == 0:
             raise LLMKitError(f"empty corpus: no text in {', '.join(sources)}")
-        mixing = _mix(out_dir, tmp_dir, sources, stats, mix, total_words, seed, writer) if mix else None
+        mixing, mix_error = None, None
+        if mix:
+            try:
+                mixing = _mix(tmp_dir, sources, stats, mix, total_words, seed, writer)
+            except LLMKitError as e:  # still write the report: it shows what removed the documents
+                mix_error = e
     finally:
         writer.close()
         for f in tmp_files.values():
@@ -598,13 +628,15 @@ def curate(sources: list[str], out: str, weights: Optional[list[Union[float, str
                 f.unlink()
             tmp_dir.rmdir()
 
-    report = _report(sources, stats, rules, removed_examples, writer, mixing, decon, lsh, quality_filter,
-                     seed=seed, text_field=text_field, text_unit=text_unit, dedup=dedup,
+    report = _report(sources, stats, rules, removed_examples, writer, mixing, mix_error, decon, lsh,
+                     quality_filter, seed=seed, text_field=text_field, text_unit=text_unit, dedup=dedup,
                      seconds=time.perf_counter() - t0)
     (out_dir / "report.md").write_text(_markdown(report), encoding="utf-8")
     tmp_report = out_dir / (CURATE_REPORT + ".tmp")
     tmp_report.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     os.replace(tmp_report, out_dir / CURATE_REPORT)  # last: marks the folder as a finished curation
+    if mix_error is not None:
+        raise LLMKitError(f"{mix_error} (see {out_dir / 'report.md'})")
 
     t = report["totals"]
     print(f"curated {t['docs_in']:,} docs ({t['words_in']:,} words): kept {t['docs_kept']:,} docs "
@@ -615,12 +647,12 @@ def curate(sources: list[str], out: str, weights: Optional[list[Union[float, str
     return report
 
 
-def _mix(out_dir: Path, tmp_dir: Path, sources: list[str], stats: dict[str, _SourceStats], mix: list[float],
+def _mix(tmp_dir: Path, sources: list[str], stats: dict[str, _SourceStats], mix: list[float],
          total_words: Optional[int], seed: int, writer: _JsonlShards) -> dict:
     kept = {s: stats[s].kept.words for s in sources}
     total = total_words if total_words is not None else sum(kept.values())
     if total <= 0:
-        raise LLMKitError("nothing to mix: no words were kept")
+        raise LLMKitError("nothing to mix: curation removed every document")
     targets = {s: w * total for s, w in zip(sources, mix)}
     for s in sources:
         if targets[s] > 0 and kept[s] == 0:
@@ -648,7 +680,8 @@ def _mix(out_dir: Path, tmp_dir: Path, sources: list[str], stats: dict[str, _Sou
                 "share_out": written[s].words / out_words} for s, w in zip(sources, mix)}
 
 
-def _report(sources, stats, rules, removed_examples, writer, mixing, decon, lsh, quality_filter, **settings) -> dict:
+def _report(sources, stats, rules, removed_examples, writer, mixing, mix_error, decon, lsh, quality_filter,
+            **settings) -> dict:
     def tally(t: _Tally) -> dict:
         return {"docs": t.docs, "words": t.words}
 
@@ -683,6 +716,7 @@ def _report(sources, stats, rules, removed_examples, writer, mixing, decon, lsh,
         "per_source": per_source,
         "per_rule": per_rule,
         "mixing": mixing,
+        "mixing_error": str(mix_error) if mix_error else None,
         "output": {"files": writer.files, "docs": writer.docs, "words": writer.words},
         "settings": settings,
         "seconds": round(seconds, 3),
@@ -691,26 +725,33 @@ def _report(sources, stats, rules, removed_examples, writer, mixing, decon, lsh,
 
 def _markdown(report: dict) -> str:
     t = report["totals"]
-    pct = lambda a, b: f"{100 * a / b:.1f}%" if b else "-"  # noqa: E731
+    def pct(a: int, b: int) -> str:
+        return f"{100 * a / b:.1f}%" if b else "-"
+
     lines = ["# Curation report", "",
              f"Words are whitespace-separated words. {t['docs_in']:,} documents in, {t['docs_kept']:,} kept "
              f"({pct(t['docs_kept'], t['docs_in'])}); {t['words_in']:,} words in, {t['words_kept']:,} kept "
              f"({pct(t['words_kept'], t['words_in'])}).", "",
-             "## Per source", "", "| source | docs in | docs kept | words in | words kept |", "|---|---:|---:|---:|---:|"]
+             "## Per source", "", "| source | docs in | docs kept | words in | words kept |",
+             "|---|---:|---:|---:|---:|"]
     for s, v in report["per_source"].items():
         lines.append(f"| `{s}` | {v['docs_in']:,} | {v['docs_kept']:,} | {v['words_in']:,} | {v['words_kept']:,} |")
     lines += ["", "## Removed per rule (first rule failed)", "", "| rule | docs | words | % of docs in |",
               "|---|---:|---:|---:|"]
     for r, v in report["per_rule"].items():
         lines.append(f"| {r} | {v['docs']:,} | {v['words']:,} | {pct(v['docs'], t['docs_in'])} |")
+    if report["mixing_error"]:
+        lines += ["", f"**Mixing failed:** {report['mixing_error']}. No output was written."]
     if report["mixing"]:
-        lines += ["", "## Mixture", "", "| source | weight | words kept | multiplier | docs out | words out | share out |",
+        lines += ["", "## Mixture", "",
+                  "| source | weight | words kept | multiplier | docs out | words out | share out |",
                   "|---|---:|---:|---:|---:|---:|---:|"]
         for s, v in report["mixing"].items():
             lines.append(f"| `{s}` | {v['weight']:.3f} | {v['words_kept']:,} | {v['multiplier']:.3f} | "
                          f"{v['docs_out']:,} | {v['words_out']:,} | {v['share_out']:.3f} |")
     o = report["output"]
-    lines += ["", f"Output: {o['docs']:,} documents, {o['words']:,} words in {', '.join(o['files']) or 'no files'}.", ""]
+    files = ", ".join(o["files"]) or "no files"
+    lines += ["", f"Output: {o['docs']:,} documents, {o['words']:,} words in {files}.", ""]
     examples = [(r, v["examples"]) for r, v in report["per_rule"].items() if v["examples"]]
     if examples:
         lines += ["## Examples of removed documents", ""]

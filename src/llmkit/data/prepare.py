@@ -12,9 +12,10 @@ concatenated into one stream per split, as in GPT-2/nanoGPT's OpenWebText prepar
 model learns that EOS ends a document, and training windows may span document boundaries.
 
 Validation documents are chosen after tokenization, from all document lengths: documents are
-ranked by a seeded hash of their index and taken in that order until they hold the closest to
+ranked by a seeded hash of their text and taken in that order until they hold the closest to
 `val_fraction` of the tokens (at least one document, never all). Whole documents, so no text is
-split between train and val; a hash rank, so the choice does not depend on file order quirks.
+split between train and val; a hash of the text, so copies of a document (duplicates in the
+corpus, or a source up-sampled by `data curate`) all land in the same split.
 
 Determinism: documents are read in a fixed order, cut into chunks in a fixed way and the
 chunks' ids written in submission order, so the bytes written do not depend on `num_proc`.
@@ -23,6 +24,7 @@ chunks' ids written in submission order, so the bytes written do not depend on `
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import sys
@@ -53,11 +55,18 @@ def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16 if vocab_size <= 1 << 16 else np.uint32)
 
 
-def _encode_chunk(tok, texts: list[str], dtype: str) -> tuple[np.ndarray, np.ndarray]:
+def text_key(text: str) -> int:
+    """64-bit content hash of a document: identical documents get identical keys."""
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
+
+
+def _encode_chunk(tok, texts: list[str], dtype: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(concatenated ids, ids per document, content key per document) of a chunk."""
     ids = tok.encode_batch(texts, eos=True)  # bos=None: the tokenizer's own convention
     lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
-    flat = np.fromiter((t for x in ids for t in x), dtype=dtype, count=int(lengths.sum()))
-    return flat, lengths
+    flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=dtype, count=int(lengths.sum()))
+    keys = np.fromiter(map(text_key, texts), dtype=np.uint64, count=len(texts))
+    return flat, lengths, keys
 
 
 def _init_worker(tokenizer_dir: str) -> None:
@@ -70,7 +79,7 @@ def _init_worker(tokenizer_dir: str) -> None:
     _worker_tok = Tokenizer.from_dir(tokenizer_dir)
 
 
-def _worker_encode(texts: list[str], dtype: str) -> tuple[np.ndarray, np.ndarray]:
+def _worker_encode(texts: list[str], dtype: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return _encode_chunk(_worker_tok, texts, dtype)
 
 
@@ -88,50 +97,49 @@ def _chunks(docs: Iterator) -> Iterator[list[str]]:
 
 
 def _tokenize(chunks: Iterator[list[str]], tokenizer_dir: Path, dtype: np.dtype, num_proc: int
-              ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Yield (ids, doc lengths) per chunk, in chunk order, tokenizing in `num_proc` processes."""
+              ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Yield `_encode_chunk`'s triple per chunk, in chunk order, tokenizing in `num_proc` processes."""
     first = next(chunks, None)
     if first is None:
         return
     second = next(chunks, None)
+    all_chunks = itertools.chain([first] if second is None else [first, second], chunks)
     if num_proc <= 1 or second is None:
-        # In-process (a small corpus is not worth starting processes for); the Rust backend
-        # still batches over its own threads.
+        # In-process (a one-chunk corpus is not worth starting processes for); the Rust backend
+        # still spreads each chunk over its own threads.
         from llmkit.tokenizer import Tokenizer
 
         tok = Tokenizer.from_dir(tokenizer_dir)
-        for chunk in ([first] if second is None else [first, second]):
-            yield _encode_chunk(tok, chunk, dtype.name)
-        for chunk in chunks:
+        for chunk in all_chunks:
             yield _encode_chunk(tok, chunk, dtype.name)
         return
 
     import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
 
     # spawn, not fork: tokenizers' thread pool may already exist in this process, and a forked
     # child of a multithreaded parent can deadlock (tokenizers warns about exactly this).
-    ctx = mp.get_context("spawn")
-    with ctx.Pool(num_proc, initializer=_init_worker, initargs=(str(tokenizer_dir),)) as pool:
-        # A bounded window of tasks in flight: Pool.imap would read the whole corpus ahead into
-        # its task queue; this keeps memory at ~2 chunks per process.
+    # ProcessPoolExecutor rather than multiprocessing.Pool: a worker that dies (or whose
+    # initializer fails) raises BrokenProcessPool here instead of hanging the run.
+    pool = ProcessPoolExecutor(num_proc, mp_context=mp.get_context("spawn"), initializer=_init_worker,
+                               initargs=(str(tokenizer_dir),))
+    try:
+        # A bounded window of tasks in flight, so that reading never runs far ahead of
+        # tokenizing: memory stays at ~2 chunks per process whatever the corpus size.
         pending: deque = deque()
-        for chunk in _prepend(first, second, chunks):
-            pending.append(pool.apply_async(_worker_encode, (chunk, dtype.name)))
+        for chunk in all_chunks:
+            pending.append(pool.submit(_worker_encode, chunk, dtype.name))
             if len(pending) >= 2 * num_proc:
-                yield pending.popleft().get()
+                yield pending.popleft().result()
         while pending:
-            yield pending.popleft().get()
-
-
-def _prepend(a, b, rest: Iterator) -> Iterator:
-    yield a
-    yield b
-    yield from rest
+            yield pending.popleft().result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _splitmix64(x: np.ndarray) -> np.ndarray:
-    """A fixed 64-bit mixer (Steele et al. 2014): a seeded hash of document indices that is the
-    same on every machine and Python version (unlike hash())."""
+    """A fixed 64-bit mixer (SplitMix64, Steele et al. 2014): seeded ranks that are the same on
+    every machine and Python version (unlike hash())."""
     with np.errstate(over="ignore"):
         z = x.astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15)
         z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
@@ -139,21 +147,34 @@ def _splitmix64(x: np.ndarray) -> np.ndarray:
         return z ^ (z >> np.uint64(31))
 
 
-def choose_val_docs(lengths: np.ndarray, val_fraction: float, seed: int = 0) -> np.ndarray:
-    """Boolean mask of validation documents holding ~val_fraction of the tokens (see module doc)."""
+def choose_val_docs(lengths: np.ndarray, val_fraction: float, seed: int = 0,
+                    keys: Optional[np.ndarray] = None) -> np.ndarray:
+    """Boolean mask of validation documents holding ~val_fraction of the tokens.
+
+    Documents are ranked by a seeded hash of `keys` (default: their index; `prepare` passes a
+    hash of each document's text) and taken in that order. With text keys, copies of one
+    document rank together and the cut never falls between them, so a duplicated document
+    (a web corpus, or a source up-sampled by `data curate`) is never in both splits.
+    """
     n = len(lengths)
     mask = np.zeros(n, dtype=bool)
     if val_fraction <= 0 or n < 2:
         return mask
-    keys = _splitmix64(np.arange(n, dtype=np.uint64) ^ _splitmix64(np.array([seed], dtype=np.uint64))[0])
-    order = np.argsort(keys, kind="stable")
+    keys = np.arange(n, dtype=np.uint64) if keys is None else np.asarray(keys, dtype=np.uint64)
+    ranked = _splitmix64(keys ^ _splitmix64(np.array([seed], dtype=np.uint64))[0])
+    order = np.argsort(ranked, kind="stable")
+    ranked = ranked[order]
     cum = np.cumsum(lengths[order])
     target = val_fraction * float(cum[-1])
     k = int(np.searchsorted(cum, target))  # cum[k] is the first prefix >= target
-    # Take k or k+1 documents, whichever lands closer to the target, within [1, n-1].
+    # Take k or k+1 documents, whichever lands closer to the target, at least one.
     if k > 0 and abs(cum[k - 1] - target) <= abs(cum[min(k, n - 1)] - target):
         k -= 1
-    k = min(max(k + 1, 1), n - 1)
+    k = max(k + 1, 1)
+    # Cut between different keys only: move the cut past the copies of the last document taken,
+    # or before them if that would leave no training document.
+    k_end = int(np.searchsorted(ranked, ranked[k - 1], side="right"))
+    k = k_end if k_end < n else int(np.searchsorted(ranked, ranked[k - 1], side="left"))
     mask[order[:k]] = True
     return mask
 
@@ -205,10 +226,14 @@ def _sha256(path: Path) -> str:
 
 
 def _default_num_proc() -> int:
+    """One core for this process (reading, writing), the others for tokenizer workers. With two
+    cores that means no worker processes: tokenizing in-process over the Rust backend's threads
+    measured 25% faster there than two single-threaded workers plus a busy reader."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))  # honours container CPU limits
+        cores = len(os.sched_getaffinity(0))  # honours container CPU limits
     except AttributeError:  # macOS / Windows
-        return max(1, os.cpu_count() or 1)
+        cores = os.cpu_count() or 1
+    return max(1, cores - 1)
 
 
 def prepare(sources: list[str], tokenizer: str, out: str, seq_len: int = 1024, val_fraction: float = 0.01,
@@ -224,7 +249,8 @@ def prepare(sources: list[str], tokenizer: str, out: str, seq_len: int = 1024, v
         seq_len: training context length, recorded in the manifest (the shards are one
             continuous stream; any window length can be read from them).
         val_fraction: fraction of tokens for the validation split, as whole documents.
-        num_proc: tokenizer processes (default: all CPU cores).
+        num_proc: tokenizer processes (default: CPU cores - 1; 1 tokenizes in this process, where
+            the Rust tokenizer still uses several threads). The output does not depend on it.
         text_field: field (JSONL/JSON) or column (Parquet) holding the text.
         text_unit: what one document of a text file is: the whole "file", each "paragraph"
             (separated by blank lines), or each "line".
@@ -269,12 +295,14 @@ def prepare(sources: list[str], tokenizer: str, out: str, seq_len: int = 1024, v
     # Pass 1: tokenize everything into one temporary stream, remembering each document's length.
     tmp = out_dir / ".tokens.tmp"
     lengths: list[np.ndarray] = []
+    keys: list[np.ndarray] = []
     n_tokens = 0
     try:
         with open(tmp, "wb") as f, tqdm(desc="tokenizing", unit=" docs", disable=None) as bar:
-            for ids, lens in _tokenize(_chunks(docs), tok_dir, dtype, num_proc):
+            for ids, lens, chunk_keys in _tokenize(_chunks(docs), tok_dir, dtype, num_proc):
                 f.write(ids.tobytes())
                 lengths.append(lens)
+                keys.append(chunk_keys)
                 n_tokens += len(ids)
                 bar.update(len(lens))
                 bar.set_postfix(tokens=f"{n_tokens:,}", refresh=False)
@@ -284,7 +312,7 @@ def prepare(sources: list[str], tokenizer: str, out: str, seq_len: int = 1024, v
 
         # Pass 2: copy each document's ids to its split. Validation documents are few, so the
         # copy is a handful of long contiguous runs, read through a memmap (no RAM copy).
-        is_val = choose_val_docs(lens, val_fraction, seed)
+        is_val = choose_val_docs(lens, val_fraction, seed, keys=np.concatenate(keys))
         stream = np.memmap(tmp, dtype=dtype, mode="r")
         offsets = np.concatenate([[0], np.cumsum(lens)])
         writers = {s: _ShardWriter(out_dir, s, dtype, shard_tokens) for s in ("train", "val")}
@@ -307,7 +335,8 @@ def prepare(sources: list[str], tokenizer: str, out: str, seq_len: int = 1024, v
         "dtype": dtype.name,
         "vocab_size": tok.vocab_size,
         "eos_id": tok.eos_id,
-        "bos_id": tok.bos_id if tok.add_bos else None,
+        "bos_id": tok.bos_id,
+        "add_bos": tok.add_bos,  # whether each document starts with bos_id
         "seq_len": seq_len,
         "tokenizer": {"path": "tokenizer", "source": str(tokenizer),
                       "sha256": _sha256(tok_dir / "tokenizer.json")},
@@ -327,9 +356,11 @@ def prepare(sources: list[str], tokenizer: str, out: str, seq_len: int = 1024, v
     print(f"prepared {tr['docs'] + va['docs']:,} docs, {n_tokens:,} tokens in {dt:.1f}s "
           f"({n_tokens / dt:,.0f} tokens/s): train {tr['tokens']:,} tokens ({tr['docs']:,} docs), "
           f"val {va['tokens']:,} tokens ({va['docs']:,} docs) -> {out_dir}")
-    if val_fraction > 0 and va["docs"] == 0:
+    if val_fraction > 0 and va["docs"] == 0 and tr["docs"] == 1:
         _warn("the corpus is a single document, so there is no validation split; split text files "
               "into documents with --text-unit paragraph (or line), or add files")
+    elif val_fraction > 0 and va["docs"] == 0:
+        _warn("every document is a copy of the same text, so there is no validation split")
     elif val_fraction > 0 and va["tokens"] < seq_len + 1:
         _warn(f"the validation split has {va['tokens']} tokens, fewer than seq_len + 1 = {seq_len + 1}: "
               "it cannot hold one full window")

@@ -138,13 +138,16 @@ class WindowSampler:
     """
 
     def __init__(self, shards: TokenShards, seq_len: int, batch_size: int, seed: int = 0,
-                 rank: int = 0, world_size: int = 1, prefetch: int = 2, shift_windows: bool = True):
+                 rank: int = 0, world_size: int = 1, prefetch: int = 2, shift_windows: bool = True,
+                 pin_memory: bool = False):
         if seq_len < 1 or batch_size < 1:
             raise LLMKitError(f"seq_len and batch_size must be >= 1, got {seq_len} and {batch_size}")
         if not 0 <= rank < world_size:
             raise LLMKitError(f"rank {rank} is outside world_size {world_size}")
         self.shards, self.seq_len, self.batch_size, self.seed = shards, seq_len, batch_size, seed
         self.rank, self.world_size, self.prefetch, self.shift_windows = rank, world_size, prefetch, shift_windows
+        # Page-locked batches let `.to("cuda", non_blocking=True)` overlap the copy with compute.
+        self.pin_memory = pin_memory and torch.cuda.is_available()
         self.n_windows = shards.num_windows(seq_len)
         per_step = batch_size * world_size
         self.batches_per_epoch = self.n_windows // per_step  # the remainder is dropped each epoch
@@ -174,7 +177,8 @@ class WindowSampler:
     def _make(self, epoch: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         starts = self.epoch_starts(epoch)
         first = (step * self.world_size + self.rank) * self.batch_size
-        return _batch(self.shards, starts[first:first + self.batch_size], self.seq_len)
+        x, y = _batch(self.shards, starts[first:first + self.batch_size], self.seq_len)
+        return (x.pin_memory(), y.pin_memory()) if self.pin_memory else (x, y)
 
     def _schedule(self, epoch: int, step: int) -> Iterator[tuple[int, int, tuple[torch.Tensor, torch.Tensor]]]:
         """(epoch, step) of each batch and the batch, from the given position on, forever."""
@@ -223,7 +227,8 @@ class WindowSampler:
             except BaseException as e:  # surfaced in the consumer by __next__
                 q.put(e)
 
-        # The thread only touches numpy/torch copies, which release the GIL for the bulk work.
+        # The thread spends its time in memmap reads and numpy/torch copies, which release the
+        # GIL, so it overlaps with the training step instead of competing with it.
         self._thread = threading.Thread(target=work, name="llmkit-prefetch", daemon=True)
         self._thread.start()
 

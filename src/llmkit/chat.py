@@ -1,0 +1,171 @@
+"""`llmkit chat MODEL`: a multi-turn conversation in the terminal.
+
+Each turn renders the whole conversation with the model's chat template (or a chosen style)
+and streams the reply. When the rendered prompt plus `max_new_tokens` would overflow the
+context, the oldest exchanges are dropped (the system prompt always stays). The REPL reads
+from any text stream and writes to any, so tests drive it with StringIO or a pipe.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Iterator, Optional, TextIO
+
+from llmkit.errors import LLMKitError
+from llmkit.generate import DecodeBatch, SamplingParams, Sequence, timing_line
+
+HELP = "/reset clears the history, /exit (or an empty line, or Ctrl-D) quits."
+
+
+class ChatSession:
+    """A conversation with a model: history, prompt building with truncation, streamed replies."""
+
+    def __init__(self, model, tokenizer, style, params: SamplingParams, system: Optional[str] = None):
+        self.model, self.tokenizer, self.style, self.params = model, tokenizer, style, params
+        self.system = system
+        self.history: list[dict] = []  # user/assistant messages, oldest first
+        self.stop_ids = set(tokenizer.eos_ids) | style.stop_token_ids(tokenizer)
+        self.stop = params.stop + tuple(s for s in style.stop_strings if s not in params.stop)
+        self.context = model.max_seq_len
+        self.last_completion = None
+
+    def reset(self) -> None:
+        self.history.clear()
+
+    def _messages(self, history: list[dict], user: str) -> list[dict]:
+        system = [{"role": "system", "content": self.system}] if self.system else []
+        return system + history + [{"role": "user", "content": user}]
+
+    def build_prompt(self, user: str) -> tuple[list[int], int]:
+        """(prompt ids, max new tokens) for the next turn, dropping the oldest exchanges while
+        prompt + max_new_tokens exceeds the context. Raises LLMKitError if even the system
+        prompt and this message alone leave no room for a reply."""
+        while True:
+            ids = self.style.encode(self.tokenizer, self._messages(self.history, user))
+            if len(ids) + self.params.max_new_tokens <= self.context or not self.history:
+                break
+            # Drop the oldest exchange: a user message and the reply that follows it.
+            drop = 2 if len(self.history) > 1 and self.history[1]["role"] == "assistant" else 1
+            del self.history[:drop]
+        room = self.context - len(ids)
+        if room < 1:
+            raise LLMKitError(f"the message is too long: the prompt is {len(ids)} tokens and the context "
+                              f"is {self.context}")
+        return ids, min(self.params.max_new_tokens, room)
+
+    def reply(self, user: str) -> Iterator[str]:
+        """Stream the reply to `user`; the exchange joins the history once the reply is complete."""
+        ids, max_new = self.build_prompt(user)
+        params = self.params.replace(max_new_tokens=max_new, stop=self.stop)
+        seq = Sequence(ids, params, self.tokenizer, self.stop_ids)
+        batch = DecodeBatch(self.model, 1, len(ids) + max_new)
+        batch.add([seq])
+        while batch.seqs:
+            for _, text in batch.step():
+                if text:
+                    yield text
+        self.last_completion = seq.result()
+        self.history += [{"role": "user", "content": user}, {"role": "assistant", "content": seq.text}]
+
+
+def _read_line(prompt: str, in_stream: TextIO, out_stream: TextIO) -> Optional[str]:
+    """One line of input without its newline; None at end of input (Ctrl-D) or on Ctrl-C."""
+    try:
+        if in_stream is sys.stdin and out_stream is sys.stdout and sys.stdin.isatty():
+            import readline  # noqa: F401  (gives input() line editing and history)
+
+            return input(prompt)
+        out_stream.write(prompt)
+        out_stream.flush()
+        line = in_stream.readline()
+    except (EOFError, KeyboardInterrupt):
+        out_stream.write("\n")
+        return None
+    if not line:
+        out_stream.write("\n")
+        return None
+    return line.rstrip("\r\n")
+
+
+def run_repl(session: ChatSession, in_stream: TextIO = sys.stdin, out_stream: TextIO = sys.stdout,
+             err_stream: TextIO = sys.stderr) -> None:
+    """The chat loop: read a message, stream the reply to `out_stream`, the timing line to
+    `err_stream`."""
+    out = out_stream
+    print(f"Chatting ({session.style.name} prompt format). {HELP}", file=out)
+    while True:
+        line = _read_line(">> Prompt: ", in_stream, out)
+        if line is None or not line.strip():
+            return
+        command = line.strip().lower()
+        if command in ("/exit", "/quit"):
+            return
+        if command == "/reset":
+            session.reset()
+            print("(history cleared)", file=out)
+            continue
+        if command == "/help":
+            print(HELP, file=out)
+            continue
+        out.write(">> Reply: ")
+        out.flush()
+        t0 = time.perf_counter()
+        try:
+            for text in session.reply(line):
+                out.write(text)
+                out.flush()
+        except KeyboardInterrupt:  # stop this reply, keep chatting; the turn is not remembered
+            print("\n(interrupted)", file=out)
+            continue
+        except LLMKitError as e:
+            print(f"\nerror: {e}", file=out)
+            continue
+        out.write("\n")
+        out.flush()
+        n = len(session.last_completion.token_ids)
+        print(timing_line(time.perf_counter() - t0, n), file=err_stream, flush=True)
+
+
+def chat(
+    model: str,
+    system: Optional[str] = None,
+    style: Optional[str] = None,
+    chat_template: Optional[str] = None,
+    max_new_tokens: int = 512,
+    temperature: float = 0.8,
+    top_k: Optional[int] = 50,
+    top_p: float = 1.0,
+    seed: Optional[int] = None,
+    device: str = "cpu",
+    dtype: Optional[str] = None,
+) -> None:
+    """Chat with a model in the terminal (multi-turn, streamed replies).
+
+    Type a message and press Enter. /reset clears the history; an empty line, /exit or Ctrl-D
+    quits. After each reply a timing line goes to stderr.
+
+    Args:
+        model: an llmkit checkpoint directory, a Hugging Face model directory or a hub repo id
+            (with its tokenizer files).
+        system: system prompt, kept at the start of the conversation.
+        style: prompt format: "auto" (default: the model's chat template, or a style its
+            vocabulary suggests) or alpaca, chatml, llama3, llama2, mistral, phi3, gemma, plain.
+        chat_template: a Jinja chat template file to use instead of the model's.
+        max_new_tokens: longest reply, in tokens.
+        temperature: 0 for greedy decoding; higher is more random.
+        top_k: sample among the k most likely tokens only (0 or null: all).
+        top_p: nucleus sampling: the smallest set of tokens holding this probability, in (0, 1].
+        seed: random seed, for reproducible replies.
+        device: cpu, cuda, cuda:1, mps...
+        dtype: float32 or bfloat16 (default: the checkpoint's).
+    """
+    from llmkit.generate import load_for_inference, resolve_style
+
+    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                            seed=seed)
+    if max_new_tokens < 1:
+        raise LLMKitError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+    loaded, tokenizer = load_for_inference(model, device, dtype)
+    session = ChatSession(loaded.model, tokenizer, resolve_style(tokenizer, style, chat_template), params, system)
+    run_repl(session)

@@ -1,0 +1,491 @@
+"""The HTTP API: OpenAI-compatible completions and chat completions, plus /predict and helpers.
+
+Routes (all but /health need the API key when one is set: `Authorization: Bearer KEY`):
+
+    GET  /health                 {"status": "ok"}
+    GET  /v1/models              the one model served
+    POST /v1/completions         prompt: str | [str] | [ids] | [[ids]] -> one choice per prompt;
+                                 echo + logprobs give the prompt's per-token logprobs
+                                 (what lm-evaluation-harness `local-completions` needs)
+    POST /v1/chat/completions    messages rendered with the model's chat template (or --style)
+    POST /predict                {"prompt": ...} -> {"output": ...} (the prompt as a user message)
+    POST /tokenize, /detokenize, GET /tokenizer_info
+                                 vLLM-style tokenizer endpoints; lm-eval's remote tokenizer uses
+                                 them, so evaluation needs no local copy of the tokenizer
+
+Streaming answers are server-sent events (`data: {json}\\n\\n`, ending with `data: [DONE]`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import sys
+import time
+import traceback
+import uuid
+from contextlib import asynccontextmanager
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, AsyncIterator, Optional
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from llmkit.errors import LLMKitError
+from llmkit.generate import Completion, SamplingParams, Sequence, TokenLogprob, load_for_inference, resolve_style
+from llmkit.serve.engine import DoneEvent, Engine, EngineRequest, ErrorEvent, TokenEvent
+from llmkit.serve.protocol import (
+    APIError,
+    ChatCompletionRequest,
+    CompletionRequest,
+    DetokenizeRequest,
+    PredictRequest,
+    TokenizeRequest,
+    parse,
+    reject_unsupported,
+    stop_strings,
+)
+
+SSE_DONE = "data: [DONE]\n\n"
+
+
+def _sse(obj: dict) -> str:
+    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+
+
+class _ClientGone(Exception):
+    """The HTTP client disconnected before its answer was ready."""
+
+
+class Service:
+    """What the routes share: model, tokenizer, prompt style, engine, settings."""
+
+    def __init__(self, loaded, tokenizer, style, engine: Engine, model_name: str, api_key: Optional[str]):
+        self.loaded, self.tokenizer, self.style, self.engine = loaded, tokenizer, style, engine
+        self.model_name, self.api_key = model_name, api_key
+        self.created = int(time.time())
+        self.token_str = lru_cache(maxsize=65536)(lambda tid: tokenizer.decode([tid], skip_special=False))
+
+    # --- requests -> sequences ----------------------------------------------------------------
+    def check_key(self, request: Request) -> None:
+        if self.api_key is None:
+            return
+        auth = request.headers.get("authorization", "")
+        scheme, _, token = auth.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), self.api_key.encode()):
+            raise APIError(401, "Incorrect or missing API key (send 'Authorization: Bearer <key>')",
+                           code="invalid_api_key")
+
+    def check_ids(self, ids: list[int], param: str) -> None:
+        if not ids:
+            raise APIError(400, f"{param} is empty", param=param)
+        vocab = self.loaded.config.vocab_size
+        bad = next((t for t in ids if not 0 <= t < vocab), None)
+        if bad is not None:
+            raise APIError(400, f"token id {bad} is outside the vocabulary (0..{vocab - 1})", param=param)
+
+    def max_new(self, requested: Optional[int], n_prompt: int, param: str, default: Optional[int],
+                allow_zero: bool = False) -> int:
+        """max_tokens for a prompt of n_prompt tokens: explicit values must fit the context."""
+        room = self.engine.max_len - n_prompt
+        if requested is None:
+            if room < 1:
+                raise self.too_long(n_prompt, 1, param)
+            return room if default is None else min(default, room)
+        if requested < (0 if allow_zero else 1):
+            raise APIError(400, f"max_tokens must be at least {0 if allow_zero else 1}, got {requested}",
+                           param="max_tokens", code="invalid_value")
+        if n_prompt + requested > self.engine.max_len:
+            raise self.too_long(n_prompt, requested, param)
+        return requested
+
+    def too_long(self, n_prompt: int, n_new: int, param: str) -> APIError:
+        return APIError(400, f"This model's maximum context length is {self.engine.max_len} tokens. However, you "
+                             f"requested {n_prompt + n_new} tokens ({n_prompt} in the {param}, {n_new} for the "
+                             "completion). Please reduce the length of the prompt or of the completion.",
+                        param=param, code="context_length_exceeded")
+
+    def params(self, req, max_new: int, extra_stop: tuple[str, ...] = (), **kw) -> SamplingParams:
+        stops = stop_strings(req.stop)
+        try:
+            return SamplingParams(
+                max_new_tokens=max_new, temperature=1.0 if req.temperature is None else req.temperature,
+                top_k=req.top_k, top_p=1.0 if req.top_p is None else req.top_p, seed=req.seed,
+                stop=stops + tuple(s for s in extra_stop if s not in stops), min_new_tokens=req.min_tokens or 0, **kw)
+        except LLMKitError as e:
+            raise APIError(400, str(e), code="invalid_value") from None
+
+    def chat_ids(self, req: ChatCompletionRequest) -> list[int]:
+        messages = []
+        for i, m in enumerate(req.messages):
+            role = "system" if m.role == "developer" else m.role
+            if role not in ("system", "user", "assistant"):
+                raise APIError(400, f"messages.{i}.role: '{m.role}' messages are not supported",
+                               param=f"messages.{i}.role")
+            if m.content is None:
+                raise APIError(400, f"messages.{i}.content is missing", param=f"messages.{i}.content")
+            content = m.content if isinstance(m.content, str) else "".join(p.text for p in m.content)
+            messages.append({"role": role, "content": content})
+        try:
+            ids = self.style.encode(self.tokenizer, messages)
+        except LLMKitError as e:  # the template refused the conversation (raise_exception)
+            raise APIError(400, str(e), param="messages") from None
+        self.check_ids(ids, "messages")
+        return ids
+
+    def completion_prompts(self, req: CompletionRequest) -> list[tuple[list[int], Optional[str]]]:
+        """(ids, text) per prompt; text is the string given, or None for token ids."""
+        p = req.prompt
+        if isinstance(p, str):
+            items: list = [p]
+        elif not p:
+            raise APIError(400, "prompt must not be empty", param="prompt")
+        elif isinstance(p[0], int):
+            items = [p]
+        else:
+            items = list(p)
+        out = []
+        for x in items:
+            ids = self.tokenizer.encode(x) if isinstance(x, str) else list(x)
+            self.check_ids(ids, "prompt")
+            out.append((ids, x if isinstance(x, str) else None))
+        return out
+
+    # --- running ------------------------------------------------------------------------------
+    def submit(self, seqs: list[Sequence]) -> tuple[list[EngineRequest], asyncio.Queue]:
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue = asyncio.Queue()
+        reqs = [EngineRequest(s, loop, events, i) for i, s in enumerate(seqs)]
+        try:
+            for s in seqs:
+                self.engine.batch.check(s)
+        except LLMKitError as e:
+            raise APIError(400, str(e)) from None
+        for r in reqs:
+            self.engine.submit(r)
+        return reqs, events
+
+    async def collect(self, reqs: list[EngineRequest], events: asyncio.Queue, request: Request) -> list[Completion]:
+        """Wait for every request's completion; cancel them all if the client goes away."""
+        results: dict[int, Completion] = {}
+        try:
+            while len(results) < len(reqs):
+                try:
+                    req, ev = await asyncio.wait_for(events.get(), timeout=0.5)
+                except asyncio.TimeoutError:
+                    if await request.is_disconnected():
+                        raise _ClientGone() from None
+                    continue
+                if isinstance(ev, DoneEvent):
+                    results[req.index] = ev.completion
+                elif isinstance(ev, ErrorEvent):
+                    raise APIError(ev.status, ev.message, type="server_error" if ev.status >= 500 else
+                                   "invalid_request_error")
+        finally:
+            for r in reqs:
+                r.cancel()  # no effect on finished requests
+        return [results[i] for i in range(len(reqs))]
+
+    # --- response pieces ----------------------------------------------------------------------
+    def completion_logprobs(self, entries: list[TokenLogprob], offset: int) -> dict:
+        """OpenAI's legacy `logprobs` object: tokens, token_logprobs, top_logprobs, text_offset."""
+        tokens, token_logprobs, top_logprobs, text_offset = [], [], [], []
+        for e in entries:
+            s = self.token_str(e.token_id)
+            tokens.append(s)
+            token_logprobs.append(e.logprob)
+            if e.logprob is None:
+                top_logprobs.append(None)
+            else:
+                top: dict[str, float] = {}
+                for tid, lp in e.top:
+                    top.setdefault(self.token_str(tid), lp)
+                top.setdefault(s, e.logprob)  # the chosen token is always listed, as at OpenAI
+                top_logprobs.append(top)
+            text_offset.append(offset)
+            offset += len(s)
+        return {"tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": top_logprobs,
+                "text_offset": text_offset}
+
+    def chat_logprobs(self, entries: list[TokenLogprob]) -> dict:
+        def item(tid: int, lp: float) -> dict:
+            s = self.token_str(tid)
+            return {"token": s, "logprob": lp, "bytes": list(s.encode("utf-8"))}
+
+        return {"content": [{**item(e.token_id, e.logprob), "top_logprobs": [item(t, lp) for t, lp in e.top]}
+                            for e in entries]}
+
+    @staticmethod
+    def usage(completions: list[Completion]) -> dict:
+        p = sum(len(c.prompt_ids) for c in completions)
+        n = sum(len(c.token_ids) for c in completions)
+        return {"prompt_tokens": p, "completion_tokens": n, "total_tokens": p + n}
+
+
+def _error_response(err: APIError) -> JSONResponse:
+    return JSONResponse(err.body(), status_code=err.status)
+
+
+def create_app(model, tokenizer=None, *, api_key: Optional[str] = None, max_batch_size: int = 16,
+               max_seq_len: Optional[int] = None, style: Optional[str] = None, chat_template: Optional[str] = None,
+               model_name: Optional[str] = None, device: str = "cpu", dtype: Optional[str] = None) -> FastAPI:
+    """The FastAPI app serving `model`: a MODEL spec (path or hub id) or a `checkpoint.Loaded`.
+
+    The engine thread starts and stops with the app (its lifespan). `tokenizer` defaults to the
+    one in the model's folder; `style`/`chat_template` choose the chat prompt format (default:
+    the model's own template, see `PromptStyle.for_model`).
+    """
+    if isinstance(model, (str, Path)):
+        loaded, tok = load_for_inference(str(model), device, dtype)
+    else:
+        from llmkit.generate import prepare_for_decoding
+        from llmkit.tokenizer import Tokenizer
+
+        loaded, tok = model, None
+        prepare_for_decoding(loaded.model)
+    tokenizer = tokenizer or tok or Tokenizer.from_dir(loaded.path)
+    if max_seq_len is not None and max_seq_len < 2:
+        raise LLMKitError(f"max_seq_len must be at least 2, got {max_seq_len}")
+    chat_style = resolve_style(tokenizer, style, chat_template)
+    engine = Engine(loaded.model, max_batch_size, max_seq_len)
+    svc = Service(loaded, tokenizer, chat_style, engine, model_name or Path(loaded.path).name, api_key)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        engine.start()
+        yield
+        engine.stop()
+
+    app = FastAPI(title="llmkit", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.service = svc
+    app.state.engine = engine
+
+    @app.exception_handler(APIError)
+    async def _api_error(request: Request, exc: APIError):
+        return _error_response(exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException):
+        return _error_response(APIError(exc.status_code, str(exc.detail), code=None))
+
+    @app.exception_handler(Exception)
+    async def _internal_error(request: Request, exc: Exception):
+        traceback.print_exception(exc, file=sys.stderr)
+        return _error_response(APIError(500, "internal server error", type="server_error"))
+
+    # --- routes -------------------------------------------------------------------------------
+    @app.get("/health")
+    async def health():
+        return {"status": "ok"}
+
+    @app.get("/v1/models")
+    async def models(request: Request):
+        svc.check_key(request)
+        return {"object": "list", "data": [{"id": svc.model_name, "object": "model", "created": svc.created,
+                                            "owned_by": "llmkit", "max_model_len": engine.max_len}]}
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        svc.check_key(request)
+        req: CompletionRequest = parse(CompletionRequest, await request.body())
+        reject_unsupported(req)
+        prompts = svc.completion_prompts(req)
+        echo = bool(req.echo)
+        seqs = []
+        for ids, _ in prompts:
+            n = svc.max_new(req.max_tokens, len(ids), "prompt", default=16, allow_zero=echo)
+            params = svc.params(req, n, logprobs=req.logprobs,
+                                prompt_logprobs=req.logprobs if echo and req.logprobs is not None else None)
+            seqs.append(Sequence(ids, params, svc.tokenizer))
+        reqs, events = svc.submit(seqs)
+        cid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
+        head = {"id": cid, "object": "text_completion", "created": created, "model": svc.model_name}
+
+        def echo_text(i: int) -> str:
+            ids, text = prompts[i]
+            return text if text is not None else svc.tokenizer.decode(ids, skip_special=False)
+
+        if req.stream:
+            async def chunks() -> AsyncIterator[str]:
+                started: set[int] = set()
+                done: list[Completion] = []
+                async for r, ev in _stream_events(reqs, events):
+                    i = r.index
+                    choice: dict[str, Any] = {"index": i, "text": "", "logprobs": None, "finish_reason": None}
+                    if i not in started:  # echo (and its logprobs) go with a choice's first chunk
+                        started.add(i)
+                        if echo:
+                            choice["text"] = echo_text(i)
+                            if req.logprobs is not None and r.seq.prompt_logprobs is not None:
+                                choice["logprobs"] = svc.completion_logprobs(r.seq.prompt_logprobs, 0)
+                    if isinstance(ev, TokenEvent):
+                        choice["text"] += ev.text
+                        if req.logprobs is not None and ev.logprob is not None:
+                            lp = svc.completion_logprobs([ev.logprob], 0)
+                            choice["logprobs"] = lp if choice["logprobs"] is None else \
+                                {k: choice["logprobs"][k] + lp[k] for k in lp}
+                        elif not choice["text"] and choice["logprobs"] is None:
+                            continue  # nothing to say yet (text held back)
+                    elif isinstance(ev, DoneEvent):
+                        choice["finish_reason"] = ev.completion.finish_reason
+                        done.append(ev.completion)
+                    yield _sse({**head, "choices": [choice]})
+                if req.stream_options is not None and req.stream_options.include_usage:
+                    yield _sse({**head, "choices": [], "usage": svc.usage(done)})
+                yield SSE_DONE
+
+            return _sse_response(chunks())
+
+        try:
+            results = await svc.collect(reqs, events, request)
+        except _ClientGone:
+            return Response(status_code=499)
+        choices = []
+        for i, c in enumerate(results):
+            text, logprobs = c.text, None
+            if echo:
+                text = echo_text(i) + text
+            if req.logprobs is not None:
+                entries = (c.prompt_logprobs or []) + (c.logprobs or [])
+                logprobs = svc.completion_logprobs(entries, 0 if echo else len(prompts[i][1] or ""))
+            choices.append({"index": i, "text": text, "logprobs": logprobs, "finish_reason": c.finish_reason})
+        return {**head, "choices": choices, "usage": svc.usage(results)}
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        svc.check_key(request)
+        req: ChatCompletionRequest = parse(ChatCompletionRequest, await request.body())
+        reject_unsupported(req)
+        ids = svc.chat_ids(req)
+        requested = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
+        n = svc.max_new(requested, len(ids), "messages", default=None)
+        want_logprobs = bool(req.logprobs)
+        if req.top_logprobs and not want_logprobs:
+            raise APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
+        params = svc.params(req, n, extra_stop=svc.style.stop_strings,
+                            logprobs=(req.top_logprobs or 0) if want_logprobs else None)
+        stop_ids = set(svc.tokenizer.eos_ids) | svc.style.stop_token_ids(svc.tokenizer)
+        reqs, events = svc.submit([Sequence(ids, params, svc.tokenizer, stop_ids)])
+        cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+        head = {"id": cid, "object": "chat.completion.chunk" if req.stream else "chat.completion",
+                "created": created, "model": svc.model_name}
+
+        if req.stream:
+            async def chunks() -> AsyncIterator[str]:
+                first = {"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                         "finish_reason": None}
+                yield _sse({**head, "choices": [first]})
+                done: list[Completion] = []
+                async for _, ev in _stream_events(reqs, events):
+                    if isinstance(ev, TokenEvent):
+                        lp = svc.chat_logprobs([ev.logprob]) if want_logprobs and ev.logprob is not None else None
+                        if not ev.text and lp is None:
+                            continue
+                        choice = {"index": 0, "delta": {"content": ev.text}, "logprobs": lp, "finish_reason": None}
+                    else:
+                        done.append(ev.completion)
+                        choice = {"index": 0, "delta": {}, "logprobs": None,
+                                  "finish_reason": ev.completion.finish_reason}
+                    yield _sse({**head, "choices": [choice]})
+                if req.stream_options is not None and req.stream_options.include_usage:
+                    yield _sse({**head, "choices": [], "usage": svc.usage(done)})
+                yield SSE_DONE
+
+            return _sse_response(chunks())
+
+        try:
+            (c,) = await svc.collect(reqs, events, request)
+        except _ClientGone:
+            return Response(status_code=499)
+        choice = {"index": 0, "message": {"role": "assistant", "content": c.text},
+                  "logprobs": svc.chat_logprobs(c.logprobs or []) if want_logprobs else None,
+                  "finish_reason": c.finish_reason}
+        return {**head, "choices": [choice], "usage": svc.usage([c])}
+
+    @app.post("/predict")
+    async def predict(request: Request):
+        svc.check_key(request)
+        req: PredictRequest = parse(PredictRequest, await request.body())
+        try:
+            ids = svc.style.encode(svc.tokenizer, [{"role": "user", "content": req.prompt}])
+        except LLMKitError as e:
+            raise APIError(400, str(e), param="prompt") from None
+        svc.check_ids(ids, "prompt")
+        n = svc.max_new(req.max_new_tokens, len(ids), "prompt", default=128)
+        try:
+            params = SamplingParams(max_new_tokens=n, temperature=0.8 if req.temperature is None else req.temperature,
+                                    top_k=50 if req.top_k is None else req.top_k,
+                                    top_p=1.0 if req.top_p is None else req.top_p, seed=req.seed,
+                                    stop=svc.style.stop_strings)
+        except LLMKitError as e:
+            raise APIError(400, str(e)) from None
+        stop_ids = set(svc.tokenizer.eos_ids) | svc.style.stop_token_ids(svc.tokenizer)
+        reqs, events = svc.submit([Sequence(ids, params, svc.tokenizer, stop_ids)])
+        try:
+            (c,) = await svc.collect(reqs, events, request)
+        except _ClientGone:
+            return Response(status_code=499)
+        return {"output": c.text}
+
+    @app.post("/tokenize")
+    async def tokenize(request: Request):
+        svc.check_key(request)
+        req: TokenizeRequest = parse(TokenizeRequest, await request.body())
+        ids = svc.tokenizer.encode(req.prompt, bos=None if req.add_special_tokens else False)
+        return {"tokens": ids, "count": len(ids), "max_model_len": engine.max_len}
+
+    @app.post("/detokenize")
+    async def detokenize(request: Request):
+        svc.check_key(request)
+        req: DetokenizeRequest = parse(DetokenizeRequest, await request.body())
+        svc.check_ids(req.tokens or [0], "tokens")
+        return {"prompt": svc.tokenizer.decode(req.tokens, skip_special=False)}
+
+    @app.get("/tokenizer_info")
+    async def tokenizer_info(request: Request):
+        svc.check_key(request)
+        t = svc.tokenizer
+        return {**{k: t.special_tokens.get(k) for k in ("bos_token", "eos_token", "pad_token", "unk_token")},
+                "chat_template": t.chat_template, "model_max_length": engine.max_len, "vocab_size": t.vocab_size,
+                "add_bos_token": t.add_bos, "tokenizer_class": "llmkit"}
+
+    return app
+
+
+async def _stream_events(reqs: list[EngineRequest], events: asyncio.Queue):
+    """(request, event) pairs until every request is done. Leaving early (the client
+    disconnected: the response task is cancelled or its generator closed) cancels them."""
+    remaining = len(reqs)
+    try:
+        while remaining:
+            req, ev = await events.get()
+            if isinstance(ev, ErrorEvent):
+                raise APIError(ev.status, ev.message, type="server_error" if ev.status >= 500 else
+                               "invalid_request_error")
+            if isinstance(ev, DoneEvent):
+                remaining -= 1
+            yield req, ev
+    finally:
+        for r in reqs:
+            r.cancel()
+
+
+def _sse_response(chunks: AsyncIterator[str]) -> StreamingResponse:
+    async def guarded() -> AsyncIterator[str]:
+        # Headers are already sent: an error mid-stream becomes an error event, then [DONE].
+        try:
+            async for chunk in chunks:
+                yield chunk
+        except APIError as e:
+            yield _sse(e.body())
+            yield SSE_DONE
+        except Exception as e:  # a bug: keep the server up, tell the client
+            traceback.print_exception(e, file=sys.stderr)
+            yield _sse(APIError(500, "internal server error", type="server_error").body())
+            yield SSE_DONE
+
+    return StreamingResponse(guarded(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

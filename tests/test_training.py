@@ -1,0 +1,175 @@
+"""The training loop: schedule, decay groups, exact resume, signals, distributed parity."""
+
+import csv
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from llmkit.config import ModelConfig
+from llmkit.model import Transformer
+from llmkit.training.optim import lr_at, param_groups
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    """A tiny tokenizer and prepared shards from synthetic text (no shared data needed)."""
+    from llmkit.data.prepare import prepare
+    from llmkit.tokenizer import train_tokenizer
+
+    d = tmp_path_factory.mktemp("corpus")
+    docs = d / "docs"
+    docs.mkdir()
+    rng = random.Random(0)
+    words = ["the", "cat", "sat", "on", "a", "mat", "and", "dog", "ran", "far", "away", "home", "slowly"]
+    for i in range(40):
+        (docs / f"doc{i}.txt").write_text(" ".join(rng.choice(words) for _ in range(rng.randint(60, 200))) + ".\n")
+    train_tokenizer([str(docs)], vocab_size=300, out=str(d / "tok"))
+    prepare([str(docs)], tokenizer=str(d / "tok"), out=str(d / "data"), seq_len=32, val_fraction=0.1)
+    return d / "data"
+
+
+def _pretrain_args(data, out, *extra):
+    return ["pretrain", "--data", str(data), "--out", str(out), "--model", "tiny-llama",
+            "--train.precision", "fp32", "--train.micro_batch_size", "4", "--train.warmup_steps", "2",
+            "--train.lr", "3e-3", "--train.log_every", "1", "--train.tensorboard", "false", *extra]
+
+
+def _losses(out):
+    with open(Path(out) / "metrics.csv") as f:
+        return {int(r["step"]): float(r["value"]) for r in csv.DictReader(f) if r["metric"] == "loss"}
+
+
+def test_lr_schedule_values():
+    assert lr_at(0, 1.0, 10, 100) == pytest.approx(0.1)
+    assert lr_at(9, 1.0, 10, 100) == pytest.approx(1.0)
+    assert lr_at(10, 1.0, 10, 100) == pytest.approx(1.0)
+    assert lr_at(55, 1.0, 10, 100) == pytest.approx(0.55)  # halfway down the cosine: (1 + 0.1) / 2
+    assert lr_at(100, 1.0, 10, 100) == pytest.approx(0.1)
+    assert lr_at(500, 1.0, 10, 100) == pytest.approx(0.1)
+
+
+def test_no_weight_decay_on_norms_and_biases():
+    model = Transformer(ModelConfig.from_name("tiny-gpt2"))
+    decay, no_decay = param_groups(model, 0.1)
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert all(p.dim() == 2 for p in decay["params"])
+    assert {names[id(p)] for p in no_decay["params"]} == {n for n, p in model.named_parameters() if p.dim() == 1}
+    assert any(n.endswith("attn_norm.weight") for n in (names[id(p)] for p in no_decay["params"]))
+
+
+def test_pretrain_loss_decreases_and_writes_files(prepared, tmp_path):
+    from llmkit.cli import main
+
+    out = tmp_path / "run"
+    main(_pretrain_args(prepared, out, "--train.max_steps", "30", "--train.eval_every", "15"))
+    losses = _losses(out)
+    assert sum(losses[s] for s in range(26, 31)) / 5 < sum(losses[s] for s in range(1, 6)) / 5 - 0.5
+    for f in ("metrics.csv", "loss.png", "summary.json", "final/model.safetensors", "final/config.json",
+              "final/tokenizer.json", "checkpoints/latest"):
+        assert (out / f).exists(), f
+    metrics = {r["metric"] for r in csv.DictReader(open(out / "metrics.csv"))}
+    assert {"loss", "lr", "grad_norm", "tokens_per_sec", "mfu", "val_loss", "val_ppl"} <= metrics
+    from llmkit.checkpoint import load_model
+
+    vocab = json.loads((prepared / "manifest.json").read_text())["vocab_size"]
+    assert load_model(out / "final").config.vocab_size == vocab != 512  # the preset took the tokenizer's size
+
+
+def test_resume_equals_uninterrupted(prepared, tmp_path):
+    """Kill at step 5 (SIGTERM), resume with --resume auto: the loss curve is bit-identical."""
+    base = ["--train.max_steps", "10", "--train.eval_every", "0", "--train.save_every", "0"]
+    ref = tmp_path / "ref"
+    subprocess.run([sys.executable, "-m", "llmkit", *_pretrain_args(prepared, ref, *base)], check=True,
+                   capture_output=True)
+    out = tmp_path / "resumed"
+    # Stop after step 5 by a real SIGTERM sent from inside the loss function.
+    code = f"""
+import os, signal, sys
+import llmkit.recipes.pretrain as p
+from llmkit.training import losses
+orig = p.causal_lm_loss
+calls = [0]
+def loss(m, b):
+    calls[0] += 1
+    if calls[0] == 5:
+        os.kill(os.getpid(), signal.SIGTERM)
+    return orig(m, b)
+p.causal_lm_loss = loss
+from llmkit.cli import main
+main({_pretrain_args(prepared, out, *base)!r})
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 128 + signal.SIGTERM, r.stderr[-2000:]
+    assert (out / "checkpoints" / "step-00000005" / "model.safetensors").exists()
+    from llmkit.checkpoint import load_model
+
+    load_model(out / "checkpoints" / "step-00000005")  # the signal checkpoint is a loadable model
+    subprocess.run([sys.executable, "-m", "llmkit", *_pretrain_args(prepared, out, *base, "--train.resume", "auto")],
+                   check=True, capture_output=True)
+    a, b = _losses(ref), _losses(out)
+    assert sorted(a) == sorted(b) == list(range(1, 11))
+    assert all(a[s] == b[s] for s in a), [(s, a[s], b[s]) for s in a if a[s] != b[s]]
+
+
+def test_checkpoint_write_is_atomic(prepared, tmp_path, monkeypatch):
+    """A crash while writing a checkpoint leaves the previous `latest` intact and loadable."""
+    from llmkit.cli import main
+    import llmkit.checkpoint as ck
+
+    out = tmp_path / "run"
+    main(_pretrain_args(prepared, out, "--train.max_steps", "4", "--train.save_every", "2", "--train.eval_every", "0"))
+    assert (out / "checkpoints" / "latest").read_text().strip() == "step-00000004"
+    real = ck.save_weights
+
+    def crash(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(ck, "save_weights", crash)
+    with pytest.raises(OSError):
+        main(_pretrain_args(prepared, out, "--train.max_steps", "6", "--train.save_every", "0",
+                            "--train.eval_every", "0"))
+    monkeypatch.setattr(ck, "save_weights", real)
+    assert (out / "checkpoints" / "latest").read_text().strip() == "step-00000004"
+    from llmkit.checkpoint import load_model
+
+    load_model(out / "checkpoints" / "step-00000004")
+
+
+def _torchrun(n, args, env_extra=None):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env_extra or {})}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
+           "-m", "llmkit", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_two_process_matches_one_process(prepared, tmp_path, mode):
+    """2 gloo processes x micro-batch 2 == 1 process x micro-batch 4, step by step."""
+    steps = ["--train.max_steps", "6", "--train.eval_every", "0", "--train.save_every", "0"]
+    single = tmp_path / "single"
+    r = subprocess.run([sys.executable, "-m", "llmkit", *_pretrain_args(prepared, single, *steps)],
+                       capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    multi = tmp_path / mode
+    args = _pretrain_args(prepared, multi, *steps, "--train.distributed", mode)
+    args[args.index("--train.micro_batch_size") + 1] = "2"
+    r = _torchrun(2, args)
+    assert r.returncode == 0, r.stderr[-3000:]
+    a, b = _losses(single), _losses(multi)
+    assert sorted(a) == sorted(b)
+    for s in a:
+        assert b[s] == pytest.approx(a[s], rel=1e-4, abs=1e-5), (s, a[s], b[s])
+    from llmkit.checkpoint import load_model
+
+    m1, m2 = load_model(single / "final").model, load_model(multi / "final").model
+    for (n, p1), p2 in zip(m1.state_dict().items(), m2.state_dict().values()):
+        torch.testing.assert_close(p1, p2, rtol=1e-3, atol=1e-4, msg=n)
