@@ -45,7 +45,7 @@ def test_tasks_and_perplexity_to_results_files_then_compare(setup, tmp_path, cap
         out = tmp_path / name
         code, stdout, _ = run_cli(["evaluate", str(setup[name]), "--tasks", "tiny_mc", "--include-path",
                                    str(setup["tasks"]), "--num-fewshot", "1", "--perplexity", str(setup["text"]),
-                                   "--max-length", "64", "--batch-size", "3", "--out", str(out)], capsys)
+                                   "--stride", "48", "--batch-size", "3", "--out", str(out)], capsys)
         assert code == 0
         result = json.loads((out / "results.json").read_text())
         assert result["format"] == "llmkit-eval" and result["model_name"] == setup[name].name
@@ -53,7 +53,7 @@ def test_tasks_and_perplexity_to_results_files_then_compare(setup, tmp_path, cap
         assert 0 <= result["tasks"]["tiny_mc"]["acc"] <= 1
         assert result["harness"]["n-shot"] == {"tiny_mc": 1}
         ppl = result["perplexity"]["overall"]
-        assert ppl["tokens"] > 64 and ppl["perplexity"] > 1 and result["perplexity"]["max_length"] == 64
+        assert ppl["tokens"] > 128 and ppl["perplexity"] > 1 and result["perplexity"]["stride"] == 48
         md = (out / "results.md").read_text()
         assert "| tiny_mc" in md and "| ppl:text.txt" in md and "perplexity" in md
         assert "| tiny_mc" in stdout  # the table is printed too

@@ -53,14 +53,29 @@ def save_tokenizer(out: Path, vocab_size: int, bos: bool) -> None:
     (out / "tokenizer_config.json").write_text(json.dumps(config))
 
 
-def make_model_dir(root: Path, family: str = "llama", bos: bool = True, seed: int = 0) -> Path:
-    """A tiny HF model of `family` plus its tokenizer in root/<family>-<bos>-<seed>."""
-    d = Path(root) / f"{family}-{'bos' if bos else 'nobos'}-{seed}"
+def make_model_dir(root: Path, family: str = "llama", bos: bool = True, seed: int = 0,
+                   context: int | None = None) -> Path:
+    """A tiny HF model of `family` plus its tokenizer in root/<family>-<bos>-<seed>[-<context>].
+
+    `context` raises the context length (RoPE families only) for prompts longer than the tiny
+    configs' 128 tokens, e.g. a judge's grading prompt."""
+    d = Path(root) / f"{family}-{'bos' if bos else 'nobos'}-{seed}" + (f"-{context}" if context else "")
     if not (d / "tokenizer.json").exists():
         model = make_hf_model(family, seed)
+        if context:
+            model.config.max_position_embeddings = context
         model.save_pretrained(d)
         save_tokenizer(d, model.config.vocab_size, bos)
     return d
+
+
+ALPACA = [
+    {"instruction": "Name the capital of France.", "input": "", "output": "Paris"},
+    {"instruction": "Add the numbers.", "input": "2 and 3", "output": "5"},
+    {"instruction": "Give the opposite of the word.", "input": "hot", "output": "cold"},
+    {"instruction": "Say what the fox does.", "input": "", "output": "The quick brown fox jumps over the lazy dog."},
+    {"instruction": "Where did the cat sit?", "input": "A cat sat on the mat.", "output": "On the mat."},
+]
 
 
 def write_mc_task(root: Path, name: str = "tiny_mc", docs: list[dict] | None = None,

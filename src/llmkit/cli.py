@@ -26,6 +26,7 @@ COMMANDS: dict[str, str | dict[str, str]] = {
         "from-hf": "llmkit.convert.hf:from_hf",
         "to-hf": "llmkit.convert.hf:to_hf",
     },
+    "quickstart": "llmkit.recipes.quickstart:quickstart",
     "pretrain": "llmkit.recipes.pretrain:pretrain",
     "tokenizer": {"train": "llmkit.tokenizer:train_tokenizer"},
     "data": {
@@ -33,6 +34,9 @@ COMMANDS: dict[str, str | dict[str, str]] = {
         "curate": "llmkit.data.curate:curate",
     },
     "evaluate": "llmkit.evaluate:evaluate",
+    "generate": "llmkit.generate:generate_cli",
+    "chat": "llmkit.chat:chat",
+    "serve": "llmkit.serve:serve",
 }
 
 

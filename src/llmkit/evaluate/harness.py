@@ -156,6 +156,7 @@ class LLMKitLM(TemplateLM):
         if max_length is not None and not 1 < int(max_length) <= block:
             raise LLMKitError(f"max_length {max_length} must be between 2 and the model's context ({block})")
         self._max_length = int(max_length) if max_length else block
+        self._context_name = "the model's context" if not max_length else "the max_length"
         self._max_gen_toks = int(max_gen_toks)
         self.truncate = bool(truncate)
         self.add_bos_token = add_bos_token
@@ -241,8 +242,8 @@ class LLMKitLM(TemplateLM):
     def _too_long(self, n_ctx: int, n_cont: int) -> LLMKitError:
         where = f"task {self._tasks}: " if self._tasks else ""
         return LLMKitError(
-            f"{where}a prompt of {n_ctx} context + {n_cont} continuation tokens does not fit the model's context of "
-            f"{self.max_length} tokens; use fewer few-shot examples (--num-fewshot), or --truncate to cut "
+            f"{where}a prompt of {n_ctx} context + {n_cont} continuation tokens does not fit {self._context_name} "
+            f"of {self.max_length} tokens; use fewer few-shot examples (--num-fewshot), or --truncate to cut "
             "prompts from the left as the harness's hf backend does")
 
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False,
@@ -391,8 +392,8 @@ class LLMKitLM(TemplateLM):
             max_new = int(kwargs.pop("max_gen_toks"))
             max_ctx = self.max_length - max_new
             if max_ctx <= 0:
-                raise LLMKitError(f"task {', '.join(sorted({requests[i].task_name for i in members}))}: "
-                                  f"{max_new} new tokens leave no room for a prompt in the model's context of "
+                raise LLMKitError(f"task {', '.join(sorted({str(requests[i].task_name) for i in members}))}: "
+                                  f"{max_new} new tokens leave no room for a prompt in {self._context_name} of "
                                   f"{self.max_length} tokens")
             temperature = float(kwargs.get("temperature", 0.0)) if kwargs.get("do_sample") else 0.0
             prompts = []
@@ -402,7 +403,7 @@ class LLMKitLM(TemplateLM):
                     self._tasks = requests[i].task_name or ""
                     raise LLMKitError(
                         f"task {self._tasks}: a prompt of {len(ids)} tokens plus {max_new} new tokens does not fit "
-                        f"the model's context of {self.max_length} tokens; use fewer few-shot examples "
+                        f"{self._context_name} of {self.max_length} tokens; use fewer few-shot examples "
                         "(--num-fewshot), or --truncate to cut prompts from the left as the hf backend does")
                 prompts.append(ids[-max_ctx:])
             order = sorted(range(len(members)), key=lambda j: -len(prompts[j]))

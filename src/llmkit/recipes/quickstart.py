@@ -1,0 +1,125 @@
+"""The built-in default: the cycle so far on a fresh machine, with nothing downloaded.
+
+corpus -> tokenizer -> token shards -> samples from the untrained model -> pretraining for a few
+minutes -> samples again. The corpus is real English text that every Python installation
+carries: the docstrings of the standard library (a few MB of prose about code), extracted with
+`ast` (nothing is imported or executed). `--corpus` uses your own files instead.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import sysconfig
+from pathlib import Path
+from typing import Optional
+
+from llmkit.errors import LLMKitError
+
+PROMPTS = ("Return the", "This module provides", "If the file")
+
+
+def stdlib_docstrings(out: Path, max_bytes: int = 4_000_000) -> tuple[int, int]:
+    """Write the standard library's docstrings as JSONL documents (one per module); returns
+    (documents, bytes). Sorted file order, so the corpus is the same on every run."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    n_docs = n_bytes = 0
+    with open(out, "w") as f:
+        for path in sorted(root.rglob("*.py")):
+            if any(p in ("test", "tests", "idlelib", "site-packages", "lib2to3") for p in path.relative_to(root).parts):
+                continue
+            try:
+                tree = ast.parse(path.read_text(encoding="utf-8"))
+            except (SyntaxError, UnicodeDecodeError, OSError):
+                continue
+            parts = []
+            for node in ast.walk(tree):
+                if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                    doc = ast.get_docstring(node)
+                    if doc and len(doc) > 80:
+                        parts.append(doc.strip())
+            if not parts:
+                continue
+            text = "\n\n".join(parts)
+            f.write(json.dumps({"text": text}) + "\n")
+            n_docs += 1
+            n_bytes += len(text.encode())
+            if n_bytes >= max_bytes:
+                break
+    if n_docs == 0:
+        raise LLMKitError(f"no docstrings found under {root}: pass --corpus FILES")
+    return n_docs, n_bytes
+
+
+def _samples(model, tokenizer, title: str) -> None:
+    from llmkit.generate import generate
+
+    print(f"\n--- {title} ---")
+    for p in PROMPTS:
+        c = generate(model, tokenizer, p, max_new_tokens=40, temperature=0.8, top_k=40, seed=0)
+        print(f"{p!r} -> {p}{c.text}".replace("\n", " ")[:200])
+    print(flush=True)
+
+
+def quickstart(
+    out: str = "out/quickstart",
+    minutes: float = 5.0,
+    corpus: Optional[list[str]] = None,
+    model: str = "micro-llama",
+    vocab_size: int = 4096,
+    seq_len: int = 256,
+    batch_size: int = 16,
+    lr: float = 2e-3,
+) -> dict:
+    """Run the built-in default: build a corpus, train a tokenizer, pretrain a small model, sample.
+
+    Args:
+        out: output directory (corpus, tokenizer, data, run with checkpoints and loss.png).
+        minutes: pretraining time budget.
+        corpus: your own text/JSONL/Parquet files or folders (default: the Python standard
+            library's docstrings, already on this machine).
+        model: the architecture preset to pretrain.
+        vocab_size: BPE vocabulary size.
+        seq_len: training sequence length.
+        batch_size: sequences per step.
+        lr: peak learning rate.
+    """
+    import torch
+
+    from llmkit.data.prepare import prepare
+    from llmkit.recipes.pretrain import pretrain
+    from llmkit.tokenizer import Tokenizer, train_tokenizer
+    from llmkit.training.loop import TrainConfig
+
+    o = Path(out)
+    o.mkdir(parents=True, exist_ok=True)
+    if corpus:
+        sources = list(corpus)
+    else:
+        src = o / "corpus.jsonl"
+        n, b = stdlib_docstrings(src)
+        print(f"corpus: {n:,} documents, {b / 1e6:.1f} MB of Python standard-library docstrings -> {src}")
+        sources = [str(src)]
+    tok_dir = o / "tokenizer"
+    if not (tok_dir / "tokenizer.json").exists():
+        train_tokenizer(sources, vocab_size=vocab_size, out=str(tok_dir))
+    data = o / "data"
+    if not (data / "manifest.json").exists():
+        prepare(sources, tokenizer=str(tok_dir), out=str(data), seq_len=seq_len, val_fraction=0.02)
+    tok = Tokenizer.from_dir(tok_dir)
+    from llmkit.recipes.pretrain import build_or_load
+
+    torch.manual_seed(42)
+    untrained, _ = build_or_load(model, None, tok.vocab_size)
+    _samples(untrained.eval(), tok, "samples before training")
+    train = TrainConfig(max_time=minutes * 60, micro_batch_size=batch_size, lr=lr, warmup_steps=50,
+                        eval_every=100, log_every=10, save_every=200, tensorboard=True)
+    result = pretrain(model=model, data=str(data), out=str(o / "run"), seq_len=seq_len, train=train)
+    from llmkit.checkpoint import load_model
+
+    trained = load_model(result["final"]).model
+    _samples(trained, tok, f"samples after {result['step']} steps ({minutes:g} min)")
+    print(f"validation loss: {result.get('val_loss', float('nan')):.3f} (ppl {result.get('val_ppl', float('nan')):.1f}); "
+          f"loss curve: {o / 'run' / 'loss.png'}; model: {result['final']}")
+    print(f"next: llmkit generate {result['final']} --prompt \"Return the\"")
+    return result
