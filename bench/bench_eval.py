@@ -38,7 +38,8 @@ def build_tokenizer(out: Path) -> None:
     if (gpt2 / "encoder.json").exists():
         Tokenizer.from_dir(gpt2).save(out)
         return
-    from tokenizers import Tokenizer as Backend, decoders, models, pre_tokenizers, trainers
+    from tokenizers import Tokenizer as Backend
+    from tokenizers import decoders, models, pre_tokenizers, trainers
 
     backend = Backend(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

@@ -116,3 +116,13 @@ def test_bad_input_is_one_clear_line(case, message, setup, tmp_path, capsys):
     if case == "nothing":
         with pytest.raises(LLMKitError, match=message):
             evaluate(m)
+
+
+def test_several_models_in_one_call(setup, tmp_path, capsys):
+    code, stdout, _ = run_cli(["evaluate", str(setup["m1"]), str(setup["m2"]), "--perplexity", str(setup["text"]),
+                               "--out", str(tmp_path)], capsys)
+    assert code == 0
+    for name in ("m1", "m2"):
+        assert json.loads((tmp_path / setup[name].name / "results.json").read_text())["perplexity"]["overall"]["tokens"]
+    table = stdout[stdout.rindex("| task"):]
+    assert setup["m1"].name in table.splitlines()[0] and setup["m2"].name in table.splitlines()[0]

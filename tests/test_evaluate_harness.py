@@ -115,3 +115,28 @@ def test_generate_until_matches_hf_backend_greedy(family, models):
     assert any(r for r in ref)  # the comparison is not between empty strings only
     with pytest.raises(LLMKitError, match="does not fit"):
         LLMKitLM(str(models[family])).generate_until(_requests("generate_until", args[3:4]))
+
+
+def test_chat_template_prompts_match_hf_backend(models, tmp_path):
+    """--apply-chat-template: the harness's multi-turn few-shot chat, a system instruction, a
+    template that writes BOS itself (so none is added twice)."""
+    import json
+    import shutil
+
+    chat = tmp_path / "chat-model"
+    shutil.copytree(models["llama"], chat)
+    cfg = json.loads((chat / "tokenizer_config.json").read_text())
+    cfg["chat_template"] = ("{{ bos_token }}{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}</s>\n"
+                            "{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}")
+    (chat / "tokenizer_config.json").write_text(json.dumps(cfg))
+    tm = TaskManager(include_path=str(write_mc_task(tmp_path)), include_defaults=False)
+
+    def run(lm):
+        return lm_eval.simple_evaluate(model=lm, tasks=["tiny_mc"], num_fewshot=1, task_manager=tm, log_samples=True,
+                                       bootstrap_iters=0, apply_chat_template=True, fewshot_as_multiturn=True,
+                                       system_instruction="Be brief.")["samples"]["tiny_mc"]
+
+    ref, ours = run(hf_backend(chat)), run(LLMKitLM(str(chat), batch_size=4, truncate=True))
+    assert ref[0]["arguments"][0][0].startswith("<s><system>Be brief.</s>\n<user>Question:")
+    assert [s["arguments"] for s in ours] == [s["arguments"] for s in ref]
+    assert_same_loglikelihoods([r[0] for s in ref for r in s["resps"]], [r[0] for s in ours for r in s["resps"]])

@@ -59,7 +59,7 @@ def make_model_dir(root: Path, family: str = "llama", bos: bool = True, seed: in
 
     `context` raises the context length (RoPE families only) for prompts longer than the tiny
     configs' 128 tokens, e.g. a judge's grading prompt."""
-    d = Path(root) / f"{family}-{'bos' if bos else 'nobos'}-{seed}" + (f"-{context}" if context else "")
+    d = Path(root) / (f"{family}-{'bos' if bos else 'nobos'}-{seed}" + (f"-{context}" if context else ""))
     if not (d / "tokenizer.json").exists():
         model = make_hf_model(family, seed)
         if context:

@@ -37,26 +37,30 @@ class ChatSession:
         system = [{"role": "system", "content": self.system}] if self.system else []
         return system + history + [{"role": "user", "content": user}]
 
-    def build_prompt(self, user: str) -> tuple[list[int], int]:
-        """(prompt ids, max new tokens) for the next turn, dropping the oldest exchanges while
-        prompt + max_new_tokens exceeds the context. Raises LLMKitError if even the system
-        prompt and this message alone leave no room for a reply."""
+    def build_prompt(self, user: str) -> tuple[list[int], int, int]:
+        """(prompt ids, max new tokens, first history message kept) for the next turn.
+
+        The oldest exchanges are left out while prompt + max_new_tokens exceeds the context.
+        Raises LLMKitError if even the system prompt and this message alone leave no room.
+        """
+        start = 0
         while True:
-            ids = self.style.encode(self.tokenizer, self._messages(self.history, user))
-            if len(ids) + self.params.max_new_tokens <= self.context or not self.history:
+            ids = self.style.encode(self.tokenizer, self._messages(self.history[start:], user))
+            if len(ids) + self.params.max_new_tokens <= self.context or start == len(self.history):
                 break
-            # Drop the oldest exchange: a user message and the reply that follows it.
-            drop = 2 if len(self.history) > 1 and self.history[1]["role"] == "assistant" else 1
-            del self.history[:drop]
+            # Leave out the oldest exchange: a user message and the reply that follows it.
+            pair = start + 1 < len(self.history) and self.history[start + 1]["role"] == "assistant"
+            start += 2 if pair else 1
         room = self.context - len(ids)
         if room < 1:
             raise LLMKitError(f"the message is too long: the prompt is {len(ids)} tokens and the context "
                               f"is {self.context}")
-        return ids, min(self.params.max_new_tokens, room)
+        return ids, min(self.params.max_new_tokens, room), start
 
     def reply(self, user: str) -> Iterator[str]:
-        """Stream the reply to `user`; the exchange joins the history once the reply is complete."""
-        ids, max_new = self.build_prompt(user)
+        """Stream the reply to `user`. Once it is complete the exchange joins the history and
+        the exchanges that no longer fit are forgotten."""
+        ids, max_new, start = self.build_prompt(user)
         params = self.params.replace(max_new_tokens=max_new, stop=self.stop)
         seq = Sequence(ids, params, self.tokenizer, self.stop_ids)
         batch = DecodeBatch(self.model, 1, len(ids) + max_new)
@@ -66,7 +70,8 @@ class ChatSession:
                 if text:
                     yield text
         self.last_completion = seq.result()
-        self.history += [{"role": "user", "content": user}, {"role": "assistant", "content": seq.text}]
+        self.history = self.history[start:] + [{"role": "user", "content": user},
+                                               {"role": "assistant", "content": seq.text}]
 
 
 def _read_line(prompt: str, in_stream: TextIO, out_stream: TextIO) -> Optional[str]:

@@ -380,6 +380,7 @@ class DecodeBatch:
                 self._drop_row(i)
         return out
 
+    @torch.inference_mode()
     def remove(self, seq: Sequence) -> None:
         """Take `seq` out of the batch (e.g. a cancelled request), freeing its row."""
         for i, s in enumerate(self.seqs):

@@ -73,8 +73,9 @@ def evaluate(
         max_length: context length for tasks and perplexity windows (default: the model's).
         generate_data: Alpaca-style JSON/JSONL file (instruction, input, output) to generate
             responses for and score against "output".
-        prompt_style: how --generate-data prompts are written: "alpaca", or "chat" (the
-            model's chat template).
+        prompt_style: how --generate-data prompts are written: "alpaca" (llmkit's instruction
+            finetuning format), "chat" (the model's chat template, or the style its vocabulary
+            suggests), or a built-in style: chatml, llama3, llama2, mistral, phi3, gemma, plain.
         max_new_tokens: longest response generated for --generate-data.
         responses: a responses file from an earlier run (its responses.jsonl) to score and
             judge instead of generating.
@@ -97,7 +98,7 @@ def evaluate(
         apply_chat_template: render harness prompts with the model's chat template.
         seed: random seed of the harness (few-shot sampling, sampled generation).
     """
-    from llmkit.evaluate.report import compare_table, load_result, write_results
+    from llmkit.evaluate.report import compare_table, load_result, run_markdown, write_results
 
     models = [model] if isinstance(model, str) else [m for m in (model or []) if m]
     if compare:
@@ -112,6 +113,53 @@ def evaluate(
 
             atomic_write_text(Path(out) / "compare.md", table + "\n")
         return {"compare": table}
+    _check_arguments(models, tasks, perplexity, generate_data, responses, prompt_style, judge_url, judge_model,
+                     compare_model, compare_responses, batch_size, limit)
+    judge = None
+    if judge_url:
+        from llmkit.evaluate.judge import OpenAIJudge
+
+        key = judge_api_key or os.environ.get("LLMKIT_JUDGE_API_KEY") or os.environ.get("OPENAI_API_KEY")
+        judge = OpenAIJudge(judge_url, model=judge_model, api_key=key)
+        judge.check()  # a wrong URL or key fails now, not after generating every response
+
+    settings = {
+        "tasks": tasks, "include_path": include_path, "num_fewshot": num_fewshot, "limit": limit,
+        "perplexity": perplexity, "max_length": max_length, "stride": stride, "batch_size": batch_size,
+        "generate_data": generate_data, "responses": responses,
+        "prompt_style": prompt_style if generate_data else None,
+        "max_new_tokens": max_new_tokens if generate_data else None,
+        "judge": judge and f"{judge.model} at {judge_url}", "truncate": truncate or None,
+        "apply_chat_template": apply_chat_template or None, "seed": seed,
+    }
+    # One folder per model under --out when several are evaluated (numbered if names clash).
+    names = [Path(str(m)).name for m in models]
+    targets = [out] if len(models) <= 1 else \
+        [out and str(Path(out) / (n if names.count(n) == 1 else f"{n}-{i + 1}")) for i, n in enumerate(names)]
+    runs = []
+    for spec, target in zip(models or [None], targets):
+        result = _evaluate_one(
+            spec, tasks=tasks, num_fewshot=num_fewshot, limit=limit, batch_size=batch_size,
+            include_path=include_path, perplexity_files=perplexity, stride=stride, max_length=max_length,
+            generate_data=generate_data, prompt_style=prompt_style, max_new_tokens=max_new_tokens,
+            responses=responses, judge=judge, judge_concurrency=judge_concurrency, compare_model=compare_model,
+            compare_responses=compare_responses, device=device, dtype=dtype, truncate=truncate,
+            apply_chat_template=apply_chat_template, seed=seed, out=target)
+        result["settings"] = {k: v for k, v in settings.items() if v is not None}
+        print(run_markdown(result))
+        if target:
+            json_path, md_path = write_results(target, result)
+            print(f"results written to {json_path} and {md_path}")
+        runs.append(result)
+    if len(runs) > 1:
+        print(compare_table(runs))
+    return runs[0] if len(runs) == 1 else {"runs": runs}
+
+
+def _check_arguments(models, tasks, perplexity, generate_data, responses, prompt_style, judge_url, judge_model,
+                     compare_model, compare_responses, batch_size, limit) -> None:
+    """Every check that needs no model, done before loading one: a typo in the last option
+    should not surface after an hour of harness tasks."""
     if not models and not responses:
         raise LLMKitError("MODEL is required (only --compare and --responses work without one)")
     if not (tasks or perplexity or generate_data or responses):
@@ -126,44 +174,23 @@ def evaluate(
         raise LLMKitError("--compare-model/--compare-responses compare generated responses: give --generate-data")
     if batch_size < 1:
         raise LLMKitError(f"--batch-size must be >= 1, got {batch_size}")
-    judge = None
-    if judge_url:
-        from llmkit.evaluate.judge import OpenAIJudge
+    if limit is not None and limit <= 0:
+        raise LLMKitError(f"--limit must be positive, got {limit}")
+    if perplexity:
+        from llmkit.data import expand_sources
 
-        key = judge_api_key or os.environ.get("LLMKIT_JUDGE_API_KEY") or os.environ.get("OPENAI_API_KEY")
-        judge = OpenAIJudge(judge_url, model=judge_model, api_key=key)
+        expand_sources(perplexity)  # missing files fail here
+    from llmkit.evaluate.generative import load_examples, load_responses
 
-    settings = {"tasks": tasks, "num_fewshot": num_fewshot, "limit": limit, "batch_size": batch_size,
-                "max_length": max_length, "stride": stride, "generate_data": generate_data,
-                "prompt_style": prompt_style if generate_data else None, "max_new_tokens": max_new_tokens if generate_data else None,
-                "judge": judge_url and (judge_model or "default"), "truncate": truncate or None,
-                "apply_chat_template": apply_chat_template or None, "seed": seed}
-    runs = []
-    for spec in models or [None]:
-        result = _evaluate_one(
-            spec, tasks=tasks, num_fewshot=num_fewshot, limit=limit, batch_size=batch_size,
-            include_path=include_path, perplexity_files=perplexity, stride=stride, max_length=max_length,
-            generate_data=generate_data, prompt_style=prompt_style, max_new_tokens=max_new_tokens,
-            responses=responses, judge=judge, judge_concurrency=judge_concurrency, compare_model=compare_model,
-            compare_responses=compare_responses, device=device, dtype=dtype, truncate=truncate,
-            apply_chat_template=apply_chat_template, seed=seed, out=out if len(models) <= 1 else _sub(out, spec))
-        result["settings"] = {k: v for k, v in settings.items() if v is not None}
-        from llmkit.evaluate.report import run_markdown
+    if generate_data:
+        load_examples(generate_data)
+        if prompt_style not in ("alpaca", "chat", "auto"):
+            from llmkit.prompts import PromptStyle
 
-        print(run_markdown(result))
-        target = out if len(models) <= 1 else _sub(out, spec)
-        if target:
-            json_path, _ = write_results(target, result)
-            print(f"results written to {json_path} and {Path(target) / 'results.md'}")
-        runs.append(result)
-    if len(runs) > 1:
-        print(compare_table(runs))
-    return runs[0] if len(runs) == 1 else {"runs": runs}
-
-
-def _sub(out: Optional[str], spec: Optional[str]) -> Optional[str]:
-    """Per-model folder under --out when several models are evaluated in one call."""
-    return str(Path(out) / Path(str(spec)).name) if out and spec else out
+            PromptStyle.from_name(prompt_style)
+    for path in (responses, compare_responses):
+        if path:
+            load_responses(path)
 
 
 def _evaluate_one(spec: Optional[str], *, tasks, num_fewshot, limit, batch_size, include_path, perplexity_files,

@@ -98,8 +98,9 @@ def output_logits(model, h: torch.Tensor) -> torch.Tensor:
 class LLMKitLM(TemplateLM):
     """lm-evaluation-harness backend running an llmkit model.
 
-    Also usable from the harness's own CLI once this module is imported:
-    `lm_eval --model llmkit --model_args pretrained=DIR,batch_size=16`.
+    Importing this module registers it with the harness under the name "llmkit", so harness
+    code can also ask for it by name:
+    `lm_eval.simple_evaluate(model="llmkit", model_args="pretrained=DIR,batch_size=16", ...)`.
     """
 
     backend = "causal"
@@ -322,8 +323,11 @@ class LLMKitLM(TemplateLM):
             suffixes = [items[i][1] for i in rows]
             width = max(len(s) for s in suffixes)
             n = max(p_len[i] for i in rows)
-            cache = model.new_cache(len(rows), n + width)
-            if prefix_cache is not None and n:
+            ids, pos = _right_pad(suffixes, dev, start=[p_len[i] for i in rows])
+            if n == 0:  # no prefix (rolling windows, empty contexts): plain causal, no cache
+                h = model.hidden_states(ids)  # (B, width, d)
+            else:
+                cache = model.new_cache(len(rows), n + width)
                 # Copy whole slabs: slots past a row's own prefix receive another prefix's keys,
                 # but each is either overwritten by the row's suffix before attention reads it
                 # or lies past the row's last position, where the causal mask hides it.
@@ -331,18 +335,17 @@ class LLMKitLM(TemplateLM):
                 for layer in range(len(cache.k)):
                     cache.k[layer][:, :, :n] = prefix_cache.k[layer][src, :, :n]
                     cache.v[layer][:, :, :n] = prefix_cache.v[layer][src, :, :n]
-            ids, pos = _right_pad(suffixes, dev, start=[p_len[i] for i in rows])
-            h = model.hidden_states(ids, pos, cache)  # (B, width, d)
+                h = model.hidden_states(ids, pos, cache)  # (B, width, d)
             real = torch.zeros(h.shape[:2], dtype=torch.bool, device=dev)
-            for b, s in enumerate(suffixes):
-                real[b, : len(s)] = True
+            for b, suffix in enumerate(suffixes):
+                real[b, : len(suffix)] = True
             targets = torch.tensor([t for i in rows for t in items[i][2]], device=dev)
             logp, greedy = token_logprobs(model, h[real], targets)
             k = 0
             for i in rows:
-                n = len(items[i][2])
-                out[i] = (float(logp[k:k + n].sum()), bool(greedy[k:k + n].all()))
-                k += n
+                m = len(items[i][2])
+                out[i] = (float(logp[k:k + m].sum()), bool(greedy[k:k + m].all()))
+                k += m
         return out  # type: ignore[return-value]
 
     # --- loglikelihood_rolling ----------------------------------------------------------------

@@ -181,6 +181,10 @@ class JudgeUnavailable(Exception):
 class JudgeRejected(Exception):
     """The judge refused the request (HTTP 4xx other than 429): retrying will not help."""
 
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
 
 def chat_completions_url(url: str) -> str:
     """The chat completions endpoint for a base URL: ".../v1" gets "/chat/completions", a bare
@@ -226,7 +230,7 @@ class OpenAIJudge:
             except urllib.error.HTTPError as e:
                 detail = e.read().decode("utf-8", "replace")[:300].replace("\n", " ")
                 if e.code != 429 and e.code < 500:
-                    raise JudgeRejected(f"HTTP {e.code} from {url}: {detail}") from None
+                    raise JudgeRejected(e.code, f"HTTP {e.code} from {url}: {detail}") from None
                 last = f"HTTP {e.code}: {detail}"
                 retry_after = e.headers.get("Retry-After") if e.headers else None
                 if retry_after and retry_after.replace(".", "", 1).isdigit():
@@ -239,17 +243,29 @@ class OpenAIJudge:
                 time.sleep(wait)
         raise JudgeUnavailable(f"{url}: {last} (after {self.max_retries + 1} attempts)")
 
-    def resolve_model(self) -> str:
-        """The model to ask for: the one given, else the first the server lists at /models."""
-        if self.model:
-            return self.model
+    def check(self) -> None:
+        """Ask the endpoint's /models before any work: a wrong URL or API key fails here, not
+        after an hour of generation. Picks the model when none was given."""
         models_url = self.endpoint[: -len("/chat/completions")] + "/models"
         try:
             listing = self._post(models_url, None)
-            self.model = listing["data"][0]["id"]
-        except (JudgeUnavailable, JudgeRejected, KeyError, IndexError, TypeError) as e:
-            raise LLMKitError(f"no --judge-model given and {models_url} lists none ({e})") from None
-        return self.model
+        except JudgeRejected as e:
+            if e.status in (404, 405) and self.model:  # an endpoint without /models: fine if named
+                return
+            raise LLMKitError(f"the judge rejected the request: {e}") from None
+        except JudgeUnavailable as e:
+            raise LLMKitError(f"cannot reach the judge: {e}") from None
+        if not self.model:
+            try:
+                self.model = str(listing["data"][0]["id"])
+            except (KeyError, IndexError, TypeError):
+                raise LLMKitError(f"no --judge-model given and {models_url} lists no models") from None
+
+    def resolve_model(self) -> str:
+        """The model to ask for: the one given, else the first the server lists at /models."""
+        if not self.model:
+            self.check()
+        return self.model  # type: ignore[return-value]
 
     def __call__(self, messages: Messages) -> str:
         body = {"model": self.resolve_model(), "messages": messages, "temperature": self.temperature,

@@ -140,7 +140,7 @@ def perplexity(model, tokenizer, files: Iterable[str], max_length: Optional[int]
     if not files:
         raise LLMKitError("no perplexity files given")
     per_file: list[PerplexityResult] = []
-    for src, path in expand_sources(files):
+    for _, path in expand_sources(files):
         texts = _documents(path, text_field)
         if not texts:
             raise LLMKitError(f"{path}: no text to score")

@@ -79,7 +79,8 @@ def run_markdown(result: dict) -> str:
     parts = [f"# Evaluation of {result.get('model_name') or result.get('model') or 'responses'}", ""]
     settings = result.get("settings") or {}
     if settings:
-        parts += [", ".join(f"{k}: {v}" for k, v in settings.items() if v not in (None, [], "")), ""]
+        shown = {k: " ".join(map(str, v)) if isinstance(v, (list, tuple)) else v for k, v in settings.items()}
+        parts += [", ".join(f"{k}: {v}" for k, v in shown.items() if v not in (None, "")), ""]
     rows = [[task, metric, _fmt(v, e)] for (task, metric), (v, e) in metric_rows(result).items()]
     parts.append(markdown_table(["task", "metric", "value"], rows) if rows else "(no metrics)")
     judge = (result.get("generative") or {}).get("judge")
