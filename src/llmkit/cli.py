@@ -33,7 +33,6 @@ COMMANDS: dict[str, str | dict[str, str]] = {
         "prepare": "llmkit.data.prepare:prepare",
         "curate": "llmkit.data.curate:curate",
     },
-    "evaluate": "llmkit.evaluate:evaluate",
     "generate": "llmkit.generate:generate_cli",
     "chat": "llmkit.chat:chat",
     "serve": "llmkit.serve:serve",
