@@ -112,7 +112,8 @@ def main() -> None:
             hf_model = hf.float()
 
     print()
-    print("| dtype | transformers tok/s (best / median) | llmkit tok/s (best / median) | ratio (best) | same greedy tokens |")
+    print("| dtype | transformers tok/s (best / median) | llmkit tok/s (best / median) | ratio (best) "
+          "| same greedy tokens |")
     print("|---|---|---|---|---|")
     for name, tb, tm, ob, om, same in rows:
         print(f"| {name} | {tb:.1f} / {tm:.1f} | {ob:.1f} / {om:.1f} | **{ob / tb:.2f}x** | {same} |")

@@ -180,7 +180,8 @@ MISTRAL_TEMPLATE = """{{ bos_token }}
 """
 
 TOJSON_TEMPLATE = """{% for message in messages %}{{ message | tojson }}
-{% endfor %}{% if add_generation_prompt %}{{ {"role": "assistant", "note": "<b>é&</b>"} | tojson(indent=2) }}{% endif %}"""
+{% endfor %}{% if add_generation_prompt %}{{ {"role": "assistant", "note": "<b>é&</b>"} | tojson(indent=2) }}\
+{% endif %}"""
 
 TEMPLATES = {"qwen": QWEN_TEMPLATE, "llama3": LLAMA3_TEMPLATE, "mistral": MISTRAL_TEMPLATE, "tojson": TOJSON_TEMPLATE}
 CONVERSATIONS = {

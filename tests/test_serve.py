@@ -79,6 +79,11 @@ def test_chat_streamed_and_not_agree_with_generate(srv):
     assert chunks[0].choices[0].delta.role == "assistant"
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == ref.text
     assert chunks[-1].choices[0].finish_reason == ref.finish_reason
+    r = srv.client.chat.completions.create(model="tiny", messages=messages, max_tokens=4, temperature=0,
+                                           logprobs=True, top_logprobs=2)
+    content = r.choices[0].logprobs.content
+    assert len(content) == r.usage.completion_tokens and all(len(c.top_logprobs) == 2 for c in content)
+    assert all(c.logprob == c.top_logprobs[0].logprob >= c.top_logprobs[1].logprob for c in content)  # greedy
 
 
 def test_stop_strings_and_seed(srv):
@@ -258,3 +263,37 @@ def test_predict_and_tokenizer_endpoints(srv):
     assert text == "Hello world"
     info = httpx.get(srv.url + "/tokenizer_info").json()
     assert info["eos_token"] == "<|im_end|>" and info["chat_template"]
+
+
+def test_serve_command_runs_until_interrupted(srv):
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "LLMKIT_API_KEY": "k3y"}
+    cmd = [sys.executable, "-m", "llmkit", "serve", str(srv.dir), "--port", str(port), "--max-batch-size", "2"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(url + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                assert proc.poll() is None and time.monotonic() < deadline, "the server did not start"
+                time.sleep(0.2)
+        assert httpx.get(url + "/v1/models").status_code == 401  # the key came from LLMKIT_API_KEY
+        client = openai.OpenAI(base_url=url + "/v1", api_key="k3y", max_retries=0)
+        assert client.completions.create(model="t", prompt="Hi", max_tokens=3).usage.completion_tokens >= 1
+        # A second server on the same port: a one-line error, exit code 1.
+        busy = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
+        assert busy.returncode == 1 and busy.stderr.strip().startswith("error: cannot listen on 127.0.0.1:")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0 and f"serving llama on http://127.0.0.1:{port}/v1" in err

@@ -36,6 +36,7 @@ COMMANDS: dict[str, str | dict[str, str]] = {
     "generate": "llmkit.generate:generate_cli",
     "chat": "llmkit.chat:chat",
     "serve": "llmkit.serve:serve",
+    "evaluate": "llmkit.evaluate:evaluate",
 }
 
 

@@ -257,17 +257,6 @@ def _top_logprobs(logprobs: torch.Tensor, chosen: torch.Tensor, k: int) -> list[
 
 
 # --- a batch of sequences in one KV cache -------------------------------------------------------
-def _cache_rows(cache, start: int, stop: int):
-    """A KVCache sharing rows start:stop of `cache` (views: writes land in `cache`)."""
-    from llmkit.model import KVCache
-
-    view = KVCache.__new__(KVCache)
-    view.k = [k[start:stop] for k in cache.k]
-    view.v = [v[start:stop] for v in cache.v]
-    view.batch_size, view.max_len, view.kv_len = stop - start, cache.max_len, 0
-    return view
-
-
 class DecodeBatch:
     """Sequences decoding together: row i of one preallocated KV cache holds `seqs[i]`."""
 
@@ -327,17 +316,19 @@ class DecodeBatch:
         for i, s in enumerate(seqs):
             ids[i, : lengths[i]] = torch.tensor(s.prompt_ids[:-1])
         ids = ids.to(self.device)
-        pos = torch.arange(T, device=self.device).expand(len(seqs), T)  # (B, T); padding overwritten later
+        # Right-padded, every row at positions 0..T-1: one shared (T,) position vector, which
+        # the cache writes with a single copy (padding slots are overwritten when decoding).
+        pos = torch.arange(T, device=self.device)
         score = seqs[0].params.prompt_logprobs is not None  # scored sequences come alone
         t_chunk = min(T, PREFILL_CHUNK_TOKENS)
         rows_per_chunk = max(1, PREFILL_CHUNK_TOKENS // t_chunk)
         scored: list[TokenLogprob] = []
         for r0 in range(0, len(seqs), rows_per_chunk):
             r1 = min(r0 + rows_per_chunk, len(seqs))
-            view = _cache_rows(self.cache, row + r0, row + r1)
+            view = self.cache.rows(row + r0, row + r1)
             for t0 in range(0, T, t_chunk):
                 t1 = min(t0 + t_chunk, T)
-                logits = self.model(ids[r0:r1, t0:t1], pos[r0:r1, t0:t1], view, last_only=not score)
+                logits = self.model(ids[r0:r1, t0:t1], pos[t0:t1], view, last_only=not score)
                 if score:  # position t predicts prompt token t + 1
                     logprobs = torch.log_softmax(logits[0].float(), dim=-1)  # (t1 - t0, vocab)
                     targets = torch.tensor(seqs[0].prompt_ids[t0 + 1: t1 + 1], device=logprobs.device)

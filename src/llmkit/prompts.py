@@ -99,7 +99,8 @@ class PromptStyle(ABC):
     def _render(self, messages: list[dict], add_generation_prompt: bool) -> str:
         """Render validated messages (see `check_messages`)."""
 
-    def encode(self, tokenizer: "Tokenizer", messages: Sequence[Message], add_generation_prompt: bool = True) -> list[int]:
+    def encode(self, tokenizer: "Tokenizer", messages: Sequence[Message],
+               add_generation_prompt: bool = True) -> list[int]:
         """Token ids of the rendered prompt (BOS added by the tokenizer unless the text has it)."""
         text = self.render(messages, add_generation_prompt)
         return tokenizer.encode(text, bos=False if self.writes_special_tokens else None)

@@ -100,17 +100,28 @@ def serve(
         device: cpu, cuda, cuda:1, ...
         dtype: float32 or bfloat16 (default: the checkpoint's).
     """
-    import uvicorn
-
     if not 0 <= port <= 65535:
         raise LLMKitError(f"port must be in 0..65535, got {port}")
     if api_key is None:
         api_key = os.environ.get("LLMKIT_API_KEY") or None
     app = create_app(model, api_key=api_key, max_batch_size=max_batch_size, max_seq_len=max_seq_len, style=style,
-                     chat_template=chat_template, model_name=model_name, device=device, dtype=dtype)
+                     chat_template=chat_template, model_name=model_name, device=device, dtype=dtype,
+                     engine_thread=False)
     engine = app.state.engine
+    try:
+        server = ServerThread(app, host, port, log_level="info")
+    except OSError as e:  # the port is taken, the address is not ours...
+        raise LLMKitError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
     cache_bytes = sum(t.numel() * t.element_size() for t in engine.batch.cache.k + engine.batch.cache.v)
-    print(f"serving {app.state.service.model_name} on http://{host}:{port}/v1 (batch {max_batch_size} x "
+    print(f"serving {app.state.service.model_name} on {server.url}/v1 (batch {max_batch_size} x "
           f"{engine.max_len} tokens, KV cache {cache_bytes / 2**20:.0f} MiB"
-          f"{', API key required' if api_key else ''})", file=sys.stderr)
-    uvicorn.run(app, host=host, port=port, log_level="info")
+          f"{', API key required' if api_key else ''}); Ctrl-C stops", file=sys.stderr)
+    # HTTP in a background thread, the model in this one: the thread that loaded the model
+    # runs it fastest (see Engine.start).
+    server.start()
+    try:
+        engine.run()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()

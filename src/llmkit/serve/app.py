@@ -155,10 +155,10 @@ class Service:
         return out
 
     # --- running ------------------------------------------------------------------------------
-    def submit(self, seqs: list[Sequence]) -> tuple[list[EngineRequest], asyncio.Queue]:
+    def submit(self, seqs: list[Sequence], stream: bool) -> tuple[list[EngineRequest], asyncio.Queue]:
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
-        reqs = [EngineRequest(s, loop, events, i) for i, s in enumerate(seqs)]
+        reqs = [EngineRequest(s, loop, events, i, stream) for i, s in enumerate(seqs)]
         try:
             for s in seqs:
                 self.engine.batch.check(s)
@@ -231,12 +231,15 @@ def _error_response(err: APIError) -> JSONResponse:
 
 def create_app(model, tokenizer=None, *, api_key: Optional[str] = None, max_batch_size: int = 16,
                max_seq_len: Optional[int] = None, style: Optional[str] = None, chat_template: Optional[str] = None,
-               model_name: Optional[str] = None, device: str = "cpu", dtype: Optional[str] = None) -> FastAPI:
-    """The FastAPI app serving `model`: a MODEL spec (path or hub id) or a `checkpoint.Loaded`.
+               model_name: Optional[str] = None, device: str = "cpu", dtype: Optional[str] = None,
+               engine_thread: bool = True) -> FastAPI:
+    """The FastAPI app serving `model`: a MODEL spec (path or hub id) or a `checkpoint.Loaded`
+    (whose model is then prepared for decoding in place: eval mode, no gradients).
 
-    The engine thread starts and stops with the app (its lifespan). `tokenizer` defaults to the
-    one in the model's folder; `style`/`chat_template` choose the chat prompt format (default:
-    the model's own template, see `PromptStyle.for_model`).
+    With `engine_thread` the engine runs in a background thread that starts and stops with the
+    app (its lifespan); otherwise the caller runs `app.state.engine.run()` itself. `tokenizer`
+    defaults to the one in the model's folder; `style`/`chat_template` choose the chat prompt
+    format (default: the model's own template, see `PromptStyle.for_model`).
     """
     if isinstance(model, (str, Path)):
         loaded, tok = load_for_inference(str(model), device, dtype)
@@ -255,9 +258,11 @@ def create_app(model, tokenizer=None, *, api_key: Optional[str] = None, max_batc
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        engine.start()
+        if engine_thread:
+            engine.start()
         yield
-        engine.stop()
+        if engine_thread:
+            engine.stop()
 
     app = FastAPI(title="llmkit", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.service = svc
@@ -300,7 +305,7 @@ def create_app(model, tokenizer=None, *, api_key: Optional[str] = None, max_batc
             params = svc.params(req, n, logprobs=req.logprobs,
                                 prompt_logprobs=req.logprobs if echo and req.logprobs is not None else None)
             seqs.append(Sequence(ids, params, svc.tokenizer))
-        reqs, events = svc.submit(seqs)
+        reqs, events = svc.submit(seqs, bool(req.stream))
         cid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
         head = {"id": cid, "object": "text_completion", "created": created, "model": svc.model_name}
 
@@ -310,23 +315,27 @@ def create_app(model, tokenizer=None, *, api_key: Optional[str] = None, max_batc
 
         if req.stream:
             async def chunks() -> AsyncIterator[str]:
-                started: set[int] = set()
+                offsets: dict[int, int] = {}  # per choice: characters of token text sent so far
                 done: list[Completion] = []
+
+                def logprobs(i: int, entries: list[TokenLogprob], previous: Optional[dict]) -> dict:
+                    lp = svc.completion_logprobs(entries, offsets[i])
+                    offsets[i] += sum(len(t) for t in lp["tokens"])
+                    return lp if previous is None else {k: previous[k] + lp[k] for k in lp}
+
                 async for r, ev in _stream_events(reqs, events):
                     i = r.index
                     choice: dict[str, Any] = {"index": i, "text": "", "logprobs": None, "finish_reason": None}
-                    if i not in started:  # echo (and its logprobs) go with a choice's first chunk
-                        started.add(i)
+                    if i not in offsets:  # echo (and its logprobs) go with a choice's first chunk
+                        offsets[i] = 0 if echo else len(prompts[i][1] or "")
                         if echo:
                             choice["text"] = echo_text(i)
                             if req.logprobs is not None and r.seq.prompt_logprobs is not None:
-                                choice["logprobs"] = svc.completion_logprobs(r.seq.prompt_logprobs, 0)
+                                choice["logprobs"] = logprobs(i, r.seq.prompt_logprobs, None)
                     if isinstance(ev, TokenEvent):
                         choice["text"] += ev.text
                         if req.logprobs is not None and ev.logprob is not None:
-                            lp = svc.completion_logprobs([ev.logprob], 0)
-                            choice["logprobs"] = lp if choice["logprobs"] is None else \
-                                {k: choice["logprobs"][k] + lp[k] for k in lp}
+                            choice["logprobs"] = logprobs(i, [ev.logprob], choice["logprobs"])
                         elif not choice["text"] and choice["logprobs"] is None:
                             continue  # nothing to say yet (text held back)
                     elif isinstance(ev, DoneEvent):
@@ -368,7 +377,7 @@ def create_app(model, tokenizer=None, *, api_key: Optional[str] = None, max_batc
         params = svc.params(req, n, extra_stop=svc.style.stop_strings,
                             logprobs=(req.top_logprobs or 0) if want_logprobs else None)
         stop_ids = set(svc.tokenizer.eos_ids) | svc.style.stop_token_ids(svc.tokenizer)
-        reqs, events = svc.submit([Sequence(ids, params, svc.tokenizer, stop_ids)])
+        reqs, events = svc.submit([Sequence(ids, params, svc.tokenizer, stop_ids)], bool(req.stream))
         cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         head = {"id": cid, "object": "chat.completion.chunk" if req.stream else "chat.completion",
                 "created": created, "model": svc.model_name}
@@ -423,7 +432,7 @@ def create_app(model, tokenizer=None, *, api_key: Optional[str] = None, max_batc
         except LLMKitError as e:
             raise APIError(400, str(e)) from None
         stop_ids = set(svc.tokenizer.eos_ids) | svc.style.stop_token_ids(svc.tokenizer)
-        reqs, events = svc.submit([Sequence(ids, params, svc.tokenizer, stop_ids)])
+        reqs, events = svc.submit([Sequence(ids, params, svc.tokenizer, stop_ids)], stream=False)
         try:
             (c,) = await svc.collect(reqs, events, request)
         except _ClientGone:

@@ -48,11 +48,14 @@ class EngineRequest:
     (request, event) pairs: several requests (the prompts of one API call) may share a queue."""
 
     def __init__(self, seq: Sequence, loop: asyncio.AbstractEventLoop, events: Optional[asyncio.Queue] = None,
-                 index: int = 0):
+                 index: int = 0, stream: bool = True):
         self.seq = seq
         self.loop = loop
         self.events: asyncio.Queue = events if events is not None else asyncio.Queue()
         self.index = index  # position among the prompts of its API call
+        # Without streaming only the final event is sent: waking the event loop for every
+        # token of every row would compete with the engine thread for the GIL.
+        self.stream = stream
 
     def emit(self, event) -> None:  # engine thread -> event loop
         try:
@@ -83,14 +86,21 @@ class Engine:
 
     # --- control (any thread) -----------------------------------------------------------------
     def start(self) -> None:
+        """Run the engine in a background thread (tests, embedding in another app).
+
+        `llmkit serve` runs it in the main thread instead (`run`): bfloat16 matrix products
+        were measured ~1.7x slower in a thread other than the one that first ran torch
+        operations (the model was loaded there), float32 ones equally fast.
+        """
         if self._thread is None or not self._thread.is_alive():
             self._stop.clear()
-            self._thread = threading.Thread(target=self._loop, name="llmkit-engine", daemon=True)
+            self._thread = threading.Thread(target=self.run, name="llmkit-engine", daemon=True)
             self._thread.start()
 
     def stop(self) -> None:
+        """Ask the loop to end (from any thread); joins the background thread if there is one."""
         self._stop.set()
-        if self._thread is not None:
+        if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=30)
             self._thread = None
 
@@ -108,7 +118,9 @@ class Engine:
             return self._n_pending + len(self._running)
 
     # --- the engine thread --------------------------------------------------------------------
-    def _loop(self) -> None:
+    def run(self) -> None:
+        """Serve requests in the calling thread until `stop()`."""
+        self._stop.clear()
         while not self._stop.is_set():
             try:
                 self._drop_cancelled()
@@ -146,8 +158,7 @@ class Engine:
         except Exception as e:  # e.g. out of memory for a huge prompt: only these requests fail
             if not isinstance(e, LLMKitError):
                 traceback.print_exc(file=sys.stderr)
-            self.batch.seqs = [s for s in self.batch.seqs if s not in {r.seq for r in new}]
-            for r in new:
+            for r in new:  # `add` joins sequences to the batch only once all prefills succeeded
                 self.stats["failed"] += 1
                 if isinstance(e, LLMKitError):
                     r.emit(ErrorEvent(str(e), status=400))
@@ -166,8 +177,9 @@ class Engine:
         self.stats["max_rows"] = max(self.stats["max_rows"], len(self.batch.seqs))
         for seq, text in self.batch.step():
             req = self._running[seq]
-            info = seq.logprobs[-1] if seq.logprobs else None
-            req.emit(TokenEvent(text, seq.token_ids[-1], info))
+            if req.stream:
+                info = seq.logprobs[-1] if seq.logprobs else None
+                req.emit(TokenEvent(text, seq.token_ids[-1], info))
             if seq.finished:
                 self._finish(req)
 

@@ -1,0 +1,241 @@
+"""`llmkit evaluate`: harness tasks, perplexity, generative evaluation with an LLM judge.
+
+The pieces, each usable from Python on its own:
+
+* `harness.LLMKitLM` / `harness.run_tasks`: EleutherAI lm-evaluation-harness tasks on an
+  llmkit model (no conversion to `transformers`).
+* `perplexity.perplexity`: sliding-window perplexity and bits-per-byte of text files.
+* `generative.evaluate_responses` + `judge`: responses to an Alpaca-style file scored with exact
+  match / ROUGE-L / BLEU and by an LLM judge over any OpenAI-compatible endpoint.
+* `report`: results.json / results.md, and `compare_table` for several runs side by side.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Optional, Union
+
+from llmkit.errors import LLMKitError
+
+
+def evaluate(
+    model: Union[list[str], str],
+    tasks: Optional[list[str]] = None,
+    num_fewshot: Optional[int] = None,
+    limit: Optional[float] = None,
+    batch_size: int = 16,
+    include_path: Optional[list[str]] = None,
+    perplexity: Optional[list[str]] = None,
+    stride: Optional[int] = None,
+    max_length: Optional[int] = None,
+    generate_data: Optional[str] = None,
+    prompt_style: str = "alpaca",
+    max_new_tokens: int = 256,
+    responses: Optional[str] = None,
+    judge_url: Optional[str] = None,
+    judge_model: Optional[str] = None,
+    judge_api_key: Optional[str] = None,
+    judge_concurrency: int = 8,
+    compare_model: Optional[str] = None,
+    compare_responses: Optional[str] = None,
+    compare: Optional[list[str]] = None,
+    out: Optional[str] = None,
+    device: str = "auto",
+    dtype: Optional[str] = None,
+    truncate: bool = False,
+    apply_chat_template: bool = False,
+    seed: int = 1234,
+) -> dict:
+    """Evaluate a model: harness tasks, perplexity, generated responses with an LLM judge.
+
+    Examples:
+        llmkit evaluate MODEL --tasks hellaswag arc_easy --num-fewshot 5 --out eval/run1
+        llmkit evaluate MODEL --tasks my_task --include-path configs/eval
+        llmkit evaluate MODEL --perplexity data/a.txt data/b.jsonl --stride 512
+        llmkit evaluate MODEL --generate-data alpaca_eval.json --judge-url http://host:8000/v1
+        llmkit evaluate --compare eval/run1 eval/run2
+
+    Args:
+        model: the model(s) to evaluate (llmkit or Hugging Face directory, or hub repo id);
+            several are evaluated one after another and printed side by side. Optional only
+            with --compare or --responses.
+        tasks: lm-evaluation-harness task, group or tag names (space or comma separated).
+        num_fewshot: few-shot examples per prompt (default: each task's own, else 0).
+        limit: examples per task (a fraction if below 1); also caps --generate-data examples.
+        batch_size: requests (or windows, or prompts) per forward pass.
+        include_path: folders (or files) of local task YAMLs, as the harness's --include_path.
+        perplexity: text files (one document each), JSONL/JSON files (a "text" field per
+            record) or folders, for sliding-window perplexity and bits-per-byte.
+        stride: perplexity window step in tokens (default: half the window).
+        max_length: context length for tasks and perplexity windows (default: the model's).
+        generate_data: Alpaca-style JSON/JSONL file (instruction, input, output) to generate
+            responses for and score against "output".
+        prompt_style: how --generate-data prompts are written: "alpaca" (llmkit's instruction
+            finetuning format), "chat" (the model's chat template, or the style its vocabulary
+            suggests), or a built-in style: chatml, llama3, llama2, mistral, phi3, gemma, plain.
+        max_new_tokens: longest response generated for --generate-data.
+        responses: a responses file from an earlier run (its responses.jsonl) to score and
+            judge instead of generating.
+        judge_url: OpenAI-compatible endpoint of the judge (e.g. https://api.openai.com/v1,
+            or http://127.0.0.1:8000/v1 for `llmkit serve`).
+        judge_model: the judge's model name (default: the first the endpoint lists).
+        judge_api_key: API key for the judge (default: $LLMKIT_JUDGE_API_KEY, else
+            $OPENAI_API_KEY).
+        judge_concurrency: judge requests in flight at once.
+        compare_model: a second model to generate responses with; the judge says which of the
+            two responses is better for each example (win / tie / loss counts).
+        compare_responses: a second responses file to compare against, instead of a model.
+        compare: results files (or --out folders) of earlier runs to print side by side;
+            nothing is evaluated.
+        out: folder for results.json, results.md (and responses.jsonl, judgments.jsonl).
+        device: "auto" (a GPU if there is one), "cpu", "cuda", "cuda:1", ...
+        dtype: weights dtype: float32, bfloat16, float16 (default: as stored).
+        truncate: cut prompts longer than the context from the left, as the harness's hf
+            backend does silently, instead of stopping with an error.
+        apply_chat_template: render harness prompts with the model's chat template.
+        seed: random seed of the harness (few-shot sampling, sampled generation).
+    """
+    from llmkit.evaluate.report import compare_table, load_result, run_markdown, write_results
+
+    models = [model] if isinstance(model, str) else [m for m in (model or []) if m]
+    if compare:
+        others = [name for name, given in (("MODEL", models), ("--tasks", tasks), ("--perplexity", perplexity),
+                                            ("--generate-data", generate_data), ("--responses", responses)) if given]
+        if others:
+            raise LLMKitError(f"--compare prints saved results side by side; it takes no {', '.join(others)}")
+        table = compare_table([load_result(p) for p in compare])
+        print(table)
+        if out:
+            from llmkit.checkpoint import atomic_write_text
+
+            atomic_write_text(Path(out) / "compare.md", table + "\n")
+        return {"compare": table}
+    _check_arguments(models, tasks, perplexity, generate_data, responses, prompt_style, judge_url, judge_model,
+                     compare_model, compare_responses, batch_size, limit)
+    judge = None
+    if judge_url:
+        from llmkit.evaluate.judge import OpenAIJudge
+
+        key = judge_api_key or os.environ.get("LLMKIT_JUDGE_API_KEY") or os.environ.get("OPENAI_API_KEY")
+        judge = OpenAIJudge(judge_url, model=judge_model, api_key=key)
+        judge.check()  # a wrong URL or key fails now, not after generating every response
+
+    settings = {
+        "tasks": tasks, "include_path": include_path, "num_fewshot": num_fewshot, "limit": limit,
+        "perplexity": perplexity, "max_length": max_length, "stride": stride, "batch_size": batch_size,
+        "generate_data": generate_data, "responses": responses,
+        "prompt_style": prompt_style if generate_data else None,
+        "max_new_tokens": max_new_tokens if generate_data else None,
+        "judge": judge and f"{judge.model} at {judge_url}", "truncate": truncate or None,
+        "apply_chat_template": apply_chat_template or None, "seed": seed,
+    }
+    # One folder per model under --out when several are evaluated (numbered if names clash).
+    names = [Path(str(m)).name for m in models]
+    targets = [out] if len(models) <= 1 else \
+        [out and str(Path(out) / (n if names.count(n) == 1 else f"{n}-{i + 1}")) for i, n in enumerate(names)]
+    runs = []
+    for spec, target in zip(models or [None], targets):
+        result = _evaluate_one(
+            spec, tasks=tasks, num_fewshot=num_fewshot, limit=limit, batch_size=batch_size,
+            include_path=include_path, perplexity_files=perplexity, stride=stride, max_length=max_length,
+            generate_data=generate_data, prompt_style=prompt_style, max_new_tokens=max_new_tokens,
+            responses=responses, judge=judge, judge_concurrency=judge_concurrency, compare_model=compare_model,
+            compare_responses=compare_responses, device=device, dtype=dtype, truncate=truncate,
+            apply_chat_template=apply_chat_template, seed=seed, out=target)
+        result["settings"] = {k: v for k, v in settings.items() if v is not None}
+        print(run_markdown(result))
+        if target:
+            json_path, md_path = write_results(target, result)
+            print(f"results written to {json_path} and {md_path}")
+        runs.append(result)
+    if len(runs) > 1:
+        print(compare_table(runs))
+    return runs[0] if len(runs) == 1 else {"runs": runs}
+
+
+def _check_arguments(models, tasks, perplexity, generate_data, responses, prompt_style, judge_url, judge_model,
+                     compare_model, compare_responses, batch_size, limit) -> None:
+    """Every check that needs no model, done before loading one: a typo in the last option
+    should not surface after an hour of harness tasks."""
+    if not models and not responses:
+        raise LLMKitError("MODEL is required (only --compare and --responses work without one)")
+    if not (tasks or perplexity or generate_data or responses):
+        raise LLMKitError("nothing to evaluate: give --tasks, --perplexity and/or --generate-data (or --responses)")
+    if responses and generate_data:
+        raise LLMKitError("--responses scores an earlier run's responses; it cannot be combined with --generate-data")
+    if (judge_model or compare_model or compare_responses) and not judge_url:
+        raise LLMKitError("--judge-model, --compare-model and --compare-responses need a judge: give --judge-url")
+    if compare_model and compare_responses:
+        raise LLMKitError("give either --compare-model or --compare-responses, not both")
+    if (compare_model or compare_responses) and not (generate_data or responses):
+        raise LLMKitError("--compare-model/--compare-responses compare generated responses: give --generate-data")
+    if batch_size < 1:
+        raise LLMKitError(f"--batch-size must be >= 1, got {batch_size}")
+    if limit is not None and limit <= 0:
+        raise LLMKitError(f"--limit must be positive, got {limit}")
+    if perplexity:
+        from llmkit.data import expand_sources
+
+        expand_sources(perplexity)  # missing files fail here
+    from llmkit.evaluate.generative import load_examples, load_responses
+
+    if generate_data:
+        load_examples(generate_data)
+        if prompt_style not in ("alpaca", "chat", "auto"):
+            from llmkit.prompts import PromptStyle
+
+            PromptStyle.from_name(prompt_style)
+    for path in (responses, compare_responses):
+        if path:
+            load_responses(path)
+
+
+def _evaluate_one(spec: Optional[str], *, tasks, num_fewshot, limit, batch_size, include_path, perplexity_files,
+                  stride, max_length, generate_data, prompt_style, max_new_tokens, responses, judge, judge_concurrency,
+                  compare_model, compare_responses, device, dtype, truncate, apply_chat_template, seed, out) -> dict:
+    from llmkit.evaluate.harness import load_model_and_tokenizer
+
+    result: dict = {"model": spec, "model_name": Path(str(spec)).name if spec else None,
+                    "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "seconds": {}}
+    model = tokenizer = None
+    if spec is not None:
+        model, tokenizer, loaded = load_model_and_tokenizer(spec, device, dtype)
+        result["model_info"] = {"kind": loaded.kind, "path": str(loaded.path), "context": loaded.config.block_size,
+                                "parameters": sum(p.numel() for p in model.parameters()),
+                                "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+                                "device": str(next(model.parameters()).device)}
+    if tasks:
+        from llmkit.evaluate.harness import LLMKitLM, run_tasks, task_metrics
+
+        t = time.perf_counter()
+        lm = LLMKitLM(model, tokenizer, batch_size=batch_size, max_length=max_length, truncate=truncate)
+        raw = run_tasks(lm, tasks, num_fewshot=num_fewshot, limit=limit, include_path=include_path,
+                        apply_chat_template=apply_chat_template, seed=seed)
+        result["tasks"] = task_metrics(raw)
+        result["harness"] = {k: raw.get(k) for k in ("n-shot", "n-samples", "versions", "higher_is_better",
+                                                    "group_subtasks", "lm_eval_version")}
+        result["seconds"]["tasks"] = round(time.perf_counter() - t, 2)
+    if perplexity_files:
+        from llmkit.evaluate.perplexity import perplexity
+
+        t = time.perf_counter()
+        result["perplexity"] = perplexity(model, tokenizer, perplexity_files, max_length=max_length, stride=stride,
+                                          batch_size=batch_size)
+        result["seconds"]["perplexity"] = round(time.perf_counter() - t, 2)
+    if generate_data or responses:
+        from llmkit.evaluate.generative import evaluate_responses
+
+        t = time.perf_counter()
+        result["generative"] = evaluate_responses(
+            model, tokenizer, data=generate_data, responses_file=responses, prompt_style=prompt_style,
+            max_new_tokens=max_new_tokens, batch_size=batch_size, limit=limit, judge=judge,
+            judge_concurrency=judge_concurrency, compare_model=compare_model, compare_responses=compare_responses,
+            device=device, dtype=dtype, out=out)
+        result["seconds"]["generative"] = round(time.perf_counter() - t, 2)
+    return result
+
+
+__all__ = ["evaluate"]

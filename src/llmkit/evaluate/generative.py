@@ -1,0 +1,234 @@
+"""Generative evaluation of an instruction-tuned model on an Alpaca-style file.
+
+Each example has `instruction`, optional `input`, and the reference `output`. The model writes a
+response to each prompt (Alpaca prompt or the model's chat template, batched generation with the
+KV cache, greedy decoding), and the responses are scored:
+
+* against the reference with exact match, ROUGE-L and corpus BLEU (`metrics.py`);
+* by an LLM judge, 0-100 per response (`judge.py`), summarised as mean, decile histogram and
+  failures;
+* optionally side by side with a second model's (or an earlier run's) responses: the judge
+  picks the better one, giving win / tie / loss counts.
+
+Responses and judgments are written next to the results (`responses.jsonl`,
+`judgments.jsonl`), so a run can be judged again, or compared, without generating again
+(`--responses`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Optional, Sequence
+
+from llmkit.errors import LLMKitError
+
+RESPONSES_FILE = "responses.jsonl"
+JUDGMENTS_FILE = "judgments.jsonl"
+
+
+# --- data --------------------------------------------------------------------------------------
+def _read_records(path: Path) -> list:
+    if not path.is_file():
+        raise LLMKitError(f"{path}: no such file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise LLMKitError(f"cannot read {path}: {e}") from None
+    if path.suffix.lower() in (".jsonl", ".ndjson"):
+        records = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise LLMKitError(f"{path}:{n}: invalid JSON ({e.msg})") from None
+        return records
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise LLMKitError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
+    if not isinstance(data, list):
+        raise LLMKitError(f"{path}: expected a JSON array of records (or a .jsonl file)")
+    return data
+
+
+def _apply_limit(records: list, limit: Optional[float]) -> list:
+    if limit is None:
+        return records
+    n = math.ceil(len(records) * limit) if limit < 1 else int(limit)
+    return records[:n]
+
+
+def load_examples(path: str | Path, limit: Optional[float] = None) -> list[dict]:
+    """Alpaca-style records: {"instruction", "input" (optional), "output"}, from JSON or JSONL."""
+    path = Path(path)
+    examples = []
+    for i, rec in enumerate(_read_records(path)):
+        where = f"{path}:{i + 1}" if path.suffix.lower() in (".jsonl", ".ndjson") else f"{path}#{i}"
+        if not isinstance(rec, dict):
+            raise LLMKitError(f"{where}: expected a JSON object, got {type(rec).__name__}")
+        for key in ("instruction", "output"):
+            if not isinstance(rec.get(key), str):
+                raise LLMKitError(f"{where}: needs a string '{key}' field (fields: {', '.join(rec) or 'none'})")
+        inp = rec.get("input") or ""
+        if not isinstance(inp, str):
+            raise LLMKitError(f"{where}: 'input' must be a string")
+        examples.append({"instruction": rec["instruction"], "input": inp, "output": rec["output"]})
+    if not examples:
+        raise LLMKitError(f"{path}: no examples")
+    return _apply_limit(examples, limit)
+
+
+def load_responses(path: str | Path, limit: Optional[float] = None) -> tuple[list[dict], list[str]]:
+    """(examples, responses) from a responses.jsonl written by an earlier run."""
+    path = Path(path)
+    examples, responses = [], []
+    for i, rec in enumerate(_read_records(path)):
+        fields = ("instruction", "output", "response")
+        if not isinstance(rec, dict) or not all(isinstance(rec.get(k), str) for k in fields):
+            raise LLMKitError(f"{path}:{i + 1}: expected instruction, output and response fields "
+                              f"(a {RESPONSES_FILE} written by `llmkit evaluate --generate-data`)")
+        examples.append({"instruction": rec["instruction"], "input": rec.get("input") or "", "output": rec["output"]})
+        responses.append(rec["response"])
+    if not examples:
+        raise LLMKitError(f"{path}: no responses")
+    n = len(_apply_limit(examples, limit))
+    return examples[:n], responses[:n]
+
+
+def write_jsonl(path: Path, records: Sequence[dict]) -> None:
+    from llmkit.checkpoint import atomic_write_text
+
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+
+
+# --- prompts and generation ---------------------------------------------------------------------
+def build_prompts(tokenizer, examples: Sequence[dict],
+                  prompt_style: str = "alpaca") -> tuple[list[list[int]], tuple[str, ...], set[int]]:
+    """(prompt ids per example, stop strings, stop token ids) for a prompt style.
+
+    "alpaca": the Alpaca prompt llmkit's instruction finetuning trains on (`prompts.format_alpaca`).
+    "chat" (or "auto"): the model's own chat template, else a style its vocabulary suggests;
+    any built-in style name ("chatml", "llama3", ...) forces that style. The example's input,
+    if any, follows the instruction in the user message.
+    """
+    from llmkit.prompts import PromptStyle, format_alpaca
+
+    stop_ids = set(tokenizer.eos_ids)
+    if prompt_style == "alpaca":
+        style = PromptStyle.from_name("alpaca")
+        ids = [tokenizer.encode(format_alpaca(ex)[0]) for ex in examples]
+    else:
+        from llmkit.generate import resolve_style
+
+        style = resolve_style(tokenizer, None if prompt_style in ("chat", "auto") else prompt_style)
+        ids = []
+        for ex in examples:
+            content = ex["instruction"] + (f"\n\n{ex['input']}" if ex.get("input") else "")
+            ids.append(style.encode(tokenizer, [{"role": "user", "content": content}]))
+        stop_ids |= style.stop_token_ids(tokenizer)
+    return ids, tuple(style.stop_strings), stop_ids
+
+
+def complete(model, tokenizer, prompts: Sequence[list[int]], max_new_tokens: int, stop: Sequence[str] = (),
+             stop_ids: Optional[set[int]] = None, temperature: float = 0.0, top_p: float = 1.0,
+             top_k: Optional[int] = None, seed: Optional[int] = None) -> list[str]:
+    """Completions of token-id prompts, generated together with llmkit's batched KV-cache
+    decoding; each text ends before the first stop string (or stop token)."""
+    from llmkit.generate import SamplingParams, generate_batch
+
+    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                            top_k=top_k or None, seed=seed, stop=tuple(s for s in stop if s))
+    return [c.text for c in generate_batch(model, tokenizer, list(prompts), params, stop_ids=stop_ids)]
+
+
+def generate_responses(model, tokenizer, examples: Sequence[dict], prompt_style: str = "alpaca",
+                       max_new_tokens: int = 256, batch_size: int = 16, progress: bool = True) -> list[str]:
+    """Greedy responses to every example, longest prompts first in batches of `batch_size`."""
+    from tqdm import tqdm
+
+    from llmkit.generate import prepare_for_decoding
+
+    prompts, stop, stop_ids = build_prompts(tokenizer, examples, prompt_style)
+    context = model.cfg.block_size
+    for i, p in enumerate(prompts):
+        if len(p) >= context:
+            raise LLMKitError(f"example {i + 1}: its prompt is {len(p)} tokens, leaving no room to respond "
+                              f"in the model's context of {context} tokens")
+    prepare_for_decoding(model)  # faster matrix-vector products; same values
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    out = [""] * len(prompts)
+    with tqdm(total=len(prompts), desc="generating", unit="resp", disable=None if progress else True) as bar:
+        for start in range(0, len(order), batch_size):
+            chunk = order[start:start + batch_size]
+            texts = complete(model, tokenizer, [prompts[i] for i in chunk], max_new_tokens, stop, stop_ids)
+            for i, text in zip(chunk, texts):
+                out[i] = text.strip()
+            bar.update(len(chunk))
+    return out
+
+
+def render_chat(tokenizer, messages: list[dict], add_generation_prompt: bool = True) -> str:
+    """A conversation as prompt text in the model's chat format (its template, or the style
+    its vocabulary suggests); used for the harness's --apply-chat-template."""
+    from llmkit.prompts import PromptStyle
+
+    return PromptStyle.for_model(tokenizer).render(messages, add_generation_prompt)
+
+
+# --- the whole generative evaluation -----------------------------------------------------------
+def evaluate_responses(model, tokenizer, data: Optional[str] = None, responses_file: Optional[str] = None,
+                       prompt_style: str = "alpaca", max_new_tokens: int = 256, batch_size: int = 16,
+                       limit: Optional[float] = None, judge=None, judge_concurrency: int = 8,
+                       compare_model: Optional[str] = None, compare_responses: Optional[str] = None,
+                       device: Optional[str] = None, dtype: Optional[str] = None, out: Optional[str] = None,
+                       progress: bool = True) -> dict:
+    """Generate (or read) responses, score them, judge them; returns the "generative" section."""
+    from llmkit.evaluate.judge import judge_pairs, judge_scores, summarize_pairs, summarize_scores
+    from llmkit.evaluate.metrics import text_metrics
+
+    if responses_file:
+        examples, responses = load_responses(responses_file, limit)
+        source = responses_file
+    else:
+        examples = load_examples(data, limit)
+        responses = generate_responses(model, tokenizer, examples, prompt_style, max_new_tokens, batch_size,
+                                       progress)
+        source = data
+    section: dict = {"data": str(source), "examples": len(examples),
+                     "metrics": text_metrics(responses, [ex["output"] for ex in examples])}
+    records = [{**ex, "response": r} for ex, r in zip(examples, responses)]
+
+    if judge is not None:
+        scores = judge_scores(examples, responses, judge, judge_concurrency, progress)
+        section["judge"] = summarize_scores(scores)
+        for rec, s in zip(records, scores):
+            rec.update(judge_score=s["score"], judge_reply=s["reply"], judge_failure=s["failure"])
+
+    if judge is not None and (compare_model or compare_responses):
+        if compare_responses:
+            other_examples, other = load_responses(compare_responses, limit)
+            if [e["instruction"] for e in other_examples] != [e["instruction"] for e in examples]:
+                raise LLMKitError(f"{compare_responses}: not the same examples, in the same order, as {source}")
+            against = str(compare_responses)
+        else:
+            from llmkit.evaluate.harness import load_model_and_tokenizer
+
+            model2, tok2, _ = load_model_and_tokenizer(compare_model, device, dtype)
+            other = generate_responses(model2, tok2, examples, prompt_style, max_new_tokens, batch_size, progress)
+            del model2
+            against = Path(compare_model).name
+        pairs = judge_pairs(examples, responses, other, judge, judge_concurrency, progress)
+        section["pairwise"] = summarize_pairs(pairs, against)
+        for rec, o, p in zip(records, other, pairs):
+            rec.update(other_response=o, pair_winner=p["winner"], pair_reply=p["reply"], pair_failure=p["failure"])
+
+    if out:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        write_jsonl(Path(out) / RESPONSES_FILE, [{k: r[k] for k in ("instruction", "input", "output", "response")}
+                                                  for r in records])
+        if judge is not None:
+            write_jsonl(Path(out) / JUDGMENTS_FILE, records)
+    return section
