@@ -31,6 +31,9 @@ from llmkit.errors import LLMKitError
 
 WEIGHTS = "model.safetensors"
 WEIGHTS_INDEX = "model.safetensors.index.json"
+# A LoRA checkpoint holds only the trained tensors and names its base model (see save_adapter).
+ADAPTER = "adapter.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
 DEFAULT_MAX_SHARD_BYTES = 5 * 1024**3  # the HF hub's own default shard size
 # Files that travel with the weights: tokenizer, chat template, generation defaults.
 TOKENIZER_FILES = (
@@ -154,6 +157,8 @@ def load_weights(model_dir: str | Path) -> dict[str, torch.Tensor]:
             raise LLMKitError(f"{index}: not a valid safetensors index ({e})") from None
     elif (d / WEIGHTS).exists():
         files = [WEIGHTS]
+    elif (d / ADAPTER).exists():
+        files = [ADAPTER]
     else:
         found = [p.name for p in d.glob("*.bin")] + [p.name for p in d.glob("*.pt*")]
         hint = f" (found {', '.join(found[:3])}: pickled weights are not loaded, for safety; convert them to safetensors)" if found else ""
@@ -239,6 +244,58 @@ def save_model(out_dir: str | Path, model, tokenizer_dir: str | Path | None = No
     return out
 
 
+def save_adapter(out_dir: str | Path, tensors: dict[str, torch.Tensor], meta: dict,
+                 tokenizer_dir: str | Path | None = None) -> Path:
+    """Write a LoRA checkpoint: the adapter tensors, the tokenizer files, and adapter_config.json
+    (written last: its presence marks a complete directory) naming the base model and the
+    LoRA settings, so that `load_model` rebuilds base + adapter from it."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_tensors({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, out / ADAPTER)
+    if tokenizer_dir is not None:
+        copy_tokenizer_files(tokenizer_dir, out)
+    atomic_write_json(out / ADAPTER_CONFIG, {"format": "llmkit-lora", **meta})
+    return out
+
+
+def read_adapter_config(model_dir: str | Path) -> Optional[dict]:
+    """The adapter settings of a LoRA checkpoint directory, or None for a full model."""
+    path = Path(model_dir) / ADAPTER_CONFIG
+    if not path.exists():
+        return None
+    try:
+        meta = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise LLMKitError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(meta, dict) or meta.get("format") != "llmkit-lora":
+        if isinstance(meta, dict) and "peft_type" in meta:
+            raise LLMKitError(f"{path}: a Hugging Face peft adapter; merge it into its base with peft and load "
+                              "the merged model (llmkit loads its own adapters)")
+        raise LLMKitError(f"{path}: not an llmkit adapter config")
+    for key in ("base_model", "lora"):
+        if key not in meta:
+            raise LLMKitError(f"{path}: missing '{key}'")
+    return meta
+
+
+def load_adapter_model(d: Path, meta: dict, device="cpu", dtype: Optional[torch.dtype] = None,
+                       merge: bool = True) -> "Loaded":
+    """Base model + adapter, merged into plain linear layers by default (inference runs at
+    the base model's speed). The merge is computed in float32, then cast to `dtype`."""
+    from llmkit.lora import LoRAConfig, apply_lora, load_lora_state_dict, merge_lora
+
+    base = load_model(meta["base_model"], device=device, dtype=torch.float32)
+    # The adapter was trained against the (possibly quantized) base: rebuild exactly that, so
+    # merging folds it into the same weights training saw.
+    apply_lora(base.model, LoRAConfig(**meta["lora"]), quantize=meta.get("quantize"))
+    load_lora_state_dict(base.model, load_weights(d), source=str(d / ADAPTER))
+    model = merge_lora(base.model) if merge else base.model
+    if dtype is not None:
+        model.to(dtype)
+    model.eval()
+    return Loaded(model, base.config, d, "lora")
+
+
 # --- resolving a MODEL argument -----------------------------------------------------------------
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -295,6 +352,9 @@ def load_model(spec: str | Path, device: str | torch.device = "cpu", dtype: Opti
             raise LLMKitError(f"unknown dtype '{dtype}'; choose from {', '.join(DTYPES)}")
         dtype = DTYPES[dtype]
     d = resolve_model_dir(spec)
+    meta = read_adapter_config(d)
+    if meta is not None:
+        return load_adapter_model(d, meta, device, dtype)
     cfg, kind = read_config(d)
     sd = load_weights(d)
     if kind == "hf":

@@ -36,6 +36,13 @@ COMMANDS: dict[str, str | dict[str, str]] = {
     "generate": "llmkit.generate:generate_cli",
     "chat": "llmkit.chat:chat",
     "serve": "llmkit.serve:serve",
+    "finetune": "llmkit.recipes.finetune:finetune",
+    "merge-lora": "llmkit.recipes.tuning:merge_lora_cli",
+    "classify": {
+        "train": "llmkit.recipes.classify:classify_train",
+        "predict": "llmkit.recipes.classify:classify_predict",
+    },
+    "dpo": "llmkit.recipes.dpo:dpo",
     "evaluate": "llmkit.evaluate:evaluate",
 }
 

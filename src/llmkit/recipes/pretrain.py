@@ -109,7 +109,7 @@ def pretrain(
     result = trainer.fit()
     if rt.main:
         final = Path(out) / "final"
-        _publish_final(result["checkpoint"], final)
+        publish_final(result["checkpoint"], final)
         result["final"] = str(final)
         summary = {k: (str(v) if isinstance(v, Path) else v) for k, v in result.items()}
         (Path(out) / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -117,7 +117,7 @@ def pretrain(
     return result
 
 
-def _publish_final(ckpt: Path, final: Path) -> None:
+def publish_final(ckpt: Path, final: Path) -> None:
     """Copy the last checkpoint's model files (not the optimizer) to out/final, atomically."""
     import shutil
 

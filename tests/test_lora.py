@@ -1,0 +1,166 @@
+"""LoRA and quantized bases: the invariants finetuning relies on."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from llmkit.checkpoint import load_model, load_weights, save_adapter
+from llmkit.errors import LLMKitError
+from llmkit.lora import (
+    Int8Linear,
+    LoRAConfig,
+    LoRALinear,
+    NF4Linear,
+    adapters_disabled,
+    apply_lora,
+    lora_state_dict,
+    merge_lora,
+    weight_bytes,
+)
+from llmkit.recipes.tuning import setup_method
+from tests.conftest import make_hf_model
+
+
+@pytest.fixture
+def base(tmp_path):
+    d = tmp_path / "base"
+    make_hf_model("llama").save_pretrained(d)
+    return d
+
+
+def _randomize_adapters(model, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, LoRALinear):
+                m.lora_b.copy_(torch.randn(m.lora_b.shape, generator=g) * 0.1)
+
+
+IDS = torch.randint(0, 320, (2, 12), generator=torch.Generator().manual_seed(0))
+
+
+def test_fresh_adapter_is_the_base_and_merged_equals_unmerged(base):
+    model = load_model(base).model
+    ref = model(IDS)
+    n = apply_lora(model, LoRAConfig(r=4, alpha=8, targets=["all"]))
+    assert n == sum(p.numel() for n_, p in model.named_parameters() if "lora_" in n_)
+    torch.testing.assert_close(model(IDS), ref, rtol=0, atol=0)  # B = 0: exactly the base
+    _randomize_adapters(model)
+    unmerged = model(IDS)
+    assert (unmerged - ref).abs().max() > 1e-3
+    with adapters_disabled(model):
+        torch.testing.assert_close(model(IDS), ref, rtol=0, atol=0)
+    merge_lora(model)
+    assert not any(isinstance(m, LoRALinear) for m in model.modules())
+    torch.testing.assert_close(model(IDS), unmerged, rtol=1e-5, atol=1e-5)
+
+
+def test_only_adapters_get_gradients_and_change(base):
+    model = load_model(base).model
+    apply_lora(model, LoRAConfig(r=4, targets=["q", "v", "down"]))
+    frozen = {k: v.clone() for k, v in model.state_dict().items() if "lora_" not in k}
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=1e-2)
+    for _ in range(3):
+        loss = torch.nn.functional.cross_entropy(model(IDS[:, :-1]).flatten(0, 1), IDS[:, 1:].flatten())
+        loss.backward()
+        for name, p in model.named_parameters():
+            assert (p.grad is not None) == ("lora_" in name), name
+        opt.step()
+        opt.zero_grad()
+    for k, v in model.state_dict().items():
+        if "lora_" not in k:
+            assert torch.equal(v, frozen[k]), k
+    assert all(m.lora_b.abs().sum() > 0 for m in model.modules() if isinstance(m, LoRALinear))
+
+
+def test_adapter_checkpoint_loads_as_a_model_and_merges_via_cli(base, tmp_path):
+    model = load_model(base).model
+    apply_lora(model, LoRAConfig(r=4, alpha=16, targets=["q", "k", "v", "o", "lm_head"]))
+    _randomize_adapters(model)
+    expected = model(IDS).detach()
+    meta = {"base_model": str(base), "quantize": None,
+            "lora": {"r": 4, "alpha": 16.0, "dropout": 0.0, "targets": ["q", "k", "v", "o", "lm_head"]}}
+    ad = save_adapter(tmp_path / "adapter", lora_state_dict(model), meta)
+    assert set(load_weights(ad)) == set(lora_state_dict(model))  # the adapter alone
+    loaded = load_model(ad)
+    assert loaded.kind == "lora"
+    torch.testing.assert_close(loaded.model(IDS), expected, rtol=1e-5, atol=1e-5)
+    # merge-lora, then export to HF: transformers computes the same logits.
+    run = lambda *a: subprocess.run([sys.executable, "-m", "llmkit", *a], capture_output=True, text=True)
+    r = run("merge-lora", str(ad), "--out", str(tmp_path / "merged"))
+    assert r.returncode == 0, r.stderr
+    r = run("convert", "to-hf", str(tmp_path / "merged"), str(tmp_path / "hf"))
+    assert r.returncode == 0, r.stderr
+    from transformers import AutoModelForCausalLM
+
+    hf = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    torch.testing.assert_close(hf(IDS).logits, expected, rtol=1e-4, atol=1e-4)
+    r = run("merge-lora", str(base), "--out", str(tmp_path / "x"))
+    assert r.returncode == 1 and "not a LoRA checkpoint" in r.stderr
+
+
+@pytest.mark.parametrize("cls, tol", [(Int8Linear, 0.01), (NF4Linear, 0.12)])
+def test_quantized_linear_forward_backward(cls, tol):
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(128, 64)
+    q = cls(lin)
+    w = q.dequantize(torch.float32)
+    assert (w - lin.weight).norm() / lin.weight.norm() < tol  # close to the original weight
+    x = torch.randn(3, 128, requires_grad=True)
+    y = q(x)
+    torch.testing.assert_close(y, torch.nn.functional.linear(x, w, lin.bias))
+    y.square().sum().backward()
+    x2 = x.detach().clone().requires_grad_(True)
+    torch.nn.functional.linear(x2, w, lin.bias).square().sum().backward()
+    torch.testing.assert_close(x.grad, x2.grad)
+
+
+@pytest.mark.parametrize("kind", ["int8", "nf4"])
+def test_qlora_saves_memory_and_merges_to_what_it_trained(base, kind):
+    model = load_model(base).model
+    full = weight_bytes(model)
+    line = setup_method(model, "lora", LoRAConfig(r=4, targets=["all"]), quantize=kind)
+    assert kind in line and "MiB" in line
+    blocks_q = [m for m in model.blocks.modules() if isinstance(m, (Int8Linear, NF4Linear))]
+    assert len(blocks_q) == 7 * len(model.blocks)
+    assert weight_bytes(model) < full
+    _randomize_adapters(model)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the loop's precision path runs
+        model(IDS).float().sum().backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    unmerged = model(IDS).detach()
+    merge_lora(model)
+    torch.testing.assert_close(model(IDS), unmerged, rtol=1e-5, atol=1e-5)
+
+
+def test_bad_settings_are_clear_errors(tmp_path):
+    model = load_model(_tied(tmp_path)).model
+    with pytest.raises(LLMKitError, match="unknown LoRA target"):
+        apply_lora(model, LoRAConfig(targets=["qq"]))
+    with pytest.raises(LLMKitError, match="ties lm_head"):
+        apply_lora(model, LoRAConfig(targets=["lm_head"]))
+    with pytest.raises(LLMKitError, match="rank"):
+        apply_lora(model, LoRAConfig(r=0))
+    with pytest.raises(LLMKitError, match="use it with --method lora"):
+        setup_method(model, "full", LoRAConfig(), quantize="int8")
+    with pytest.raises(LLMKitError, match="--train-last"):
+        setup_method(model, "freeze", LoRAConfig(), train_last=9)
+
+
+def test_freeze_trains_only_the_last_blocks(base):
+    model = load_model(base).model
+    setup_method(model, "freeze", LoRAConfig(), train_last=1)
+    names = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert names and all(n.startswith(("blocks.1.", "norm.", "lm_head.")) for n in names)
+    assert not any(n.startswith("blocks.0.") for n in names)
+
+
+def _tied(tmp_path):
+    d = tmp_path / "tied"
+    make_hf_model("qwen2").save_pretrained(d)
+    return d
