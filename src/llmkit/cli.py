@@ -196,6 +196,24 @@ def _lists(fn: Callable, args: list[str]) -> list[str]:
     return ordered + pos[k:] + opts
 
 
+def parser_for(command: str | list[str]):
+    """The jsonargparse parser that `llmkit COMMAND` runs (e.g. "pretrain" or "classify train"),
+    without running it: for validating a YAML config against the function's signature. Built by
+    the same `CLI` call as `run`, so there is no second copy of the parsing rules."""
+    from jsonargparse import CLI, capture_parser
+
+    words = command.split() if isinstance(command, str) else list(command)
+    target: object = COMMANDS
+    for w in words:
+        if not isinstance(target, dict) or w not in target:
+            raise LLMKitError(f"unknown command '{' '.join(words)}'")
+        target = target[w]
+    if isinstance(target, dict):
+        raise LLMKitError(f"'{' '.join(words)}' needs a subcommand: {', '.join(target)}")
+    fn = _resolve(target)
+    return capture_parser(lambda: CLI(fn, args=[], prog="llmkit " + " ".join(words), as_positional=True))
+
+
 def run(argv: list[str] | None = None) -> object:
     """Parse `argv` (without the program name) and run the command. Raises on error."""
     from jsonargparse import CLI

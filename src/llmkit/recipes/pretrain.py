@@ -29,19 +29,37 @@ def checkpoint_saver(cfg: ModelConfig, tokenizer_dir: Optional[Path]):
     return save
 
 
+def is_new_model(model: str) -> bool:
+    """Whether MODEL names an architecture to build (a preset or a ModelConfig JSON file) rather
+    than an existing checkpoint to continue from."""
+    from llmkit.presets import PRESETS
+
+    return model.lower() in PRESETS or model.endswith(".json")
+
+
+def model_config(model: str, overrides: Optional[dict] = None, vocab_size: Optional[int] = None) -> ModelConfig:
+    """The ModelConfig of a preset or JSON file with `overrides` applied (validated: an unknown
+    field or a bad value is an LLMKitError, not a TypeError). Allocates nothing."""
+    from llmkit.presets import PRESETS
+
+    cfg = ModelConfig.from_name(model) if model.lower() in PRESETS else ModelConfig.from_file(model)
+    overrides = dict(overrides or {})
+    if vocab_size is not None and "vocab_size" not in overrides:
+        overrides["vocab_size"] = vocab_size  # the tokenizer decides the embedding size
+    if not overrides:
+        return cfg
+    # Through from_dict, not dataclasses.replace: unknown keys get a clear error and a nested
+    # rope_scaling override becomes a RopeScaling.
+    return ModelConfig.from_dict({**cfg.to_dict(), **overrides})
+
+
 def build_or_load(model: str, overrides: Optional[dict], vocab_size: Optional[int]):
     """(model, tokenizer dir or None): a fresh model from a preset or a config.json, or an
     existing checkpoint (llmkit dir, HF dir or hub repo id) for continued pretraining."""
     from llmkit.model import Transformer
-    from llmkit.presets import PRESETS
 
-    overrides = dict(overrides or {})
-    if model.lower() in PRESETS or model.endswith(".json"):
-        cfg = ModelConfig.from_name(model) if model.lower() in PRESETS else ModelConfig.from_file(model)
-        if vocab_size is not None and "vocab_size" not in overrides:
-            overrides["vocab_size"] = vocab_size  # the tokenizer decides the embedding size
-        cfg = cfg.replace(**overrides) if overrides else cfg
-        return Transformer(cfg), None
+    if is_new_model(model):
+        return Transformer(model_config(model, overrides, vocab_size)), None
     from llmkit.checkpoint import load_model
 
     if overrides:

@@ -1,0 +1,212 @@
+"""Training throughput on CPU: llmkit's Trainer vs transformers' LlamaForCausalLM in a plain loop.
+
+    python bench/bench_train.py [--shape micro|small] [--batch 8] [--seq-len 256] [--steps 8]
+                                [--warmup 2] [--rounds 3] [--precision fp32 bf16] [--threads N] [--compile]
+
+Both sides train the same Llama-style model from the same weights (llmkit's random init,
+exported to transformers with llmkit's production converter, `state_dict_to_hf`), on the same
+random token batches, with the same optimizer: torch AdamW, fused, identical lr/betas/eps,
+weight decay on matrices only, gradient clipping at 1.0. Per step both do forward, fp32
+cross-entropy, backward, clip, AdamW step, zero_grad; under bf16 both run in
+`torch.autocast("cpu", bfloat16)` with fp32 master weights.
+
+llmkit side: the real `Trainer.fit()` from training/loop.py (lr schedule, clipping, loss
+sync, metric bookkeeping included). A step is timed from one `next(batches)` to the next, so
+evaluation, checkpoint writing and logger setup at the ends of `fit` are not counted.
+transformers side: a plain PyTorch loop over `LlamaForCausalLM` with its default attention
+(SDPA), timed the same way.
+
+Each round runs `warmup + steps` steps of one system, then the other (order alternating per
+round); warmup steps are excluded. Tokens/s is the median over measured steps of all rounds
+(this machine is shared: load only ever slows a step down, so the best round is also shown).
+MFU = flops_per_token (config.py, PaLM 6N + attention) * tokens/s / device peak
+(`device_peak_flops`: a measured 1024^3 matmul in that dtype).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+# Before anything imports tqdm (it reads TQDM_* once): the Trainer's progress bar would
+# interleave with the table.
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from llmkit.config import ModelConfig
+from llmkit.model import Transformer
+from llmkit.training.loop import TrainConfig, Trainer, device_peak_flops, setup_runtime
+from llmkit.training.losses import causal_lm_loss
+from llmkit.training.optim import param_groups
+
+SHAPES = {
+    # The quickstart / laptop preset: 6 layers, width 256, 8/4 heads, vocab 4096, tied (5.8M).
+    "micro": dict(),
+    # A ~29M Llama shape: 8 layers, width 512, 8/4 heads, SwiGLU 1536, vocab 8192, tied.
+    "small": dict(name="small-llama", vocab_size=8192, n_layer=8, n_embd=512, n_head=8, n_kv_heads=4,
+                  intermediate_size=1536, block_size=1024),
+}
+LR, BETAS, EPS, WD, CLIP = 3e-4, (0.9, 0.95), 1e-8, 0.1, 1.0
+
+
+def build(shape: str):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from llmkit.convert.hf import config_to_hf, state_dict_to_hf
+
+    cfg = ModelConfig.from_dict({**ModelConfig.from_name("micro-llama").to_dict(), **SHAPES[shape]})
+    torch.manual_seed(0)
+    ours = Transformer(cfg)
+    hf_cfg = {k: v for k, v in config_to_hf(cfg, "llama").items() if k not in ("architectures", "model_type")}
+    theirs = LlamaForCausalLM(LlamaConfig(**hf_cfg))
+    missing, unexpected = theirs.load_state_dict(state_dict_to_hf(ours.state_dict(), cfg, "llama"), strict=False)
+    # The tied head is not saved: it is the embedding again, nothing else may be missing.
+    assert not unexpected and set(missing) <= {"lm_head.weight"}, (missing, unexpected)
+    assert theirs.lm_head.weight.data_ptr() == theirs.model.embed_tokens.weight.data_ptr() or not cfg.tie_embeddings
+    return cfg, ours, theirs
+
+
+class TimedBatches:
+    """Cycles through fixed (inputs, labels) batches and stamps the time of every `next`: the
+    interval between two stamps is one whole optimizer step of the loop that consumes them."""
+
+    def __init__(self, batches):
+        self.batches, self.i, self.stamps = batches, 0, []
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        self.stamps.append(time.perf_counter())
+        b = self.batches[self.i % len(self.batches)]
+        self.i += 1
+        return b
+
+
+def llmkit_round(model, batches, n_steps: int, precision: str, out: Path,
+                 compile: bool = False) -> tuple[list[float], list[float]]:
+    # One step more than measured: a step's time is read at the next step's `next(batches)`, and
+    # the last step has no next one.
+    cfg = TrainConfig(compile=compile, max_steps=n_steps + 1, micro_batch_size=batches[0][0].shape[0], lr=LR, warmup_steps=0,
+                      min_lr_ratio=1.0, weight_decay=WD, beta1=BETAS[0], beta2=BETAS[1], grad_clip=CLIP,
+                      precision=precision, eval_every=0, log_every=10**9, save_every=0, resume="none",
+                      tensorboard=False, device="cpu")
+    it = TimedBatches(batches)
+    trainer = Trainer(model, cfg, out, it, causal_lm_loss, runtime=setup_runtime(cfg))
+    trainer.fit()
+    losses = [h["loss"] for h in trainer.history][:n_steps]
+    return [b - a for a, b in zip(it.stamps, it.stamps[1:])], losses
+
+
+def hf_round(model, batches, n_steps: int, precision: str) -> tuple[list[float], list[float]]:
+    # The same optimizer as llmkit's make_optimizer: AdamW, fused, decay on matrices only.
+    opt = torch.optim.AdamW(param_groups(model, WD), lr=LR, betas=BETAS, eps=EPS, fused=True)
+    model.train()
+    amp = precision == "bf16"
+    stamps, losses = [], []
+    for i in range(n_steps):
+        stamps.append(time.perf_counter())
+        x, y = batches[i % len(batches)]
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            logits = model(input_ids=x).logits
+            loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(float(loss.detach()))
+    stamps.append(time.perf_counter())
+    return [b - a for a, b in zip(stamps, stamps[1:])], losses
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--shape", choices=list(SHAPES), default="micro")
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--seq-len", type=int, default=256)
+    ap.add_argument("--steps", type=int, default=8, help="measured steps per round")
+    ap.add_argument("--warmup", type=int, default=2, help="unmeasured steps at the start of each round")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--precision", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
+    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    ap.add_argument("--compile", action="store_true",
+                    help="also run llmkit with --train.compile true (torch.compile; compiling happens in warmup)")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    cfg, ours, theirs = build(args.shape)
+    B, T = args.batch, args.seq_len
+    g = torch.Generator().manual_seed(1)
+    data = [torch.randint(0, cfg.vocab_size, (B, T + 1), generator=g) for _ in range(4)]
+    batches = [(d[:, :-1].contiguous(), d[:, 1:].contiguous()) for d in data]
+    n_params = sum(p.numel() for p in ours.parameters())
+    fpt = cfg.flops_per_token(T)
+    print(f"shape {args.shape}: {n_params / 1e6:.1f}M parameters, {cfg.n_layer} layers, width {cfg.n_embd}, "
+          f"heads {cfg.n_head}/{cfg.kv_heads}, vocab {cfg.vocab_size}; batch {B} x {T} tokens; "
+          f"{fpt / 1e6:.1f} MFLOP/token; torch {torch.__version__}, {torch.get_num_threads()} threads")
+
+    # Same weights, same batch: the first losses must agree (fp32) before any timing means much.
+    with torch.no_grad():
+        a = F.cross_entropy(ours(batches[0][0]).flatten(0, 1), batches[0][1].flatten())
+        b = F.cross_entropy(theirs(input_ids=batches[0][0]).logits.flatten(0, 1), batches[0][1].flatten())
+    print(f"initial loss: llmkit {a.item():.6f}, transformers {b.item():.6f}")
+    assert abs(a.item() - b.item()) < 1e-4, "the two models do not hold the same weights"
+
+    n = args.warmup + args.steps
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for precision in args.precision:
+            peak = device_peak_flops(torch.device("cpu"), torch.bfloat16 if precision == "bf16" else None)
+            names = ["llmkit", "transformers"] + (["llmkit+compile"] if args.compile else [])
+            times: dict[str, list[float]] = {w: [] for w in names}
+            best: dict[str, float] = {w: float("inf") for w in names}
+            for r in range(args.rounds):
+                order = names if r % 2 == 0 else names[::-1]
+                for who in order:
+                    if who.startswith("llmkit"):
+                        dt, losses = llmkit_round(ours, batches, n, precision, Path(tmp) / f"{precision}-{who}-{r}",
+                                                  compile=who.endswith("compile"))
+                    else:
+                        dt, losses = hf_round(theirs, batches, n, precision)
+                    kept = dt[args.warmup:]
+                    times[who] += kept
+                    best[who] = min(best[who], statistics.median(kept))
+                    print(f"  {precision} round {r} {who:<14} median step {statistics.median(kept) * 1e3:7.1f} ms  "
+                          f"loss {losses[0]:.3f} -> {losses[-1]:.3f}", flush=True)
+            tps = {w: B * T / statistics.median(v) for w, v in times.items()}
+            tps_best = {w: B * T / v for w, v in best.items()}
+            rows.append((precision, tps, tps_best, peak))
+
+    print()
+    print("| precision | transformers tok/s (median / best round) | llmkit tok/s (median / best round) "
+          "| MFU transformers | MFU llmkit | ratio (median) |")
+    print("|---|---|---|---|---|---|")
+    for precision, tps, tps_best, peak in rows:
+        mfu = {w: fpt * v / peak for w, v in tps.items()}
+        print(f"| {precision} | {tps['transformers']:,.0f} / {tps_best['transformers']:,.0f} "
+              f"| {tps['llmkit']:,.0f} / {tps_best['llmkit']:,.0f} | {mfu['transformers']:.1%} "
+              f"| {mfu['llmkit']:.1%} | **{tps['llmkit'] / tps['transformers']:.2f}x** |")
+    if args.compile:
+        print("\n| precision | llmkit --train.compile tok/s (median / best round) | MFU | ratio to transformers (eager) |")
+        print("|---|---|---|---|")
+        for precision, tps, tps_best, peak in rows:
+            c = "llmkit+compile"
+            print(f"| {precision} | {tps[c]:,.0f} / {tps_best[c]:,.0f} | {fpt * tps[c] / peak:.1%} "
+                  f"| **{tps[c] / tps['transformers']:.2f}x** |")
+    for precision, _, _, peak in rows:
+        print(f"peak ({precision} matmul, measured): {peak / 1e9:.0f} GFLOP/s")
+
+
+if __name__ == "__main__":
+    main()
