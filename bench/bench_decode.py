@@ -12,6 +12,14 @@ Decode tokens/s excludes the prefill and the first token: transformers (t(N) - t
 from two `generate` calls; llmkit the same from its own timestamps. Runs alternate between the
 two libraries and the best of `repeats` is kept for each (this machine's other load only ever
 slows a run down). llmkit's decode includes detokenizing every token; transformers' does not.
+
+How each is called (both in `torch.inference_mode`, same dtype, same thread count):
+* transformers: `LlamaForCausalLM(config).eval().to(dtype)`, its default `generate`
+  (default attention implementation and cache, i.e. SDPA and a DynamicCache) with
+  `do_sample=False, max_new_tokens=N, min_new_tokens=N, eos_token_id=None, pad_token_id=0`.
+* llmkit: `load_for_inference(folder, dtype)` (which runs `prepare_for_decoding`) and
+  `generate(model, tok, ids, max_new_tokens=N, stop_ids=set())` (greedy by default).
+`--threads` sets `torch.set_num_threads` for both (default: torch's, one per core).
 """
 
 from __future__ import annotations
@@ -78,7 +86,11 @@ def main() -> None:
     ap.add_argument("--prompt-tokens", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--dtypes", default="float32,bfloat16")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch.set_num_threads for both libraries (default: torch's, one per core)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if not (GPT2_DIR / "encoder.json").exists():
         sys.exit(f"skipped: {GPT2_DIR} (the shared GPT-2 tokenizer files) is missing")
 

@@ -302,17 +302,30 @@ def test_prompt_and_token_logprobs_match_a_full_forward(tiny):
     assert all(e.top[0][0] == e.token_id for e in c.logprobs)  # greedy picks the top token
 
 
-def test_prepare_for_decoding_keeps_results(tiny):
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_prepare_for_decoding_keeps_results(tiny, dtype):
     from llmkit.checkpoint import load_model
+    from llmkit.generate import MatVecLinear
 
-    ids = torch.tensor([tiny.tok.encode("Hello world")])
-    model = load_model(tiny.dir).model
+    ids = tiny.tok.encode("Hello world, how are you")
+    model = load_model(tiny.dir, dtype=dtype).model
+    keys = set(model.state_dict())
+
+    def one_by_one():  # token-by-token decoding: the one-row products prepare_for_decoding changes
+        cache = model.new_cache(1, len(ids))
+        return torch.cat([model(torch.tensor([[t]]), torch.tensor([i]), cache) for i, t in enumerate(ids)], 1)
+
     with torch.no_grad():
-        before = model(ids)
+        before, before_full = one_by_one(), model(torch.tensor([ids]))
         prepare_for_decoding(model)
-        after = model(ids)
-    assert not model.lm_head.weight.is_contiguous()  # re-laid out...
-    torch.testing.assert_close(after, before)  # ...same values
+        after, after_full = one_by_one(), model(torch.tensor([ids]))
+    assert isinstance(model.lm_head, MatVecLinear) and isinstance(model.blocks[0].mlp.down, MatVecLinear)
+    assert (model.lm_head.weight is model.embed.weight) == model.cfg.tie_embeddings  # ties kept
+    assert set(model.state_dict()) == keys  # same Parameters under the same names
+    torch.testing.assert_close(after_full, before_full, rtol=0, atol=0)  # prompts: untouched path
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == "float32" else dict(rtol=0.02, atol=0.02)
+    torch.testing.assert_close(after.float(), before.float(), **tol)  # same values, other kernels
+    assert after.argmax(-1).tolist() == before.argmax(-1).tolist()
 
 
 # --- CLI ----------------------------------------------------------------------------------------

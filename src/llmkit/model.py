@@ -196,12 +196,16 @@ class Attention(nn.Module):
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
             k, v = cache.update(self.layer_idx, pos, k, v)  # (B, n_kv, kv_len, hd)
-        m = mask[self.window]  # None means plain causal over T == kv_len
+        m = mask[self.window]  # None: causal, the last query at the last key (T == 1: sees all)
         if self.softcap is None:
+            # One query per row on CPU in bf16/fp16: PyTorch's reduced-precision SDPA kernel costs
+            # 60-140 us a call there (~4 ms a token for 30 layers), float32 18-27 us casts
+            # included, and float32 is the more exact of the two; the output keeps q's dtype.
+            dt = torch.float32 if T == 1 and q.device.type == "cpu" and q.element_size() < 4 else q.dtype
             y = F.scaled_dot_product_attention(
-                q, k.to(q.dtype), v.to(q.dtype), attn_mask=m, is_causal=m is None,
+                q.to(dt), k.to(dt), v.to(dt), attn_mask=m, is_causal=m is None and T > 1,
                 scale=self.scale, enable_gqa=self.n_kv != self.n_head,
-            )
+            ).to(q.dtype)
         else:  # Gemma 2: tanh soft-capped logits; SDPA cannot express this
             y = self._softcapped(q, k.to(q.dtype), v.to(q.dtype), m)
         y = y.transpose(1, 2).reshape(B, T, self.n_head * self.hd)  # (B, T, n_head * hd)
@@ -312,6 +316,10 @@ class Transformer(nn.Module):
         if self.pos_embed is not None:
             x = x + self.pos_embed(pos)
         cos, sin = rope_cos_sin(self.inv_freq, pos) if self.cfg.pos == "rope" else (None, None)
+        if cos is not None and not torch.is_autocast_enabled(x.device.type):
+            # Cast once here, not twice per layer in apply_rope (same values; under autocast
+            # q/k's dtype is not x's, so apply_rope casts).
+            cos, sin = cos.to(x.dtype), sin.to(x.dtype)
 
         # Masks per window size; None = plain causal (SDPA's fused is_causal path).
         masks: dict = {}
@@ -324,7 +332,10 @@ class Transformer(nn.Module):
             k_pos = pos
         for w in {blk.attn.window for blk in self.blocks}:
             plain = cache is None and input_pos is None and (w is None or w >= T)
-            masks[w] = None if plain else attention_mask(pos, k_pos, w)
+            # Decoding one token with every row at the newest position (batch 1): each query
+            # sees every cached key (the window too), so no mask is built or applied.
+            one_query = cache is not None and T == 1 and pos.shape[0] == 1 and (w is None or cache.kv_len <= w)
+            masks[w] = None if plain or one_query else attention_mask(pos, k_pos, w)
 
         for blk in self.blocks:
             if self.gradient_checkpointing and self.training:
