@@ -305,20 +305,22 @@ def test_prompt_and_token_logprobs_match_a_full_forward(tiny):
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_prepare_for_decoding_keeps_results(tiny, dtype):
     from llmkit.checkpoint import load_model
-    from llmkit.generate import MatVecLinear
+    from llmkit.generate import MATVEC_MAX_ROWS, MatVecLinear
 
     ids = tiny.tok.encode("Hello world, how are you")
     model = load_model(tiny.dir, dtype=dtype).model
     keys = set(model.state_dict())
 
-    def one_by_one():  # token-by-token decoding: the one-row products prepare_for_decoding changes
+    def one_by_one():  # token-by-token decoding: the few-row products prepare_for_decoding changes
         cache = model.new_cache(1, len(ids))
         return torch.cat([model(torch.tensor([[t]]), torch.tensor([i]), cache) for i, t in enumerate(ids)], 1)
 
+    long = (ids * 4)[: MATVEC_MAX_ROWS + 8]  # more rows than the decoding path takes
+    assert len(long) > MATVEC_MAX_ROWS
     with torch.no_grad():
-        before, before_full = one_by_one(), model(torch.tensor([ids]))
+        before, before_full = one_by_one(), model(torch.tensor([long]))
         prepare_for_decoding(model)
-        after, after_full = one_by_one(), model(torch.tensor([ids]))
+        after, after_full = one_by_one(), model(torch.tensor([long]))
     assert isinstance(model.lm_head, MatVecLinear) and isinstance(model.blocks[0].mlp.down, MatVecLinear)
     assert (model.lm_head.weight is model.embed.weight) == model.cfg.tie_embeddings  # ties kept
     assert set(model.state_dict()) == keys  # same Parameters under the same names
