@@ -30,7 +30,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 SHAPES = {
     # SmolLM2-135M (HuggingFaceTB/SmolLM2-135M config.json).
@@ -67,7 +66,6 @@ def peak_mib() -> float:
 def worker(args) -> dict:
     """One system's measurement, in this (fresh) process."""
     import torch
-    import torch.nn.functional as F
 
     torch.manual_seed(0)
     if args.system == "peft":

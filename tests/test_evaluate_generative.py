@@ -105,7 +105,7 @@ def test_judge_errors_are_one_line(env, judge_server, tmp_path, capsys):
 
 def test_bad_alpaca_files(tmp_path):
     (tmp_path / "bad.jsonl").write_text('{"instruction": "x"}\n')
-    with pytest.raises(LLMKitError, match="bad.jsonl:1: needs a string 'output' field"):
+    with pytest.raises(LLMKitError, match="bad.jsonl: line 1: needs a string 'output' field"):
         load_examples(tmp_path / "bad.jsonl")
     with pytest.raises(LLMKitError, match="no such file"):
         load_examples(tmp_path / "missing.json")

@@ -130,8 +130,17 @@ def _lists(fn: Callable, args: list[str]) -> list[str]:
     import inspect
     import json
 
+    import dataclasses
+    import typing
+
     params = inspect.signature(fn).parameters
     lists = {n for n, p in params.items() if _is_list(p.annotation)}
+    # Fields of a dataclass group (`--lora.targets q v`) take several words too.
+    hints = typing.get_type_hints(fn)
+    for n in params:
+        if dataclasses.is_dataclass(hints.get(n)):
+            sub = typing.get_type_hints(hints[n])
+            lists |= {f"{n}.{f.name}" for f in dataclasses.fields(hints[n]) if _is_list(sub.get(f.name))}
     bools = {n for n, p in params.items() if p.annotation in (bool, "bool")}
     positional_names = [n for n, p in params.items() if p.default is inspect.Parameter.empty]
     opts, pos, i = [], [], 0
@@ -193,7 +202,15 @@ def _lists(fn: Callable, args: list[str]) -> list[str]:
         if n in lists and not named[n].startswith("["):
             values[n] = json.dumps([named[n]])
     ordered = [values[n] for n in positional_names if n in values]
-    return ordered + pos[k:] + opts
+    # Words left over go to the first optional parameter when it is a list and not given as an
+    # option: `classify predict MODEL "text one" "text two"`, `evaluate MODEL hellaswag arc_easy`.
+    optional = [n for n, p in params.items() if p.default is not inspect.Parameter.empty]
+    rest = pos[k:]
+    if rest and optional and optional[0] in lists and not any(
+            o.startswith("--") and o[2:].split("=", 1)[0] == optional[0] for o in opts):
+        opts += ["--" + optional[0], json.dumps(rest)]
+        rest = []
+    return ordered + rest + opts
 
 
 def parser_for(command: str | list[str]):

@@ -232,3 +232,58 @@ def iter_documents(sources: Iterable[str], text_field: Optional[str] = "text",
 
 
 __all__ = ["Document", "TextUnit", "expand_sources", "file_format", "iter_documents"]
+
+
+def read_records(path: str | Path) -> list[tuple[str, object]]:
+    """(where, record) for every record of a small JSON or JSON Lines file of examples, the one
+    reader of finetuning, preference and evaluation sets.
+
+    A file whose text starts with `[` is a JSON array; one holding a single JSON object with
+    exactly one list inside (`{"data": [...]}`, as some exports wrap them) is that list; anything
+    else is read as one JSON object per line (blank lines skipped). `where` names the record for
+    error messages: "FILE: record N" in an array, "FILE: line N" in JSON Lines (both 1-based)."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise LLMKitError(f"{path}: no such file")
+    if p.is_dir():
+        raise LLMKitError(f"{path}: is a directory; expected a .json or .jsonl file")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise LLMKitError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    stripped = text.lstrip("\ufeff \t\r\n")
+    if not stripped:
+        raise LLMKitError(f"{path}: empty file")
+    skipped_lines = text[: len(text) - len(stripped)].count("\n")
+    whole = None
+    if stripped.startswith("["):
+        try:
+            whole = json.loads(stripped)
+        except json.JSONDecodeError as e:
+            raise LLMKitError(f"{path}: invalid JSON at line {e.lineno + skipped_lines}, column {e.colno}: "
+                              f"{e.msg}") from None
+    elif p.suffix.lower() == ".json" and stripped.startswith("{"):
+        try:
+            whole = json.loads(stripped)
+        except json.JSONDecodeError:
+            whole = None  # JSON Lines named .json: read line by line below
+        if isinstance(whole, dict):
+            lists = [v for v in whole.values() if isinstance(v, list)]
+            if len(lists) != 1:
+                raise LLMKitError(f"{path}: expected a JSON array of records (or one JSON object per line), "
+                                  "got a single object")
+            whole = lists[0]
+    if whole is not None:
+        if not isinstance(whole, list):
+            raise LLMKitError(f"{path}: expected a JSON array of records, got {type(whole).__name__}")
+        return [(f"{path}: record {i + 1}", r) for i, r in enumerate(whole)]
+    out = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            out.append((f"{path}: line {n}", json.loads(line)))
+        except json.JSONDecodeError as e:
+            raise LLMKitError(f"{path}: line {n}: invalid JSON (column {e.colno}: {e.msg}); expected a JSON "
+                              "array of records or one JSON object per line") from None
+    return out

@@ -29,31 +29,6 @@ JUDGMENTS_FILE = "judgments.jsonl"
 
 
 # --- data --------------------------------------------------------------------------------------
-def _read_records(path: Path) -> list:
-    if not path.is_file():
-        raise LLMKitError(f"{path}: no such file")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise LLMKitError(f"cannot read {path}: {e}") from None
-    if path.suffix.lower() in (".jsonl", ".ndjson"):
-        records = []
-        for n, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise LLMKitError(f"{path}:{n}: invalid JSON ({e.msg})") from None
-        return records
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise LLMKitError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
-    if not isinstance(data, list):
-        raise LLMKitError(f"{path}: expected a JSON array of records (or a .jsonl file)")
-    return data
-
-
 def _apply_limit(records: list, limit: Optional[float]) -> list:
     if limit is None:
         return records
@@ -63,10 +38,10 @@ def _apply_limit(records: list, limit: Optional[float]) -> list:
 
 def load_examples(path: str | Path, limit: Optional[float] = None) -> list[dict]:
     """Alpaca-style records: {"instruction", "input" (optional), "output"}, from JSON or JSONL."""
-    path = Path(path)
+    from llmkit.data import read_records
+
     examples = []
-    for i, rec in enumerate(_read_records(path)):
-        where = f"{path}:{i + 1}" if path.suffix.lower() in (".jsonl", ".ndjson") else f"{path}#{i}"
+    for where, rec in read_records(path):
         if not isinstance(rec, dict):
             raise LLMKitError(f"{where}: expected a JSON object, got {type(rec).__name__}")
         for key in ("instruction", "output"):
@@ -83,12 +58,13 @@ def load_examples(path: str | Path, limit: Optional[float] = None) -> list[dict]
 
 def load_responses(path: str | Path, limit: Optional[float] = None) -> tuple[list[dict], list[str]]:
     """(examples, responses) from a responses.jsonl written by an earlier run."""
-    path = Path(path)
+    from llmkit.data import read_records
+
     examples, responses = [], []
-    for i, rec in enumerate(_read_records(path)):
+    for where, rec in read_records(path):
         fields = ("instruction", "output", "response")
         if not isinstance(rec, dict) or not all(isinstance(rec.get(k), str) for k in fields):
-            raise LLMKitError(f"{path}:{i + 1}: expected instruction, output and response fields "
+            raise LLMKitError(f"{where}: expected instruction, output and response fields "
                               f"(a {RESPONSES_FILE} written by `llmkit evaluate --generate-data`)")
         examples.append({"instruction": rec["instruction"], "input": rec.get("input") or "", "output": rec["output"]})
         responses.append(rec["response"])

@@ -1,0 +1,296 @@
+"""Instruction finetuning (supervised finetuning, SFT): full, LoRA / QLoRA or the last N blocks.
+
+A recipe over the one loop: `data.instruct` renders and masks the examples, `recipes.tuning`
+sets which weights train and how checkpoints are saved, `training.loop.Trainer` trains with
+`causal_lm_loss` on the masked labels (loss on the replies only). Evaluation is the
+validation loss; each evaluation also prints a few greedy answers to held-out prompts and
+appends them to OUT/samples.jsonl, so the log shows what the loss numbers mean.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from llmkit.errors import LLMKitError
+from llmkit.lora import LoRAConfig
+from llmkit.training.loop import TrainConfig, Trainer, find_latest, setup_runtime
+from llmkit.training.losses import causal_lm_loss, mean_lm_loss
+
+# Peak learning rates. LoRA adapters start at zero and train a few hundred thousand weights:
+# 1e-4..3e-4 is the usual range (Hu et al. 2021 used 2e-4 for GPT-2; peft, torchtune and litgpt
+# default to 1e-4..3e-4). Updating every weight (full) or whole blocks (freeze) moves a
+# pretrained model much further per step, so those default to 2e-5 (Alpaca used 2e-5 for full
+# finetuning of LLaMA-7B).
+LORA_LR = 2e-4
+FULL_LR = 2e-5
+
+# Jinja versions of built-in styles, written into the finetuned model's folder when the base has
+# no chat template of its own, so that `llmkit chat OUT/final` (style "auto") prompts the model in
+# the format it was trained on. Each renders exactly as the built-in style (tests check this).
+_ALPACA_JINJA = (
+    "{% if messages and messages[0]['role'] == 'system' %}{{ messages[0]['content'] }}{% else %}"
+    "Below is an instruction that describes a task. Write a response that appropriately completes the request."
+    "{% endif %}{{ '\\n\\n' }}{% for m in messages %}{% if m['role'] == 'user' %}"
+    "{{ '### Instruction:\\n' + m['content'] + '\\n\\n' }}{% elif m['role'] == 'assistant' %}"
+    "{{ '### Response:\\n' + m['content'] + '\\n\\n' }}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '### Response:\\n' }}{% endif %}"
+)
+_CHATML_JINJA = (
+    "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+STYLE_TEMPLATES = {"alpaca": _ALPACA_JINJA, "chatml": _CHATML_JINJA}
+
+
+def style_template(style_name: str, add_bos: bool) -> Optional[str]:
+    """The Jinja chat template of a built-in style, or None if there is none. A template writes
+    its special tokens itself (encoded without BOS), so it starts with BOS where the tokenizer
+    would add one."""
+    t = STYLE_TEMPLATES.get(style_name)
+    return None if t is None else ("{{ bos_token }}" if add_bos else "") + t
+
+
+def finetune(
+    model: str,
+    data: str,
+    out: str = "out/finetune",
+    method: str = "lora",
+    lora: LoRAConfig = LoRAConfig(),
+    train_last: int = 2,
+    quantize: Optional[str] = None,
+    prompt_style: Optional[str] = None,
+    mask_prompt: bool = True,
+    packing: bool = False,
+    max_seq_len: Optional[int] = None,
+    truncation: str = "truncate",
+    val_data: Optional[str] = None,
+    val_fraction: float = 0.1,
+    eval_batches: int = 32,
+    samples: int = 3,
+    sample_tokens: int = 64,
+    epochs: Optional[float] = None,
+    train: TrainConfig = TrainConfig(lr=LORA_LR, micro_batch_size=8, warmup_steps=20, weight_decay=0.0,
+                                     beta2=0.999, eval_every=100, log_every=10, save_every=200),
+) -> dict:
+    """Finetune a model on instruction data (supervised finetuning): loss on the answers only.
+
+    Args:
+        model: the base model: an llmkit checkpoint dir, a Hugging Face model dir or a hub repo id.
+        data: training data: a JSON array or JSONL file of Alpaca records {"instruction", "input"
+            (optional), "output"} or chat records {"messages": [{"role", "content"}, ...]} (every
+            assistant turn is trained on; optional "system").
+        out: output directory (checkpoints, metrics.csv, samples.jsonl, summary.json, final/).
+        method: lora (low-rank adapters; OUT/final holds only the adapter), full (every weight)
+            or freeze (only the last --train_last blocks, the final norm and the output head).
+        lora: LoRA settings (--lora.r, --lora.alpha, --lora.dropout, --lora.targets).
+        train_last: with --method freeze, how many of the last blocks train.
+        quantize: with --method lora, hold the frozen base in int8 or nf4 (QLoRA).
+        prompt_style: how examples are rendered: auto (the model's chat template if its tokenizer
+            has one, else alpaca), chat_template, a style name (alpaca, chatml, llama3, llama2,
+            mistral, phi3, gemma, plain) or a Jinja template file.
+        mask_prompt: train on the answers only (prompt tokens get no loss).
+        packing: concatenate examples into full rows of max_seq_len tokens (no padding;
+            attention then crosses example boundaries within a row).
+        max_seq_len: longest training sequence (default: the model's context).
+        truncation: what to do with a longer example: truncate (cut its end) or drop.
+        val_data: a separate validation file (same formats as --data); else --val_fraction.
+        val_fraction: fraction of --data held out for validation (seeded by --train.seed).
+        eval_batches: validation batches per evaluation (at most).
+        samples: held-out prompts answered (greedy) at every evaluation, printed and appended
+            to OUT/samples.jsonl (0 = none).
+        sample_tokens: longest sample answer, in tokens.
+        epochs: training length in passes over the training examples; used when no --train
+            budget (max_steps, max_tokens, max_time) is set (default then: 1 epoch).
+        train: training loop settings. --train.lr defaults to 2e-4 for lora; full and freeze
+            use 2e-5 unless --train.lr is set to another value.
+    """
+    from llmkit.checkpoint import read_adapter_config, resolve_model_dir
+    from llmkit.data import instruct
+    from llmkit.lora import weight_bytes
+    from llmkit.recipes.pretrain import publish_final
+    from llmkit.recipes.tuning import METHODS, base_reference, finetune_saver, load_base, setup_method
+    from llmkit.tokenizer import Tokenizer
+
+    # --- check settings and read everything that can fail before loading the model ----------
+    if method not in METHODS:
+        raise LLMKitError(f"unknown method '{method}': choose from {', '.join(METHODS)}")
+    quantize = None if quantize in (None, "none") else quantize
+    if quantize is not None and quantize not in ("int8", "nf4"):
+        raise LLMKitError(f"unknown quantization '{quantize}': choose int8 or nf4 (QLoRA)")
+    if method == "lora":
+        lora.validate()
+    if truncation not in instruct.TRUNCATION:
+        raise LLMKitError(f"truncation must be one of {', '.join(instruct.TRUNCATION)}, got '{truncation}'")
+    if samples < 0 or sample_tokens < 1 or eval_batches < 1:
+        raise LLMKitError("samples must be >= 0, sample_tokens and eval_batches >= 1")
+    if epochs is not None and (train.max_steps or train.max_tokens or train.max_time):
+        raise LLMKitError("give either --epochs or a --train budget (max_steps, max_tokens, max_time), not both")
+    if epochs is not None and not epochs > 0:
+        raise LLMKitError(f"epochs must be > 0, got {epochs}")
+    model_dir = resolve_model_dir(model)
+    if read_adapter_config(model_dir) is not None:
+        raise LLMKitError(f"{model}: a LoRA adapter; merge it first (llmkit merge-lora {model} --out DIR) "
+                          "and finetune the merged model")
+    tokenizer = Tokenizer.from_dir(model_dir)
+    style = instruct.resolve_prompt_style(tokenizer, prompt_style)
+    examples = instruct.load_examples(data)
+    if val_data is not None:
+        train_ex, val_ex = examples, instruct.load_examples(val_data)
+    else:
+        train_ex, val_ex = instruct.split_examples(examples, val_fraction, train.seed)
+
+    rt = setup_runtime(train)
+    torch.manual_seed(train.seed)  # LoRA's A matrices: the same init on every process
+    loaded = load_base(str(model_dir))
+    net, cfg = loaded.model, loaded.config
+    if tokenizer.vocab_size > cfg.vocab_size:
+        raise LLMKitError(f"{model_dir}: the tokenizer has {tokenizer.vocab_size} tokens but the model only "
+                          f"{cfg.vocab_size} embeddings")
+    T = max_seq_len or cfg.block_size
+    if not 1 <= T <= cfg.block_size:
+        raise LLMKitError(f"max_seq_len must be between 1 and the model's context ({cfg.block_size}), got {T}")
+
+    # --- data --------------------------------------------------------------------------------
+    # An example of n tokens gives n - 1 (input, target) pairs: T inputs need T + 1 tokens.
+    train_enc, train_stats = instruct.encode_all(train_ex, style, tokenizer, T + 1, mask_prompt, truncation)
+    val_enc, val_stats = instruct.encode_all(val_ex, style, tokenizer, T + 1, mask_prompt=True, truncation=truncation)
+    pad_id = next(i for i in (tokenizer.pad_id, tokenizer.eos_id, 0) if i is not None)
+    batches = instruct.InstructBatches(train_enc, train.micro_batch_size, pad_id, seed=train.seed, packing=packing,
+                                       seq_len=T, rank=rt.rank, world_size=rt.world)
+    # Validation always on whole, unpacked examples with the prompt masked: the same number
+    # whatever the training settings, so runs compare.
+    val_batches = instruct.eval_batches(val_enc, train.micro_batch_size, pad_id, eval_batches)
+
+    # --- method and loop settings ------------------------------------------------------------
+    bytes_before = weight_bytes(net)
+    n_params = sum(p.numel() for p in net.parameters())  # the base model's (a quantized base has buffers, not parameters)
+    method_line = setup_method(net, method, lora, train_last, quantize)
+    bytes_after = weight_bytes(net)
+    n_trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
+    changes: dict = {}
+    if method != "lora" and train.lr == LORA_LR:
+        changes["lr"] = FULL_LR
+    steps_per_epoch = math.ceil(batches.steps_per_epoch / train.grad_accum)
+    if not (train.max_steps or train.max_tokens or train.max_time):
+        changes["max_steps"] = max(1, math.ceil((epochs or 1.0) * steps_per_epoch))
+    tc = dataclasses.replace(train, **changes) if changes else train
+
+    out_dir = Path(out)
+    resuming = tc.resume != "none" and (find_latest(out_dir) if tc.resume == "auto" else Path(tc.resume)) is not None
+    if rt.main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        print(f"model: {cfg.name} from {model_dir}; {method_line}", flush=True)
+        print(f"prompt style: {style.name}; mask_prompt {mask_prompt}; packing {packing}; max_seq_len {T}", flush=True)
+        print(instruct.EncodeStats.line(train_stats, "train") + f"; {steps_per_epoch} steps per epoch", flush=True)
+        if val_ex:
+            print(instruct.EncodeStats.line(val_stats, "val"), flush=True)
+        print(f"lr {tc.lr:g}, {tc.max_steps or '-'} steps, micro-batch {tc.micro_batch_size} x {tc.grad_accum}",
+              flush=True)
+
+    # --- evaluation: validation loss, and sample answers -------------------------------------
+    def evaluate(m) -> dict:
+        return mean_lm_loss(m, val_batches) if val_batches else {}
+
+    # Sample prompts: the first held-out examples whose prompt leaves room for an answer.
+    sample_set = []
+    for ex in val_ex:
+        if len(sample_set) >= samples:
+            break
+        ids = instruct.encode_prompt(ex, style, tokenizer)
+        if len(ids) + sample_tokens <= cfg.block_size:
+            sample_set.append((ex, ids))
+    baseline_path = out_dir / "baseline.json"
+
+    def on_eval(step: int, m, metrics: dict) -> None:
+        if step == 0 and metrics and not baseline_path.exists():
+            from llmkit.checkpoint import atomic_write_json
+
+            atomic_write_json(baseline_path, metrics)
+        if sample_set and rt.mode != "fsdp":  # an FSDP model is sharded: rank 0 alone cannot run it
+            write_samples(m, tokenizer, style, sample_set, step, sample_tokens, out_dir / "samples.jsonl")
+
+    template = None
+    if not tokenizer.chat_template and style.name in STYLE_TEMPLATES:
+        template = style_template(style.name, tokenizer.add_bos and tokenizer.bos_id is not None)
+
+    def extra(d: Path) -> None:
+        if template is not None:  # see STYLE_TEMPLATES
+            from llmkit.checkpoint import atomic_write_text
+
+            atomic_write_text(d / "chat_template.jinja", template)
+
+    save_fn = finetune_saver(net, method, base_reference(model),
+                             loaded.path, lora, quantize, extra=extra)
+    # MFU only for full finetuning: with frozen weights the backward pass skips their
+    # gradients, so the 6N FLOPs/token of a full step would overstate the work.
+    trainer = Trainer(net, tc, out_dir, batches, causal_lm_loss, evaluate=evaluate if val_batches else None,
+                      on_eval=on_eval, save_fn=save_fn, trainable_only=(method == "lora"),
+                      flops_per_token=cfg.flops_per_token(T) if method == "full" else None, runtime=rt)
+    if not resuming and not tc.eval_every and val_batches:
+        trainer.run_eval()  # the loop evaluates at step 0 only with eval_every: the "before" numbers
+    result = trainer.fit()
+
+    if rt.main:
+        final = out_dir / "final"
+        publish_final(result["checkpoint"], final)
+        before = json.loads(baseline_path.read_text()) if baseline_path.exists() else {}
+        summary = {
+            "model": str(model), "method": method, "final": str(final), "prompt_style": style.name,
+            "params": n_params, "trainable_params": n_trainable, "trainable_percent": 100 * n_trainable / n_params,
+            "quantize": quantize, "weight_bytes_before": bytes_before, "weight_bytes_after": bytes_after,
+            "weight_bytes_saved": bytes_before - bytes_after if quantize else 0,
+            "lr": tc.lr, "steps": result["step"], "tokens": result["tokens"], "epochs": round(
+                result["step"] * tc.grad_accum / batches.steps_per_epoch, 3),
+            "step_time_s": trainer.elapsed / max(result["step"], 1),
+            "train_loss": result.get("loss"),
+            "val_loss_before": before.get("val_loss"), "val_ppl_before": before.get("val_ppl"),
+            "val_loss_after": result.get("val_loss"), "val_ppl_after": result.get("val_ppl"),
+            "train_examples": dataclasses.asdict(train_stats), "val_examples": dataclasses.asdict(val_stats),
+            "packing": packing, "mask_prompt": mask_prompt, "max_seq_len": T,
+        }
+        if method == "lora":
+            summary["adapter_bytes"] = sum(f.stat().st_size for f in final.glob("adapter*.safetensors"))
+        (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        if summary["val_loss_before"] is not None and summary["val_loss_after"] is not None:
+            print(f"val loss {summary['val_loss_before']:.4f} -> {summary['val_loss_after']:.4f}", flush=True)
+        print(f"done: step {result['step']}, {result['tokens']:,} trained tokens; model in {final}", flush=True)
+        result = {**result, "final": str(final), "summary": summary}
+    return result
+
+
+def write_samples(model, tokenizer, style, sample_set, step: int, max_new_tokens: int, path: Path) -> list[dict]:
+    """Greedy answers to the sample prompts: printed, and appended to `path` as JSON lines
+    {step, prompt, response, reference}. Greedy decoding draws no random numbers, so samples
+    do not change the training run (resume stays exact)."""
+    from llmkit.generate import generate_batch
+
+    was_training = model.training
+    model.eval()
+    stop_ids = set(tokenizer.eos_ids) | style.stop_token_ids(tokenizer)
+    try:
+        with torch.no_grad():
+            done = generate_batch(model, tokenizer, [ids for _, ids in sample_set], max_new_tokens=max_new_tokens,
+                                  temperature=0.0, stop=tuple(style.stop_strings), stop_ids=stop_ids)
+    finally:
+        model.train(was_training)
+    rows = [{"step": step, "prompt": ex.prompt, "response": c.text.strip(), "reference": ex.reference}
+            for (ex, _), c in zip(sample_set, done)]
+    with open(path, "a", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    from tqdm.auto import tqdm
+
+    for r in rows:  # through tqdm: the loop's progress bar is redrawn below, not mixed in
+        tqdm.write(f"  [step {step}] {_short(r['prompt'])!r} -> {_short(r['response'])!r}")
+    return rows
+
+
+def _short(text: str, n: int = 80) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= n else text[: n - 3] + "..."

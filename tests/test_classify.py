@@ -1,0 +1,264 @@
+"""Text classification (`llmkit classify train/predict`): reading labelled tables, splits,
+metrics, a separable set learned, the three methods, exact resume, predictions that reproduce
+the training run's test metrics, and bad input -> one-line errors. Tiny models, crafted data."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import llmkit.recipes.classify as cl
+from llmkit.checkpoint import load_model, load_weights
+from llmkit.cli import main
+from llmkit.errors import LLMKitError
+from llmkit.training.loop import TrainConfig
+from tests.test_generate import build_model_dir
+
+# Two classes told apart by which words occur (anywhere in the text), over shared filler words.
+FILLER = ["the", "model", "reads", "a", "short", "story", "about", "time", "and", "text"]
+CUES = {"sport": ["goal", "match", "team"], "food": ["bread", "soup", "cake"]}
+
+
+def separable(n: int, seed: int = 0) -> list[tuple[str, str]]:
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        label = "sport" if i % 2 else "food"
+        words = [rng.choice(FILLER) for _ in range(rng.randint(3, 7))]
+        for _ in range(2):
+            words.insert(rng.randint(0, len(words)), rng.choice(CUES[label]))
+        rows.append((label, " ".join(words)))
+    return rows
+
+
+def write_table(path: Path, rows, header=("label", "text"), delimiter="\t") -> Path:
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f, delimiter=delimiter, lineterminator="\n",
+                       quoting=csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL, escapechar="\\")
+        w.writerow(header)
+        w.writerows(rows)
+    return path
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory) -> Path:
+    return build_model_dir(tmp_path_factory.mktemp("cls") / "base")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return write_table(tmp_path_factory.mktemp("clsdata") / "train.tsv", separable(160))
+
+
+def args(base, data, out, *extra) -> list[str]:
+    return ["classify", "train", str(base), "--data", str(data), "--out", str(out), "--train.tensorboard", "false",
+            "--train.warmup_steps", "0", "--train.micro_batch_size", "8", "--train.lr", "2e-3", *extra]
+
+
+def metrics(out: Path) -> dict:
+    return json.loads((out / "metrics.json").read_text())
+
+
+def losses(out: Path) -> dict[int, str]:
+    with open(out / "metrics.csv") as f:
+        return {int(r["step"]): r["value"] for r in csv.DictReader(f) if r["metric"] == "loss"}
+
+
+# --- reading tables -------------------------------------------------------------------------------
+def test_tsv_keeps_quotes_and_csv_unquotes(tmp_path):
+    # SMS Spam Collection style: a message may start with a double quote, which TSV keeps.
+    tsv = tmp_path / "a.tsv"
+    tsv.write_text('Label\tSMS\nham\t"Hi" she said, ok\nspam\tWIN "now"\n')
+    t = cl.read_labeled(tsv, "sms", "label")  # case-insensitive column match
+    assert t.texts == ['"Hi" she said, ok', 'WIN "now"'] and t.labels == ["ham", "spam"]
+    c = write_table(tmp_path / "b.csv", [("x", 'a, "quoted" text'), ("y", "line one")], delimiter=",")
+    t = cl.read_labeled(c)
+    assert t.texts == ['a, "quoted" text', "line one"] and t.labels == ["x", "y"]
+
+
+@pytest.mark.parametrize("content,kwargs,match", [
+    ("", {}, "empty file"),
+    ("label\ttext\n", {}, "only a header row"),
+    ("label\ttext\nx\thello\n", {"label_col": "category"}, "no label column 'category' (columns found: 'label', 'text')"),
+    ("label\ttext\nx\thello\n", {"text_col": "body"}, "no text column 'body'"),
+    ("label\ttext\nx\t  \n", {}, "line 2: empty text"),
+    ("label\ttext\n\thello\n", {}, "line 2: empty label"),
+    ("label\ttext\tother\nx\n", {}, "line 2 has 1 field(s)"),
+])
+def test_bad_tables_are_one_line_errors(tmp_path, content, kwargs, match):
+    p = tmp_path / "t.tsv"
+    p.write_text(content)
+    with pytest.raises(LLMKitError) as e:
+        cl.read_labeled(p, **kwargs)
+    assert match in str(e.value) and str(p) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_stratified_split_keeps_proportions_and_balance_downsamples():
+    labels = ["a"] * 80 + ["b"] * 20
+    val, test, train = cl.stratified_split(labels, (0.1, 0.2), seed=3)
+    assert sorted(val + test + train) == list(range(100))  # disjoint and complete
+    count = lambda idx, y: sum(labels[i] == y for i in idx)  # noqa: E731
+    assert (count(val, "a"), count(val, "b")) == (8, 2)
+    assert (count(test, "a"), count(test, "b")) == (16, 4)
+    assert cl.stratified_split(labels, (0.1, 0.2), seed=3) == [val, test, train]  # seeded
+    kept = cl.balanced(list(range(100)), labels, seed=0)
+    assert count(kept, "a") == count(kept, "b") == 20 and set(i for i in kept if labels[i] == "b") == set(range(80, 100))
+
+
+def test_classification_report_by_hand():
+    # true: a a a b b c ; predicted: a b a b c c
+    r = cl.classification_report([0, 0, 0, 1, 1, 2], [0, 1, 0, 1, 2, 2], ["a", "b", "c"])
+    assert r["confusion_matrix"] == [[2, 1, 0], [0, 1, 1], [0, 0, 1]]
+    assert r["accuracy"] == pytest.approx(4 / 6)
+    assert r["per_class"]["a"] == {"precision": 1.0, "recall": pytest.approx(2 / 3), "f1": pytest.approx(0.8), "support": 3}
+    assert r["per_class"]["b"]["precision"] == 0.5 and r["per_class"]["b"]["recall"] == 0.5
+    assert r["per_class"]["c"]["precision"] == 0.5 and r["per_class"]["c"]["recall"] == 1.0
+    assert r["macro_f1"] == pytest.approx((0.8 + 0.5 + 2 / 3) / 3)
+
+
+def test_right_padding_does_not_change_a_texts_logits(base):
+    net = load_model(base, dtype=torch.float32).model.eval()
+    torch.manual_seed(0)
+    cl.attach_head(net, 3)
+    short, long = [5, 9, 30, 41], [7, 8, 9, 10, 11, 12, 13]
+    idx, last = cl.collate([short, long], pad_id=0)
+    with torch.no_grad():
+        both = cl.class_logits(net, idx, last)
+        alone = cl.class_logits(net, torch.tensor([short]), torch.tensor([3]))
+    assert both.shape == (2, 3) and torch.allclose(both[0], alone[0], atol=1e-6)
+
+
+# --- training -------------------------------------------------------------------------------------
+def test_full_classifier_learns_a_separable_set_and_predict_reproduces_its_test_metrics(base, data, tmp_path):
+    out = tmp_path / "full"
+    main(args(base, data, out, "--train.max_steps", "60", "--train.eval_every", "30"))
+    m = metrics(out)
+    assert m["labels"] == ["food", "sport"] and m["examples"] == {"train": 112, "val": 16, "test": 32}
+    assert m["val"]["accuracy"] >= 0.9 and m["test"]["accuracy"] >= 0.9, (m["val"]["accuracy"], m["test"]["accuracy"])
+    assert sum(map(sum, m["test"]["confusion_matrix"])) == 32
+    md = (out / "confusion_matrix.md").read_text()
+    assert "| true \\ predicted | food | sport |" in md and "### test" in md
+    final = out / "final"
+    meta = json.loads((final / "classifier.json").read_text())
+    assert meta["labels"] == ["food", "sport"] and meta["method"] == "full"
+    assert (final / "model.safetensors").exists() and (final / "tokenizer.json").exists()
+
+    # The saved classifier, loaded by `classify predict`, labels the whole file as the trained
+    # model did its test split: on the held-out part it must agree with metrics.json.
+    net, tok, meta = cl.load_classifier(out)
+    texts = cl.read_labeled(data)
+    probs = cl.predict_proba(net, [t[:meta["max_seq_len"]] for t in tok.encode_batch(texts.texts)], 2, meta["pad_id"])
+    val, test, _ = cl.stratified_split(texts.labels, (0.1, 0.2), seed=TrainConfig().seed)  # the run's split
+    acc = sum(meta["labels"][int(probs[i].argmax())] == texts.labels[i] for i in test) / len(test)
+    assert acc == pytest.approx(m["test"]["accuracy"])
+
+    # CLI prediction: positional texts printed; a file written with the input's columns kept.
+    pred = tmp_path / "pred.csv"
+    r = subprocess.run([sys.executable, "-m", "llmkit", "classify", "predict", str(out), "--file", str(data),
+                        "--out", str(pred)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = list(csv.DictReader(open(pred)))
+    assert list(rows[0]) == ["label", "text", "prediction", "probability"] and len(rows) == 160
+    assert [row["prediction"] for row in rows] == [meta["labels"][int(k)] for k in probs.argmax(-1)]
+    assert "accuracy" in r.stdout  # scored against the file's label column
+    r = subprocess.run([sys.executable, "-m", "llmkit", "classify", "predict", str(final),
+                        "goal team the match", "bread and soup"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    lines = r.stdout.strip().splitlines()
+    assert [line.split("\t")[0] for line in lines] == ["sport", "food"]
+
+
+def test_lora_classifier_saves_adapter_and_head_only(base, data, tmp_path):
+    out = tmp_path / "lora"
+    main(args(base, data, out, "--method", "lora", "--lora.r", "4", "--lora.targets", "q", "v",
+              "--train.max_steps", "40", "--train.eval_every", "0", "--train.lr", "5e-3"))
+    final = out / "final"
+    sd = load_weights(final)
+    assert (final / "adapter_config.json").exists() and not (final / "model.safetensors").exists()
+    assert set(sd) == {k for k in sd if "lora_" in k} | {"lm_head.weight", "lm_head.bias"}
+    assert sd["lm_head.weight"].shape == (2, 64)
+    assert {k.split(".")[-2] for k in sd if "lora_" in k} == {"q", "v"}
+    assert metrics(out)["test"]["accuracy"] >= 0.8  # chance: 0.5
+    net, _, meta = cl.load_classifier(final)  # base + adapter + head, merged
+    assert meta["method"] == "lora" and net.lm_head.weight.shape == (2, 64)
+
+
+def test_freeze_trains_only_the_head_and_last_block(base, data, tmp_path):
+    out = tmp_path / "freeze"
+    main(args(base, data, out, "--method", "freeze", "--train_last", "1", "--train.max_steps", "5",
+              "--train.eval_every", "0", "--test_fraction", "0"))
+    before = load_model(base, dtype=torch.float32).model.state_dict()
+    after = load_weights(out / "final")
+    assert after["lm_head.weight"].shape == (2, 64)  # the vocabulary head is gone
+    for k, v in before.items():
+        if k.startswith("blocks.0.") or k.startswith("embed."):
+            assert torch.equal(after[k], v), k  # bitwise unchanged
+    assert not torch.equal(after["blocks.1.attn.q.weight"], before["blocks.1.attn.q.weight"])
+    assert "test" not in metrics(out)
+
+
+@pytest.mark.parametrize("method,extra", [
+    ("full", []),
+    ("lora", ["--lora.dropout", "0.1"]),  # dropout: the RNG state must resume too
+])
+def test_interrupted_and_resumed_equals_uninterrupted(base, data, tmp_path, monkeypatch, method, extra):
+    common = ["--method", method, *extra, "--train.max_steps", "7", "--train.eval_every", "3",
+              "--train.save_every", "0"]
+    ref = tmp_path / "ref"
+    main(args(base, data, ref, *common))
+    out = tmp_path / "resumed"
+    calls = [0]
+    real = cl.class_logits
+
+    def killed_at_4(model, idx, last):  # a real SIGTERM during training step 4
+        if torch.is_grad_enabled():
+            calls[0] += 1
+            if calls[0] == 4:
+                os.kill(os.getpid(), signal.SIGTERM)
+        return real(model, idx, last)
+
+    monkeypatch.setattr(cl, "class_logits", killed_at_4)
+    with pytest.raises(SystemExit) as e:
+        main(args(base, data, out, *common))
+    assert e.value.code == 128 + signal.SIGTERM
+    assert (out / "checkpoints" / "step-00000004").is_dir()
+    monkeypatch.setattr(cl, "class_logits", real)
+    main(args(base, data, out, *common, "--train.resume", "auto"))
+    a, b = losses(ref), losses(out)
+    assert sorted(a) == sorted(b) == list(range(1, 8)) and a == b
+    wa, wb = load_weights(ref / "final"), load_weights(out / "final")
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert metrics(ref)["test"] == metrics(out)["test"]
+
+
+# --- errors ---------------------------------------------------------------------------------------
+def run_cli(*argv) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "llmkit", *map(str, argv)], capture_output=True, text=True)
+
+
+def one_line_error(r: subprocess.CompletedProcess, match: str) -> None:
+    assert r.returncode == 1, r.stderr[-2000:]
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and match in lines[0], r.stderr
+
+
+def test_cli_errors_exit_1(base, data, tmp_path):
+    one_line_error(run_cli(*args(base, data, tmp_path / "o", "--label_col", "category")),
+                   "no label column 'category' (columns found: 'label', 'text')")
+    one_class = write_table(tmp_path / "one.tsv", [("a", f"text {i}") for i in range(10)])
+    one_line_error(run_cli(*args(base, one_class, tmp_path / "o")), "only one class ('a')")
+    val = write_table(tmp_path / "val.tsv", [("food", "soup"), ("drink", "tea")])
+    one_line_error(run_cli(*args(base, data, tmp_path / "o", "--val_data", val)),
+                   "val labels ['drink'] do not occur in the training data")
+    one_line_error(run_cli(*args(base, tmp_path / "missing.tsv", tmp_path / "o")), "no such file")
+    one_line_error(run_cli("classify", "predict", base, "hello"), "not a classifier (no classifier.json)")
+    one_line_error(run_cli("classify", "predict", tmp_path / "nothing", "hello"), "no such classifier directory")

@@ -1,0 +1,347 @@
+"""Instruction finetuning: prompt masking, packing, the three methods (+ QLoRA), exact resume,
+adapter-only checkpoints, bad data -> one-line errors. Tiny models and crafted data only."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import llmkit.recipes.finetune as ft
+from llmkit.checkpoint import load_model, load_weights
+from llmkit.cli import main
+from llmkit.data.instruct import (
+    InstructBatches,
+    encode_all,
+    encode_example,
+    load_examples,
+    pack,
+    parse_record,
+    resolve_prompt_style,
+)
+from llmkit.errors import LLMKitError
+from llmkit.prompts import Alpaca, ChatML, PromptStyle, alpaca_prompt
+from llmkit.tokenizer import Tokenizer
+from llmkit.training.losses import IGNORE_INDEX
+from tests.test_generate import build_model_dir
+
+# A fixed mapping a 2-layer model learns in a few dozen steps: the answer depends on the
+# instruction only, so held-out records (same mapping, other phrasings) measure learning.
+PAIRS = [("fox", "dog"), ("cat", "mat"), ("world", "hello"), ("model", "token"), ("story", "time"),
+         ("quick", "brown"), ("lazy", "jumps"), ("small", "write")]
+PHRASES = ["What goes with {}?", "Pair for {}:", "Answer the word for {}", "{} goes with"]
+
+
+def mapping_records(n: int, seed: int = 0) -> list[dict]:
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        a, b = rng.choice(PAIRS)
+        rec = {"instruction": rng.choice(PHRASES).format(a), "output": f"{b} and {b}"}
+        if rng.random() < 0.3:
+            rec["input"] = "one word"
+        out.append(rec)
+    return out
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory) -> Path:
+    return build_model_dir(tmp_path_factory.mktemp("ft") / "base")
+
+
+@pytest.fixture(scope="module")
+def tok(base) -> Tokenizer:
+    return Tokenizer.from_dir(base)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    p = tmp_path_factory.mktemp("ftdata") / "train.json"
+    p.write_text(json.dumps(mapping_records(96)))
+    return p
+
+
+def args(base, data, out, *extra) -> list[str]:
+    return ["finetune", str(base), str(data), "--out", str(out), "--train.tensorboard", "false",
+            "--train.warmup_steps", "0", "--train.micro_batch_size", "8", "--samples", "2", "--sample_tokens", "6",
+            *extra]
+
+
+def losses(out: Path) -> dict[int, str]:
+    with open(out / "metrics.csv") as f:
+        return {int(r["step"]): r["value"] for r in csv.DictReader(f) if r["metric"] == "loss"}
+
+
+def summary(out: Path) -> dict:
+    return json.loads((out / "summary.json").read_text())
+
+
+class Spy(ft.Trainer):
+    """The recipe's Trainer, remembered, so a test can look at the trained model in memory."""
+
+    last = None
+
+    def __init__(self, *a, **k):
+        super().__init__(*a, **k)
+        Spy.last = self
+
+
+# --- rendering and masking ----------------------------------------------------------------------
+def test_alpaca_prompt_is_masked_and_answer_ends_with_eos(tok):
+    rec = parse_record({"instruction": "Name a pet", "input": "small", "output": "a cat"}, "r")
+    enc = encode_example(rec, Alpaca(), tok)
+    prompt = alpaca_prompt("Name a pet", "small")
+    n = len(tok.encode(prompt))
+    assert enc.prompt_len == n and n > 10
+    assert enc.labels[:n] == [IGNORE_INDEX] * n
+    assert enc.ids[n:] == tok.encode("a cat", bos=False) + [tok.eos_id] == enc.labels[n:]
+    assert tok.decode(enc.ids[:n]) == prompt
+    unmasked = encode_example(rec, Alpaca(), tok, mask_prompt=False)
+    assert unmasked.labels == unmasked.ids == enc.ids
+
+
+@pytest.mark.parametrize("style_name", ["auto", "chatml", "alpaca", "llama3"])
+def test_multi_turn_messages_train_on_every_assistant_turn_only(tok, style_name):
+    msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there"},
+            {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Who are you?"},
+            {"role": "assistant", "content": "A small fox."}]
+    ex = parse_record({"messages": msgs}, "r")
+    style = resolve_prompt_style(tok, style_name)
+    enc = encode_example(ex, style, tok)
+    assert len(enc.ids) == len(enc.labels)
+    # The trained spans, in order: each assistant reply and what ends it (its end-of-turn
+    # marker, or EOS for a style without one); everything else is masked.
+    spans, i = [], 0
+    while i < len(enc.labels):
+        if enc.labels[i] == IGNORE_INDEX:
+            i += 1
+            continue
+        j = i
+        while j < len(enc.labels) and enc.labels[j] != IGNORE_INDEX:
+            j += 1
+        assert enc.labels[i:j] == enc.ids[i:j]
+        spans.append((i, j))
+        i = j
+    assert len(spans) == 2
+    end = {"auto": "<|im_end|>", "chatml": "<|im_end|>", "alpaca": "<|im_end|>", "llama3": "<|eot_id|>"}[style_name]
+    for (a, b), k, reply in zip(spans, (2, 4), ("Hello!", "A small fox.")):
+        # The masked text before a reply is exactly the style's prompt for it (alpaca: plus the
+        # EOS that ended each earlier reply, since the style has no end-of-turn marker).
+        prefix = [t for t in enc.ids[:a] if style_name != "alpaca" or t != tok.eos_id]
+        assert tok.decode(prefix, skip_special=False) == style.render(msgs[:k], add_generation_prompt=True)
+        assert tok.decode(enc.ids[a:b], skip_special=False) == reply + end  # (tok's EOS is <|im_end|>)
+    assert enc.prompt_len == spans[1][0]
+
+
+def test_builtin_style_templates_render_like_the_styles(tok):
+    convs = [[{"role": "user", "content": "Hi"}],
+             [{"role": "system", "content": "S"}, {"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
+              {"role": "user", "content": "c"}]]
+    for name, builtin in (("alpaca", Alpaca()), ("chatml", ChatML())):
+        jinja = PromptStyle.from_template(ft.style_template(name, add_bos=False), tok.special_tokens)
+        for c in convs:
+            for gen in (True, False):
+                assert jinja.render(c, add_generation_prompt=gen) == builtin.render(c, add_generation_prompt=gen)
+
+
+def test_truncation_is_counted(tok):
+    recs = [parse_record({"instruction": "word " * 40, "output": "fox"}, "r1"),
+            parse_record({"instruction": "short", "output": "fox " * 40}, "r2")]
+    limit = encode_example(recs[1], Alpaca(), tok).prompt_len + 10  # r2's prompt fits, its answer does not
+    assert encode_example(recs[0], Alpaca(), tok).prompt_len > limit
+    _, st = encode_all(recs, Alpaca(), tok, max_len=limit, truncation="drop")
+    assert (st.examples, st.dropped, st.truncated) == (0, 2, 0)
+    enc, st = encode_all(recs, Alpaca(), tok, max_len=limit, truncation="truncate")
+    # r1's prompt alone is longer than the limit: nothing left to train on, dropped.
+    assert (st.examples, st.dropped, st.truncated) == (1, 1, 1)
+    assert len(enc[0]) == limit and enc[0].truncated and enc[0].n_trained == 10
+
+
+def test_packing_fills_rows_and_keeps_masks(tok):
+    recs = [parse_record(r, "r") for r in mapping_records(20)]
+    enc, _ = encode_all(recs, Alpaca(), tok, max_len=1000)
+    T = 32
+    packed = pack(enc, T, seed=3)
+    stream_ids = torch.tensor(packed.ids)
+    stream_labels = torch.tensor(packed.labels)
+    assert len(stream_ids) == sum(len(e) for e in enc)
+    # The stream is the examples, each with its own mask, in some order.
+    assert stream_labels.ne(IGNORE_INDEX).sum() == sum(sum(1 for y in e.labels if y != IGNORE_INDEX) for e in enc)
+    assert any(stream_labels[:len(enc[0])].eq(IGNORE_INDEX))  # prompts stay masked in the stream
+    x, y = packed.rows(list(range(len(packed))), pad_id=0)
+    assert x.shape == (len(packed), T)
+    n_full = (len(stream_ids) - 1) // T
+    flat_x, flat_y = x[:n_full].flatten(), y[:n_full].flatten()
+    assert torch.equal(flat_x, stream_ids[: n_full * T])  # full rows, no padding
+    assert torch.equal(flat_y, stream_labels[1: n_full * T + 1])  # targets shifted by one, masks kept
+    rest = len(stream_ids) - 1 - n_full * T  # the last row: the stream's tail, then padding with no loss
+    assert len(packed) == n_full + 1 and 0 < rest < T
+    assert torch.equal(x[n_full, :rest], stream_ids[n_full * T:-1])
+    assert torch.equal(y[n_full, :rest], stream_labels[n_full * T + 1:])
+    assert bool((y[n_full, rest:] == IGNORE_INDEX).all())
+    batches = InstructBatches(enc, 4, pad_id=0, seed=3, packing=True, seq_len=T)
+    bx, by = next(batches)
+    assert bx.shape == by.shape == (4, T)
+
+
+# --- training -----------------------------------------------------------------------------------
+def test_instruction_finetuning_lowers_validation_loss(base, data, tmp_path):
+    out = tmp_path / "full"
+    main(args(base, data, out, "--method", "full", "--train.lr", "3e-3", "--train.max_steps", "30",
+              "--train.eval_every", "0"))
+    s = summary(out)
+    assert s["val_loss_after"] < s["val_loss_before"] - 1.0, s
+    assert s["train_examples"]["examples"] + s["val_examples"]["examples"] == 96
+    rows = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert {r["step"] for r in rows} == {0, 30} and all(r["reference"].endswith(r["reference"].split()[0]) for r in rows)
+    assert (out / "final" / "model.safetensors").exists()
+
+
+def test_lora_writes_only_the_adapter_and_keeps_the_base(base, data, tmp_path, monkeypatch):
+    monkeypatch.setattr(ft, "Trainer", Spy)
+    out = tmp_path / "lora"
+    main(args(base, data, out, "--method", "lora", "--lora.r", "4", "--train.lr", "5e-3", "--train.max_steps", "8",
+              "--train.eval_every", "4"))
+    final = out / "final"
+    names = {p.name for p in final.iterdir()}
+    assert {"adapter.safetensors", "adapter_config.json", "tokenizer.json"} <= names
+    assert "model.safetensors" not in names
+    assert (final / "adapter.safetensors").stat().st_size * 5 < (base / "model.safetensors").stat().st_size
+    assert all("lora_" in k for k in load_weights(final))
+    # Frozen base weights bitwise unchanged in the trained model; the adapters moved.
+    ref = load_model(base, dtype=torch.float32).model.state_dict()
+    trained = Spy.last.raw_model.state_dict()
+    for k, v in trained.items():
+        if "lora_" in k:
+            continue
+        key = k.replace(".base.", ".")
+        assert torch.equal(v, ref[key]), k
+    assert any(trained[k].abs().sum() > 0 for k in trained if "lora_b" in k)
+    s = summary(out)
+    assert s["trainable_params"] < s["params"] / 5 and s["val_loss_after"] < s["val_loss_before"]
+    loaded = load_model(final)
+    assert loaded.kind == "lora"
+    r = subprocess.run([sys.executable, "-m", "llmkit", "generate", str(final), "--prompt", "What goes with fox?",
+                        "--max_new_tokens", "5", "--temperature", "0", "--style", "auto"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "tokens/sec" in r.stderr
+
+
+def test_freeze_trains_only_the_last_blocks(base, data, tmp_path, monkeypatch):
+    monkeypatch.setattr(ft, "Trainer", Spy)
+    out = tmp_path / "freeze"
+    main(args(base, data, out, "--method", "freeze", "--train_last", "1", "--train.max_steps", "3",
+              "--train.eval_every", "0", "--samples", "0"))
+    assert summary(out)["lr"] == ft.FULL_LR  # the full/freeze default rate, not LoRA's
+    ref = load_model(base, dtype=torch.float32).model.state_dict()
+    trained = Spy.last.raw_model.state_dict()
+    for k, v in trained.items():
+        if k.startswith("blocks.1.") or k in ("norm.weight", "lm_head.weight"):
+            assert not torch.equal(v, ref[k]), k
+        else:
+            assert torch.equal(v, ref[k]), k
+    assert load_model(out / "final").kind in ("llmkit", "hf")
+
+
+@pytest.mark.parametrize("method,extra", [
+    ("full", ["--train.lr", "1e-3"]),
+    ("lora", ["--lora.dropout", "0.1", "--train.lr", "3e-3"]),  # dropout: the RNG state must resume too
+    ("freeze", ["--train_last", "1", "--train.lr", "1e-3"]),
+])
+def test_interrupted_and_resumed_equals_uninterrupted(base, data, tmp_path, monkeypatch, method, extra):
+    common = ["--method", method, *extra, "--train.max_steps", "7", "--train.eval_every", "3",
+              "--train.save_every", "0", "--samples", "1"]
+    ref = tmp_path / "ref"
+    main(args(base, data, ref, *common))
+    out = tmp_path / "resumed"
+    calls = [0]
+    real = ft.causal_lm_loss
+
+    def killed_at_4(model, batch):  # a real SIGTERM during step 4: checkpoint after it, exit
+        calls[0] += 1
+        if calls[0] == 4:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(model, batch)
+
+    monkeypatch.setattr(ft, "causal_lm_loss", killed_at_4)
+    with pytest.raises(SystemExit) as e:
+        main(args(base, data, out, *common))
+    assert e.value.code == 128 + signal.SIGTERM
+    assert (out / "checkpoints" / "step-00000004").is_dir()
+    monkeypatch.setattr(ft, "causal_lm_loss", real)
+    main(args(base, data, out, *common, "--train.resume", "auto"))
+    a, b = losses(ref), losses(out)
+    assert sorted(a) == sorted(b) == list(range(1, 8))
+    assert a == b
+    wa, wb = load_weights(ref / "final"), load_weights(out / "final")
+    assert wa.keys() == wb.keys()
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert summary(out)["val_loss_before"] == summary(ref)["val_loss_before"]
+
+
+def test_qlora_int8_runs_and_reports_memory_saved(base, data, tmp_path):
+    out = tmp_path / "qlora"
+    main(args(base, data, out, "--method", "lora", "--quantize", "int8", "--train.max_steps", "3",
+              "--train.eval_every", "0", "--samples", "0", "--packing", "true", "--max_seq_len", "48"))
+    s = summary(out)
+    assert s["quantize"] == "int8"
+    # The blocks' linear weights go from 4 bytes to 1 (+ a scale per row); the LoRA adapters
+    # (fp32) are added. Embeddings and norms stay as they are.
+    net = load_model(base, dtype=torch.float32).model
+    linear = sum(m.weight.numel() * 4 for b in net.blocks for m in b.modules() if isinstance(m, torch.nn.Linear))
+    assert s["weight_bytes_saved"] >= 0.7 * linear - 4 * s["trainable_params"] > 0
+    assert s["weight_bytes_after"] == s["weight_bytes_before"] - s["weight_bytes_saved"]
+    assert json.loads((out / "final" / "adapter_config.json").read_text())["quantize"] == "int8"
+    assert load_model(out / "final").kind == "lora"
+
+
+# --- errors -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("content,match", [
+    ('[{"instruction": "a"}]', "record 1: missing field 'output'"),
+    ("", "empty file"),
+    ('{"instruction": "a", "output": "b"}\n{"instruction": "a" "output": "b"}\n', "line 2: invalid JSON"),
+    ('[{"instruction": "a", "output": "b"},\n {"instruction": 1, "output": "b"}]', "record 2: field 'instruction' must be a string"),
+    ('{"messages": [{"role": "user", "content": "hi"}]}', "line 1: the last message must be the assistant's"),
+    ('{"messages": [{"role": "bot", "content": "hi"}]}', "unknown role 'bot'"),
+    ('{"text": "hello"}', "line 1: missing fields"),
+    ('[{"instruction": "a", "output": "b"},\n {"instruction": "a", "output": "b"', "invalid JSON at line 2"),
+])
+def test_bad_data_is_a_one_line_error(base, tmp_path, capsys, content, match):
+    p = tmp_path / "bad.jsonl"
+    p.write_text(content)
+    with pytest.raises(SystemExit) as e:
+        main(args(base, p, tmp_path / "o"))
+    assert e.value.code == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and str(p) in err and match in err, err
+
+
+def test_cli_errors_exit_1(base, data, tmp_path):
+    for extra, match in ((["--prompt_style", "nosuch"], "unknown prompt style 'nosuch'"),
+                         (["--data", str(tmp_path / "missing.json")], "no such file")):
+        argv = args(base, data, tmp_path / "o", *extra)
+        if extra[0] == "--data":
+            argv = [a for a in argv if a != str(data)]
+        r = subprocess.run([sys.executable, "-m", "llmkit", *argv], capture_output=True, text=True)
+        assert r.returncode == 1, r.stderr[-2000:]
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and match in lines[0], r.stderr
+
+
+def test_load_examples_reads_jsonl_chat_with_system_field(tmp_path):
+    p = tmp_path / "chat.jsonl"
+    p.write_text(json.dumps({"system": "Be kind.", "messages": [{"role": "user", "content": "Hi"},
+                                                               {"role": "assistant", "content": "Hello"}]}) + "\n\n")
+    (ex,) = load_examples(p)
+    assert [m["role"] for m in ex.messages] == ["system", "user", "assistant"] and ex.reference == "Hello"
+    with pytest.raises(LLMKitError, match="record 1: empty 'instruction'"):
+        parse_record({"instruction": " ", "output": "x"}, "record 1")
