@@ -69,3 +69,22 @@ def hf_dir(tmp_path):
         return d, model
 
     return _make
+
+
+def sigterm_at_call(monkeypatch, module, name: str, at: int) -> None:
+    """Replace `module.name` by a wrapper that sends this process a real SIGTERM during its
+    `at`-th call with gradients enabled (a training step, not an evaluation), so a recipe's
+    signal handling (checkpoint after this step, exit 143) runs exactly as under `kill`."""
+    import os
+    import signal
+
+    real, calls = getattr(module, name), [0]
+
+    def wrapper(*args, **kwargs):
+        if torch.is_grad_enabled():
+            calls[0] += 1
+            if calls[0] == at:
+                os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, wrapper)

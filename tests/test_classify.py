@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import random
 import signal
 import subprocess
@@ -21,6 +20,7 @@ from llmkit.checkpoint import load_model, load_weights
 from llmkit.cli import main
 from llmkit.errors import LLMKitError
 from llmkit.training.loop import TrainConfig
+from tests.conftest import sigterm_at_call
 from tests.test_generate import build_model_dir
 
 # Two classes told apart by which words occur (anywhere in the text), over shared filler words.
@@ -216,22 +216,12 @@ def test_interrupted_and_resumed_equals_uninterrupted(base, data, tmp_path, monk
     ref = tmp_path / "ref"
     main(args(base, data, ref, *common))
     out = tmp_path / "resumed"
-    calls = [0]
-    real = cl.class_logits
-
-    def killed_at_4(model, idx, last):  # a real SIGTERM during training step 4
-        if torch.is_grad_enabled():
-            calls[0] += 1
-            if calls[0] == 4:
-                os.kill(os.getpid(), signal.SIGTERM)
-        return real(model, idx, last)
-
-    monkeypatch.setattr(cl, "class_logits", killed_at_4)
+    sigterm_at_call(monkeypatch, cl, "class_logits", at=4)  # during training step 4
     with pytest.raises(SystemExit) as e:
         main(args(base, data, out, *common))
     assert e.value.code == 128 + signal.SIGTERM
     assert (out / "checkpoints" / "step-00000004").is_dir()
-    monkeypatch.setattr(cl, "class_logits", real)
+    monkeypatch.undo()
     main(args(base, data, out, *common, "--train.resume", "auto"))
     a, b = losses(ref), losses(out)
     assert sorted(a) == sorted(b) == list(range(1, 8)) and a == b

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import random
 import signal
 import subprocess
@@ -31,6 +30,7 @@ from llmkit.errors import LLMKitError
 from llmkit.prompts import Alpaca, ChatML, PromptStyle, alpaca_prompt
 from llmkit.tokenizer import Tokenizer
 from llmkit.training.losses import IGNORE_INDEX
+from tests.conftest import sigterm_at_call
 from tests.test_generate import build_model_dir
 
 # A fixed mapping a 2-layer model learns in a few dozen steps: the answer depends on the
@@ -263,21 +263,12 @@ def test_interrupted_and_resumed_equals_uninterrupted(base, data, tmp_path, monk
     ref = tmp_path / "ref"
     main(args(base, data, ref, *common))
     out = tmp_path / "resumed"
-    calls = [0]
-    real = ft.causal_lm_loss
-
-    def killed_at_4(model, batch):  # a real SIGTERM during step 4: checkpoint after it, exit
-        calls[0] += 1
-        if calls[0] == 4:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return real(model, batch)
-
-    monkeypatch.setattr(ft, "causal_lm_loss", killed_at_4)
+    sigterm_at_call(monkeypatch, ft, "causal_lm_loss", at=4)  # during training step 4
     with pytest.raises(SystemExit) as e:
         main(args(base, data, out, *common))
     assert e.value.code == 128 + signal.SIGTERM
     assert (out / "checkpoints" / "step-00000004").is_dir()
-    monkeypatch.setattr(ft, "causal_lm_loss", real)
+    monkeypatch.undo()
     main(args(base, data, out, *common, "--train.resume", "auto"))
     a, b = losses(ref), losses(out)
     assert sorted(a) == sorted(b) == list(range(1, 8))

@@ -371,6 +371,8 @@ def classify_train(
     summary_line = setup_method(net, method, lora, train_last, quantize)
     for p in net.lm_head.parameters():  # the new head trains whatever the method
         p.requires_grad_(True)
+    n_train = sum(p.numel() for p in net.parameters() if p.requires_grad)
+    summary_line += f"; with the {len(labels)}-class head: {n_train:,} trainable"
 
     def make_batch(indices: list[int]) -> dict:
         idx, last = collate([train_ids[i] for i in indices], pad_id)

@@ -131,8 +131,8 @@ def dpo_terms(pc: torch.Tensor, pr: torch.Tensor, rc: torch.Tensor, rr: torch.Te
             "logp_chosen": pc.mean().detach(), "logp_rejected": pr.mean().detach()}
 
 
-def _fingerprint(encoded: list, base: str, precision: Optional[torch.dtype]) -> str:
-    h = hashlib.sha256(json.dumps([base, str(precision)]).encode())
+def _fingerprint(encoded: list, base: str, precision: Optional[torch.dtype], chunks: list[list[int]]) -> str:
+    h = hashlib.sha256(json.dumps([base, str(precision), chunks]).encode())
     for p, c, r in encoded:
         h.update(json.dumps([p, c, r]).encode())
     return h.hexdigest()
@@ -216,7 +216,16 @@ def dpo(
     out_dir = Path(out)
     reference: Optional[torch.Tensor] = None
     if method != "lora":
-        reference = _reference_logps(net, encoded, pad_id, out_dir, base_reference(model), amp, train, rt, autocast)
+        # The validation pairs in the very batches evaluate() forms (same padding, same kernels):
+        # at step 0 their policy and reference log-probs are then bitwise equal, every margin is
+        # exactly 0 and the validation loss exactly log 2, not log 2 plus rounding noise. The
+        # training pairs come in random batches, so there the equality holds to float precision.
+        bs = train.micro_batch_size
+        val_chunks = [val_idx[s:s + bs] for s in range(0, len(val_idx), bs)]
+        by_length = sorted(train_idx, key=lambda i: -sum(map(len, encoded[i])))  # little padding
+        chunks = val_chunks + [by_length[s:s + bs] for s in range(0, len(by_length), bs)]
+        reference = _reference_logps(net, encoded, chunks, pad_id, out_dir, base_reference(model), amp, train, rt,
+                                     autocast)
 
     def make_batch(ids: list[int]) -> dict:
         batch = collate_pairs([encoded[i] for i in ids], pad_id)
@@ -281,16 +290,18 @@ def dpo(
 
 
 @torch.no_grad()
-def _reference_logps(net, encoded, pad_id, out_dir: Path, base: str, amp, train: TrainConfig, rt, autocast):
+def _reference_logps(net, encoded, chunks: list[list[int]], pad_id, out_dir: Path, base: str, amp,
+                     train: TrainConfig, rt, autocast):
     """(n, 2) reference log-probs of every pair: loaded from OUT when a previous run of the same
     data and base saved them (a resumed run then uses exactly the same numbers), else computed
-    with the untrained model, in the training precision, and saved."""
+    with the untrained model, in the training precision, batch by batch as `chunks` lists the
+    pair indices, and saved."""
     from safetensors.torch import load_file
 
     from llmkit.checkpoint import save_tensors
 
     path = out_dir / REFERENCE_FILE
-    key = _fingerprint(encoded, base, amp)
+    key = _fingerprint(encoded, base, amp, chunks)
     if path.exists() and train.resume != "none":
         try:
             from safetensors import safe_open
@@ -307,10 +318,7 @@ def _reference_logps(net, encoded, pad_id, out_dir: Path, base: str, amp, train:
     was_training = net.training
     net.eval()
     ref = torch.empty(len(encoded), 2)
-    bs = max(1, train.micro_batch_size)
-    order = sorted(range(len(encoded)), key=lambda i: -sum(map(len, encoded[i])))  # similar lengths batch well
-    for s in range(0, len(order), bs):
-        chunk = order[s:s + bs]
+    for chunk in chunks:
         batch = collate_pairs([encoded[i] for i in chunk], pad_id)
         with autocast():
             lp = sequence_logps(net, batch["idx"].to(rt.device), batch["labels"].to(rt.device)).cpu()
