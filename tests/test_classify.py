@@ -20,7 +20,7 @@ from llmkit.checkpoint import load_model, load_weights
 from llmkit.cli import main
 from llmkit.errors import LLMKitError
 from llmkit.training.loop import TrainConfig
-from tests.conftest import sigterm_at_call
+from tests.conftest import run_two_ways, sigterm_at_call
 from tests.test_generate import build_model_dir
 
 # Two classes told apart by which words occur (anywhere in the text), over shared filler words.
@@ -252,3 +252,16 @@ def test_cli_errors_exit_1(base, data, tmp_path):
     one_line_error(run_cli(*args(base, tmp_path / "missing.tsv", tmp_path / "o")), "no such file")
     one_line_error(run_cli("classify", "predict", base, "hello"), "not a classifier (no classifier.json)")
     one_line_error(run_cli("classify", "predict", tmp_path / "nothing", "hello"), "no such classifier directory")
+
+
+@pytest.mark.slow
+def test_two_process_ddp_matches_one_process(base, data, tmp_path):
+    run_two_ways(["classify", "train", base, "--data", data, "--train.max_steps", "6", "--train.eval_every", "3",
+                  "--train.save_every", "0", "--train.warmup_steps", "0", "--train.lr", "2e-3"],
+                 tmp_path / "one", tmp_path / "two")
+    a, b = losses(tmp_path / "one"), losses(tmp_path / "two")
+    assert sorted(a) == sorted(b) == list(range(1, 7))
+    for s in a:
+        assert float(b[s]) == pytest.approx(float(a[s]), rel=1e-5), (s, a[s], b[s])
+    assert metrics(tmp_path / "two")["test"]["confusion_matrix"] == metrics(tmp_path / "one")["test"]["confusion_matrix"]
+    cl.load_classifier(tmp_path / "two")  # the DDP run's classifier loads in one process

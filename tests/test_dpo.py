@@ -24,7 +24,7 @@ from llmkit.errors import LLMKitError
 from llmkit.prompts import Alpaca, alpaca_prompt
 from llmkit.tokenizer import Tokenizer
 from llmkit.training.losses import IGNORE_INDEX
-from tests.conftest import sigterm_at_call
+from tests.conftest import run_two_ways, sigterm_at_call
 from tests.test_generate import build_model_dir
 
 TOPICS = ["fox", "cat", "world", "model", "story", "time", "dog", "mat", "token", "hello"]
@@ -268,3 +268,20 @@ def test_cli_errors_exit_1(base, data, tmp_path):
         assert r.returncode == 1, r.stderr[-2000:]
         lines = r.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: ") and match in lines[0], r.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_two_process_ddp_matches_one_process(base, data, tmp_path, method):
+    """Under DDP the LoRA reference (adapters switched off on the wrapped model) and the
+    precomputed reference of full finetuning give the one-process numbers."""
+    run_two_ways(["dpo", base, "--data", data, "--method", method, "--train.lr", "1e-3", "--train.max_steps", "6",
+                  "--train.eval_every", "3", "--train.save_every", "0", "--train.warmup_steps", "0"],
+                 tmp_path / "one", tmp_path / "two")
+    a, b = rows(tmp_path / "one"), rows(tmp_path / "two")
+    assert sorted(a) == sorted(b) == list(range(7))
+    for s in a:
+        for k in ("loss", "reward_margin", "val_loss", "val_reward_margin"):
+            if k in a[s]:
+                assert float(b[s][k]) == pytest.approx(float(a[s][k]), rel=1e-4, abs=1e-6), (s, k, a[s][k], b[s][k])
+    load_model(tmp_path / "two" / "final")

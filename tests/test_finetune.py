@@ -30,7 +30,7 @@ from llmkit.errors import LLMKitError
 from llmkit.prompts import Alpaca, ChatML, PromptStyle, alpaca_prompt
 from llmkit.tokenizer import Tokenizer
 from llmkit.training.losses import IGNORE_INDEX
-from tests.conftest import sigterm_at_call
+from tests.conftest import run_two_ways, sigterm_at_call
 from tests.test_generate import build_model_dir
 
 # A fixed mapping a 2-layer model learns in a few dozen steps: the answer depends on the
@@ -336,3 +336,35 @@ def test_load_examples_reads_jsonl_chat_with_system_field(tmp_path):
     assert [m["role"] for m in ex.messages] == ["system", "user", "assistant"] and ex.reference == "Hello"
     with pytest.raises(LLMKitError, match="record 1: empty 'instruction'"):
         parse_record({"instruction": " ", "output": "x"}, "record 1")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_two_process_ddp_matches_one_process(base, data, tmp_path, method):
+    run_two_ways(["finetune", base, data, "--method", method, "--train.lr", "1e-3", "--train.max_steps", "6",
+                  "--train.eval_every", "3", "--train.save_every", "0", "--train.warmup_steps", "0", "--samples", "1",
+                  "--sample_tokens", "4"], tmp_path / "one", tmp_path / "two", micro_batch=8)
+    a, b = losses(tmp_path / "one"), losses(tmp_path / "two")
+    assert sorted(a) == sorted(b) == list(range(1, 7))
+    for s in a:
+        assert float(b[s]) == pytest.approx(float(a[s]), rel=1e-5), (s, a[s], b[s])
+    assert summary(tmp_path / "two")["val_loss_after"] == pytest.approx(summary(tmp_path / "one")["val_loss_after"], rel=1e-5)
+    load_model(tmp_path / "two" / "final")
+
+
+def test_grad_accumulation_weighs_answer_tokens_like_one_big_batch(base, data, tmp_path):
+    """Answers differ in length: 2 micro-batches of 4 accumulated must equal one batch of 8
+    (the loss is the mean over all answer tokens of the step, not a mean of two means)."""
+    common = ["--method", "full", "--train.lr", "1e-3", "--train.max_steps", "4", "--train.eval_every", "0",
+              "--samples", "0", "--train.precision", "fp32"]
+    main(args(base, data, tmp_path / "big", *common))
+    accum = args(base, data, tmp_path / "accum", *common, "--train.grad_accum", "2")
+    accum[accum.index("--train.micro_batch_size") + 1] = "4"
+    main(accum)
+    a, b = losses(tmp_path / "big"), losses(tmp_path / "accum")
+    assert sorted(a) == sorted(b) == [1, 2, 3, 4]
+    for s in a:
+        assert float(b[s]) == pytest.approx(float(a[s]), rel=1e-5), (s, a[s], b[s])
+    wa, wb = load_weights(tmp_path / "big" / "final"), load_weights(tmp_path / "accum" / "final")
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-5, msg=k)

@@ -20,7 +20,7 @@ import torch
 from llmkit.errors import LLMKitError
 from llmkit.lora import LoRAConfig
 from llmkit.training.loop import TrainConfig, Trainer, find_latest, setup_runtime
-from llmkit.training.losses import causal_lm_loss, mean_lm_loss
+from llmkit.training.losses import causal_lm_loss, mean_lm_loss, target_count
 
 # Peak learning rates. LoRA adapters start at zero and train a few hundred thousand weights:
 # 1e-4..3e-4 is the usual range (Hu et al. 2021 used 2e-4 for GPT-2; peft, torchtune and litgpt
@@ -231,7 +231,8 @@ def finetune(
     # gradients, so the 6N FLOPs/token of a full step would overstate the work.
     trainer = Trainer(net, tc, out_dir, batches, causal_lm_loss, evaluate=evaluate if val_batches else None,
                       on_eval=on_eval, save_fn=save_fn, trainable_only=(method == "lora"),
-                      flops_per_token=cfg.flops_per_token(T) if method == "full" else None, runtime=rt)
+                      flops_per_token=cfg.flops_per_token(T) if method == "full" else None, runtime=rt,
+                      weight_fn=target_count)  # answers differ in length: weigh tokens, not micro-batches
     if not resuming and not tc.eval_every and val_batches:
         trainer.run_eval()  # the loop evaluates at step 0 only with eval_every: the "before" numbers
     result = trainer.fit()

@@ -218,6 +218,12 @@ class Trainer:
     save_fn: (directory, full state dict) -> None, writes the weights of a checkpoint (and
     whatever files make it loadable); default writes model.safetensors.
     trainable_only: checkpoints keep only parameters that require grad (LoRA adapters, heads).
+    weight_fn: batch -> how many targets its mean loss averages over (e.g. the answer tokens of
+    prompt-masked finetuning). Given, a step's loss is the mean over every target of the global
+    batch, however it is split into micro-batches and processes: gradient accumulation and DDP
+    then equal one big batch exactly (a mean of micro-batch means would weight a micro-batch
+    with few targets like one with many). Without it, micro-batches weigh equally, which is
+    the same thing when every micro-batch has as many targets (pretraining windows, DPO pairs).
     """
 
     def __init__(
@@ -233,11 +239,13 @@ class Trainer:
         trainable_only: bool = False,
         flops_per_token: Optional[float] = None,
         runtime: Optional[Runtime] = None,
+        weight_fn: Optional[Callable[[object], int]] = None,
     ):
         cfg.validate()
         self.cfg, self.batches, self.loss_fn = cfg, batches, loss_fn
         self.evaluate_fn, self.on_eval, self.save_fn = evaluate, on_eval, save_fn
         self.trainable_only, self.flops_per_token = trainable_only, flops_per_token
+        self.weight_fn = weight_fn
         self.rt = runtime or setup_runtime(cfg)
         self.out = Path(out_dir)
         self.raw_model = model
@@ -370,6 +378,18 @@ class Trainer:
         if self.rt.world > 1:
             dist.barrier()
 
+    def _loss_scales(self, micro_batches: list) -> list[float]:
+        """What each micro-batch's mean loss is multiplied by before backward. Gradients are
+        summed over micro-batches and averaged over processes, so scale_i = w_i * world / W
+        (W: the targets of all micro-batches of all processes) makes the step's gradient that of
+        the global target mean; without weights, 1 / grad_accum."""
+        n = len(micro_batches)
+        if self.weight_fn is None:
+            return [1.0 / n] * n
+        weights = [float(self.weight_fn(b)) for b in micro_batches]
+        total = self._mean(sum(weights)) * self.rt.world
+        return [w * self.rt.world / total if total > 0 else 0.0 for w in weights]
+
     def _mean(self, value: float) -> float:
         if self.rt.world == 1:
             return value
@@ -446,8 +466,9 @@ class Trainer:
                 for g in self.optimizer.param_groups:
                     g["lr"] = lr
                 loss_sum, step_tokens, extra = 0.0, 0, {}
-                for micro in range(c.grad_accum):
-                    batch = self._local(next(self.batches))
+                micro_batches = [self._local(next(self.batches)) for _ in range(c.grad_accum)]
+                scales = self._loss_scales(micro_batches)
+                for micro, batch in enumerate(micro_batches):
                     sync = micro == c.grad_accum - 1
                     ctx = self.model.no_sync() if (self.rt.mode == "ddp" and not sync) else contextlib.nullcontext()
                     if self.rt.mode == "fsdp":
@@ -455,9 +476,11 @@ class Trainer:
                     with ctx:
                         with self._autocast():
                             out = self.loss_fn(self.model, batch)
-                        loss = out["loss"] / c.grad_accum
+                        # A micro-batch without targets has a NaN mean: it still runs backward
+                        # (DDP's hooks expect every process to), with zero weight.
+                        loss = (out["loss"] if scales[micro] else out["loss"].nan_to_num(0.0)) * scales[micro]
                         (self.scaler.scale(loss) if self.scaler else loss).backward()
-                    loss_sum += float(out["loss"].detach())
+                    loss_sum += float(loss.detach())
                     step_tokens += int(out.get("tokens", 0))
                     for k, v in out.items():
                         if k not in ("loss", "tokens"):
@@ -476,7 +499,7 @@ class Trainer:
                 tokens_per_step = tokens_per_step or step_tokens
                 self.tokens += step_tokens
                 self.elapsed += time.perf_counter() - t0
-                loss_val = self._mean(loss_sum / c.grad_accum)
+                loss_val = self._mean(loss_sum)
                 if not math.isfinite(loss_val):
                     raise LLMKitError(f"loss is {loss_val} at step {self.step}: lower the learning rate or check the data")
                 row = {"loss": loss_val, "lr": lr, "grad_norm": grad_norm, **{k: self._mean(v) for k, v in extra.items()}}

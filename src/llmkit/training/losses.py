@@ -17,6 +17,11 @@ def causal_lm_loss(model, batch) -> dict:
     return {"loss": loss, "tokens": int((y != IGNORE_INDEX).sum())}
 
 
+def target_count(batch) -> int:
+    """How many tokens of an (inputs, labels) batch carry loss: causal_lm_loss's weight."""
+    return int((batch[1] != IGNORE_INDEX).sum())
+
+
 @torch.no_grad()
 def mean_lm_loss(model, batches) -> dict:
     """Token-weighted validation loss and perplexity over `batches` of (inputs, labels)."""
