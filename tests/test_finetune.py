@@ -368,3 +368,12 @@ def test_grad_accumulation_weighs_answer_tokens_like_one_big_batch(base, data, t
     wa, wb = load_weights(tmp_path / "big" / "final"), load_weights(tmp_path / "accum" / "final")
     for k in wa:
         torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-5, msg=k)
+
+
+def test_learning_rate_default_follows_the_method_and_an_explicit_one_is_kept(base, data, tmp_path):
+    quick = ["--train.max_steps", "1", "--train.eval_every", "0", "--samples", "0"]
+    main(args(base, data, tmp_path / "lora", "--method", "lora", *quick))
+    assert summary(tmp_path / "lora")["lr"] == ft.LORA_LR
+    # LoRA's default rate given explicitly to full finetuning is what the user asked for.
+    main(args(base, data, tmp_path / "full", "--method", "full", "--train.lr", str(ft.LORA_LR), *quick))
+    assert summary(tmp_path / "full")["lr"] == ft.LORA_LR

@@ -75,7 +75,7 @@ def finetune(
     samples: int = 3,
     sample_tokens: int = 64,
     epochs: Optional[float] = None,
-    train: TrainConfig = TrainConfig(lr=LORA_LR, micro_batch_size=8, warmup_steps=20, weight_decay=0.0,
+    train: TrainConfig = TrainConfig(lr=None, micro_batch_size=8, warmup_steps=20, weight_decay=0.0,
                                      beta2=0.999, eval_every=100, log_every=10, save_every=200),
 ) -> dict:
     """Finetune a model on instruction data (supervised finetuning): loss on the answers only.
@@ -107,8 +107,8 @@ def finetune(
         sample_tokens: longest sample answer, in tokens.
         epochs: training length in passes over the training examples; used when no --train
             budget (max_steps, max_tokens, max_time) is set (default then: 1 epoch).
-        train: training loop settings. --train.lr defaults to 2e-4 for lora; full and freeze
-            use 2e-5 unless --train.lr is set to another value.
+        train: training loop settings. --train.lr, when not given, is 2e-4 for lora and 2e-5
+            for full and freeze.
     """
     from llmkit.checkpoint import read_adapter_config, resolve_model_dir
     from llmkit.data import instruct
@@ -174,8 +174,8 @@ def finetune(
     bytes_after = weight_bytes(net)
     n_trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
     changes: dict = {}
-    if method != "lora" and train.lr == LORA_LR:
-        changes["lr"] = FULL_LR
+    if train.lr is None:  # not given: the usual rate of the method
+        changes["lr"] = LORA_LR if method == "lora" else FULL_LR
     steps_per_epoch = math.ceil(batches.steps_per_epoch / train.grad_accum)
     if not (train.max_steps or train.max_tokens or train.max_time):
         changes["max_steps"] = max(1, math.ceil((epochs or 1.0) * steps_per_epoch))

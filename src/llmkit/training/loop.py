@@ -43,7 +43,7 @@ class TrainConfig:
         max_time: stop after this many seconds of training.
         micro_batch_size: sequences per forward pass per process.
         grad_accum: micro-batches per optimizer step (global batch = micro * accum * processes).
-        lr: peak learning rate.
+        lr: peak learning rate (a recipe may leave it unset to pick one by method).
         min_lr_ratio: cosine decay ends at this fraction of the peak.
         warmup_steps: linear warmup steps.
         weight_decay: AdamW decay, applied to matrices only.
@@ -70,7 +70,7 @@ class TrainConfig:
     max_time: Optional[float] = None
     micro_batch_size: int = 8
     grad_accum: int = 1
-    lr: float = 3e-4
+    lr: Optional[float] = 3e-4
     min_lr_ratio: float = 0.1
     warmup_steps: int = 100
     weight_decay: float = 0.1
@@ -98,6 +98,8 @@ class TrainConfig:
             raise LLMKitError(f"precision must be auto, fp32, bf16 or fp16, got '{self.precision}'")
         if self.distributed not in ("auto", "none", "ddp", "fsdp"):
             raise LLMKitError(f"distributed must be auto, none, ddp or fsdp, got '{self.distributed}'")
+        if self.lr is None or not self.lr > 0:
+            raise LLMKitError(f"lr must be a positive number, got {self.lr}")
         for name in ("micro_batch_size", "grad_accum"):
             if getattr(self, name) < 1:
                 raise LLMKitError(f"{name} must be >= 1")
