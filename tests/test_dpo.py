@@ -285,3 +285,20 @@ def test_two_process_ddp_matches_one_process(base, data, tmp_path, method):
             if k in a[s]:
                 assert float(b[s][k]) == pytest.approx(float(a[s][k]), rel=1e-4, abs=1e-6), (s, k, a[s][k], b[s][k])
     load_model(tmp_path / "two" / "final")
+
+
+def test_a_corrupt_saved_reference_is_recomputed_not_fatal(base, data, tmp_path):
+    common = ["--method", "full", "--train.max_steps", "1", "--train.eval_every", "0", "--train.lr", "1e-4"]
+    out = tmp_path / "run"
+    main(args(base, data, out, *common))
+    good = load_weights_file(out / dpo.REFERENCE_FILE)
+    (out / dpo.REFERENCE_FILE).write_bytes(b"not a safetensors file")
+    main(args(base, data, out, *common, "--train.max_steps", "2", "--train.resume", "auto"))
+    again = load_weights_file(out / dpo.REFERENCE_FILE)
+    assert torch.equal(again, good), (again - good).abs().max()  # recomputed from the base, identically
+
+
+def load_weights_file(path: Path) -> torch.Tensor:
+    from safetensors.torch import load_file
+
+    return load_file(path)["reference_logps"].clone()  # load_file maps the file: copy before it changes

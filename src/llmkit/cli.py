@@ -127,10 +127,9 @@ def _is_list(annotation) -> bool:
 def _lists(fn: Callable, args: list[str]) -> list[str]:
     """Let list-typed parameters take several words, as argparse's nargs="+" does:
     `prepare a.txt b.txt --tokenizer t` and `--stop a b` become the JSON lists jsonargparse reads."""
+    import dataclasses
     import inspect
     import json
-
-    import dataclasses
     import typing
 
     params = inspect.signature(fn).parameters

@@ -231,9 +231,6 @@ def iter_documents(sources: Iterable[str], text_field: Optional[str] = "text",
     return generate()
 
 
-__all__ = ["Document", "TextUnit", "expand_sources", "file_format", "iter_documents"]
-
-
 def read_records(path: str | Path) -> list[tuple[str, object]]:
     """(where, record) for every record of a small JSON or JSON Lines file of examples, the one
     reader of finetuning, preference and evaluation sets.
@@ -287,3 +284,6 @@ def read_records(path: str | Path) -> list[tuple[str, object]]:
             raise LLMKitError(f"{path}: line {n}: invalid JSON (column {e.colno}: {e.msg}); expected a JSON "
                               "array of records or one JSON object per line") from None
     return out
+
+
+__all__ = ["Document", "TextUnit", "expand_sources", "file_format", "iter_documents", "read_records"]

@@ -282,7 +282,9 @@ def dpo(
         publish_final(result["checkpoint"], final)
         result["final"] = str(final)
         summary = {k: (str(v) if isinstance(v, Path) else v) for k, v in result.items()}
-        (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        from llmkit.checkpoint import atomic_write_json
+
+        atomic_write_json(out_dir / "summary.json", summary)
         shown = ", ".join(f"{k} {result[k]:.4f}" for k in ("val_loss", "val_reward_margin", "val_pref_acc")
                           if isinstance(result.get(k), float))
         print(f"done: step {result['step']}{'; ' + shown if shown else ''}; model in {final}", flush=True)
@@ -296,6 +298,7 @@ def _reference_logps(net, encoded, chunks: list[list[int]], pad_id, out_dir: Pat
     data and base saved them (a resumed run then uses exactly the same numbers), else computed
     with the untrained model, in the training precision, batch by batch as `chunks` lists the
     pair indices, and saved."""
+    from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
     from llmkit.checkpoint import save_tensors
@@ -304,16 +307,14 @@ def _reference_logps(net, encoded, chunks: list[list[int]], pad_id, out_dir: Pat
     key = _fingerprint(encoded, base, amp, chunks)
     if path.exists() and train.resume != "none":
         try:
-            from safetensors import safe_open
-
             with safe_open(str(path), framework="pt") as f:
                 meta = f.metadata() or {}
             if meta.get("fingerprint") == key:
-                ref = load_file(path)["reference_logps"]
+                ref = load_file(path)["reference_logps"].clone()  # not a view of the mmapped file
                 if rt.main:
                     print(f"reference log-probs: reused {path}", flush=True)
                 return ref
-        except Exception:  # unreadable or from other data: recompute
+        except (OSError, ValueError, KeyError, RuntimeError, SafetensorError):  # unreadable: recompute
             pass
     was_training = net.training
     net.eval()
