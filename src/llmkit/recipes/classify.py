@@ -307,10 +307,11 @@ def classify_train(
     from llmkit.checkpoint import atomic_write_json, atomic_write_text
     from llmkit.data.pairs import ShuffledBatches
     from llmkit.recipes.pretrain import publish_final
-    from llmkit.recipes.tuning import base_reference, finetune_saver, load_base, setup_method
+    from llmkit.recipes.tuning import base_reference, check_method, finetune_saver, load_base, setup_method
     from llmkit.tokenizer import Tokenizer
     from llmkit.training.loop import Trainer, setup_runtime
 
+    check_method(method, quantize)
     # Everything about the data is checked before the model is loaded.
     for name, f in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
         if not 0.0 <= f < 1.0:

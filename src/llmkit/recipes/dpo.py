@@ -179,10 +179,11 @@ def dpo(
     from llmkit.data.pairs import ShuffledBatches, load_pairs, split_pairs
     from llmkit.lora import adapters_disabled
     from llmkit.recipes.pretrain import publish_final
-    from llmkit.recipes.tuning import base_reference, finetune_saver, load_base, setup_method
+    from llmkit.recipes.tuning import base_reference, check_method, finetune_saver, load_base, setup_method
     from llmkit.tokenizer import Tokenizer
     from llmkit.training.loop import Trainer, resolve_precision, setup_runtime
 
+    check_method(method, quantize)
     if not (beta > 0 and math.isfinite(beta)):
         raise LLMKitError(f"beta must be a positive number, got {beta}")
     if max_seq_len < 2:

@@ -114,12 +114,11 @@ def finetune(
     from llmkit.data import instruct
     from llmkit.lora import weight_bytes
     from llmkit.recipes.pretrain import publish_final
-    from llmkit.recipes.tuning import METHODS, base_reference, finetune_saver, load_base, setup_method
+    from llmkit.recipes.tuning import base_reference, check_method, finetune_saver, load_base, setup_method
     from llmkit.tokenizer import Tokenizer
 
     # --- check settings and read everything that can fail before loading the model ----------
-    if method not in METHODS:
-        raise LLMKitError(f"unknown method '{method}': choose from {', '.join(METHODS)}")
+    check_method(method, quantize)
     quantize = None if quantize in (None, "none") else quantize
     if quantize is not None and quantize not in ("int8", "nf4"):
         raise LLMKitError(f"unknown quantization '{quantize}': choose int8 or nf4 (QLoRA)")

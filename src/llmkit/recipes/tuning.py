@@ -30,6 +30,19 @@ def load_base(model: str):
     return loaded
 
 
+def check_method(method: str, quantize: Optional[str] = None) -> None:
+    """The method settings' own errors, raised before any data or model is loaded."""
+    from llmkit.lora import QUANTIZERS
+
+    if method not in METHODS:
+        raise LLMKitError(f"unknown method '{method}': choose from {', '.join(METHODS)}")
+    if quantize not in (None, "none"):
+        if method != "lora":
+            raise LLMKitError("--quantize holds frozen base weights in low precision: use it with --method lora")
+        if quantize not in QUANTIZERS:
+            raise LLMKitError(f"unknown quantization '{quantize}': choose from {', '.join(QUANTIZERS)}")
+
+
 def setup_method(model: torch.nn.Module, method: str, lora: LoRAConfig, train_last: int = 2,
                  quantize: Optional[str] = None) -> str:
     """Set requires_grad for `method` (and wrap layers for LoRA); returns a one-line summary.
@@ -40,10 +53,7 @@ def setup_method(model: torch.nn.Module, method: str, lora: LoRAConfig, train_la
     """
     from llmkit.lora import apply_lora, weight_bytes
 
-    if method not in METHODS:
-        raise LLMKitError(f"unknown method '{method}': choose from {', '.join(METHODS)}")
-    if quantize not in (None, "none") and method != "lora":
-        raise LLMKitError("--quantize holds frozen base weights in low precision: use it with --method lora")
+    check_method(method, quantize)
     before = weight_bytes(model)
     if method == "full":
         for p in model.parameters():
