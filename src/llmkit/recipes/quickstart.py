@@ -121,5 +121,10 @@ def quickstart(
     _samples(trained, tok, f"samples after {result['step']} steps ({minutes:g} min)")
     print(f"validation loss: {result.get('val_loss', float('nan')):.3f} (ppl {result.get('val_ppl', float('nan')):.1f}); "
           f"loss curve: {o / 'run' / 'loss.png'}; model: {result['final']}")
-    print(f"next: llmkit generate {result['final']} --prompt \"Return the\"")
+    final = result["final"]
+    print("next steps (the rest of the cycle, on this model):\n"
+          f"  llmkit generate {final} --prompt \"Return the\"\n"
+          f"  llmkit evaluate {final} --perplexity YOUR_TEXT.txt\n"
+          f"  llmkit finetune {final} --data YOUR_ALPACA.json --method lora --out out/finetune\n"
+          f"  llmkit serve {final}    # OpenAI-compatible API on http://127.0.0.1:8000/v1")
     return result
