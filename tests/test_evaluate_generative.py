@@ -14,6 +14,7 @@ from llmkit.evaluate.generative import build_prompts, evaluate_responses, load_e
 from llmkit.evaluate.harness import load_model_and_tokenizer
 from llmkit.evaluate.judge import OpenAIJudge, judge_scores, parse_score, parse_verdict
 from llmkit.evaluate.metrics import text_metrics
+from llmkit.tokenizer import Tokenizer
 from test_evaluate_helpers import ALPACA, make_model_dir
 
 KEY = "test-key"
@@ -105,7 +106,7 @@ def test_judge_errors_are_one_line(env, judge_server, tmp_path, capsys):
 
 def test_bad_alpaca_files(tmp_path):
     (tmp_path / "bad.jsonl").write_text('{"instruction": "x"}\n')
-    with pytest.raises(LLMKitError, match="bad.jsonl: line 1: needs a string 'output' field"):
+    with pytest.raises(LLMKitError, match="bad.jsonl: line 1: missing field 'output'"):
         load_examples(tmp_path / "bad.jsonl")
     with pytest.raises(LLMKitError, match="no such file"):
         load_examples(tmp_path / "missing.json")
@@ -164,3 +165,25 @@ def test_http_judge_retries_with_backoff():
         assert len(seen) == 3  # the first try and two retries
     finally:
         server.shutdown()
+
+
+def test_chat_records_are_evaluated_on_their_conversation(env, tmp_path):
+    """The files finetuning reads evaluate too: a chat record's last assistant reply is the
+    reference, and a chat-style prompt continues the conversation before it."""
+    p = tmp_path / "chat.jsonl"
+    convo = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a colour."},
+             {"role": "assistant", "content": "Red."}, {"role": "user", "content": "Another one?"}]
+    p.write_text(json.dumps({"messages": convo + [{"role": "assistant", "content": "Blue."}]}) + "\n"
+                 + json.dumps(ALPACA[0]) + "\n")
+    chat, alpaca = load_examples(p)
+    assert (chat["instruction"], chat["input"], chat["output"]) == ("Another one?", "", "Blue.")
+    assert chat["messages"] == convo
+    assert (alpaca["instruction"], alpaca["output"]) == (ALPACA[0]["instruction"], ALPACA[0]["output"])
+    tok = Tokenizer.from_dir(env["m1"])
+    prompts, _, _ = build_prompts(tok, [chat, alpaca], "chatml")
+    from llmkit.prompts import PromptStyle
+
+    chatml = PromptStyle.from_name("chatml")
+    assert prompts[0] == chatml.encode(tok, convo)
+    assert prompts[1] == chatml.encode(tok, [{"role": "user", "content": ALPACA[0]["instruction"]
+                                              + (f"\n\n{ALPACA[0]['input']}" if ALPACA[0].get("input") else "")}])

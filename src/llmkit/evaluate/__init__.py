@@ -71,8 +71,9 @@ def evaluate(
             record) or folders, for sliding-window perplexity and bits-per-byte.
         stride: perplexity window step in tokens (default: half the window).
         max_length: context length for tasks and perplexity windows (default: the model's).
-        generate_data: Alpaca-style JSON/JSONL file (instruction, input, output) to generate
-            responses for and score against "output".
+        generate_data: a JSON/JSONL file of Alpaca records (instruction, input, output) or chat
+            records (messages) to generate responses for and score against the reference
+            ("output", or the last assistant reply): the files `llmkit finetune` reads.
         prompt_style: how --generate-data prompts are written: "alpaca" (llmkit's instruction
             finetuning format), "chat" (the model's chat template, or the style its vocabulary
             suggests), or a built-in style: chatml, llama3, llama2, mistral, phi3, gemma, plain.

@@ -37,22 +37,18 @@ def _apply_limit(records: list, limit: Optional[float]) -> list:
 
 
 def load_examples(path: str | Path, limit: Optional[float] = None) -> list[dict]:
-    """Alpaca-style records: {"instruction", "input" (optional), "output"}, from JSON or JSONL."""
-    from llmkit.data import read_records
+    """Evaluation examples from the files finetuning reads (JSON or JSONL): Alpaca records
+    {"instruction", "input" (optional), "output"} or chat records {"messages": [...]}, whose last
+    assistant reply is the reference. Each becomes {"instruction", "input", "output"} (for the
+    metrics, the judge and the Alpaca prompt) plus "messages", the conversation before the
+    reference (what a chat-style prompt continues)."""
+    from llmkit.data.instruct import load_examples as read_examples
 
     examples = []
-    for where, rec in read_records(path):
-        if not isinstance(rec, dict):
-            raise LLMKitError(f"{where}: expected a JSON object, got {type(rec).__name__}")
-        for key in ("instruction", "output"):
-            if not isinstance(rec.get(key), str):
-                raise LLMKitError(f"{where}: needs a string '{key}' field (fields: {', '.join(rec) or 'none'})")
-        inp = rec.get("input") or ""
-        if not isinstance(inp, str):
-            raise LLMKitError(f"{where}: 'input' must be a string")
-        examples.append({"instruction": rec["instruction"], "input": inp, "output": rec["output"]})
-    if not examples:
-        raise LLMKitError(f"{path}: no examples")
+    for ex in read_examples(path):
+        instruction, inp = ex.alpaca if ex.alpaca is not None else (ex.prompt, "")
+        examples.append({"instruction": instruction, "input": inp, "output": ex.reference,
+                         "messages": [dict(m) for m in ex.context]})
     return _apply_limit(examples, limit)
 
 
@@ -102,8 +98,9 @@ def build_prompts(tokenizer, examples: Sequence[dict],
         style = resolve_style(tokenizer, None if prompt_style in ("chat", "auto") else prompt_style)
         ids = []
         for ex in examples:
-            content = ex["instruction"] + (f"\n\n{ex['input']}" if ex.get("input") else "")
-            ids.append(style.encode(tokenizer, [{"role": "user", "content": content}]))
+            messages = ex.get("messages") or [
+                {"role": "user", "content": ex["instruction"] + (f"\n\n{ex['input']}" if ex.get("input") else "")}]
+            ids.append(style.encode(tokenizer, messages))
         stop_ids |= style.stop_token_ids(tokenizer)
     return ids, tuple(style.stop_strings), stop_ids
 
