@@ -222,7 +222,7 @@ def test_interrupted_and_resumed_equals_uninterrupted(base, data, tmp_path, monk
     assert e.value.code == 128 + signal.SIGTERM
     assert (out / "checkpoints" / "step-00000004").is_dir()
     monkeypatch.undo()
-    main(args(base, data, out, *common, "--train.resume", "auto"))
+    main(args(base, data, out, *common, "--resume", "auto"))  # the short form the loop prints
     a, b = losses(ref), losses(out)
     assert sorted(a) == sorted(b) == list(range(1, 8)) and a == b
     wa, wb = load_weights(ref / "final"), load_weights(out / "final")

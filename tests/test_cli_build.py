@@ -160,3 +160,24 @@ def test_model_arg_accepts_repo_id(monkeypatch, hf_dir):
     x = torch.randint(0, 320, (1, 5))
     with torch.no_grad():
         torch.testing.assert_close(loaded.model(x), hf_model(x).logits)
+
+
+def test_argument_shortcuts_reach_the_functions_as_typed():
+    """What users type: several words for a list (also inside an option group), trailing texts
+    for a first optional list, and loop settings without their `train.` prefix."""
+    import json
+
+    from llmkit.cli import _lists, _model_overrides, _normalize, _train_shortcuts
+    from llmkit.recipes.classify import classify_predict
+    from llmkit.recipes.dpo import dpo
+
+    def rewrite(fn, argv):
+        return _lists(fn, _train_shortcuts(fn, _model_overrides(fn, _normalize(argv))))
+
+    out = rewrite(dpo, ["m", "--data", "d.json", "--lora.targets", "q", "v", "--resume", "auto", "--max-steps", "5"])
+    assert out[:2] == ["m", "d.json"]
+    opts = dict(zip(out[2::2], out[3::2]))
+    assert json.loads(opts["--lora.targets"]) == ["q", "v"]
+    assert opts["--train.resume"] == "auto" and opts["--train.max_steps"] == "5"
+    out = rewrite(classify_predict, ["clf", "first text", "second text", "--batch-size", "4"])
+    assert out[0] == "clf" and json.loads(out[out.index("--texts") + 1]) == ["first text", "second text"]

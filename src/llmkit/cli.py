@@ -113,6 +113,27 @@ def _model_overrides(fn: Callable, args: list[str]) -> list[str]:
     return rest
 
 
+def _train_shortcuts(fn: Callable, args: list[str]) -> list[str]:
+    """Training loop settings without their group prefix: `--resume auto`, `--max_steps 100`,
+    `--lr 1e-4` mean `--train.resume auto`, ... for commands that train (a `train` group),
+    unless the command has a parameter of that name itself."""
+    import dataclasses
+    import inspect
+    import typing
+
+    params = inspect.signature(fn).parameters
+    group = typing.get_type_hints(fn).get("train") if "train" in params else None
+    if not dataclasses.is_dataclass(group):
+        return args
+    fields = {f.name for f in dataclasses.fields(group)} - set(params)
+    out = []
+    for a in args:
+        if a.startswith("--") and a[2:].split("=", 1)[0] in fields:
+            a = "--train." + a[2:]
+        out.append(a)
+    return out
+
+
 def _is_list(annotation) -> bool:
     import typing
 
@@ -250,7 +271,8 @@ def run(argv: list[str] | None = None) -> object:
             table = target
             continue
         fn = _resolve(target)
-        return CLI(fn, args=_lists(fn, _model_overrides(fn, _normalize(argv))), prog=prog, as_positional=True)
+        args = _lists(fn, _train_shortcuts(fn, _model_overrides(fn, _normalize(argv))))
+        return CLI(fn, args=args, prog=prog, as_positional=True)
 
 
 def main(argv: list[str] | None = None) -> None:
