@@ -197,7 +197,9 @@ def test_lora_reference_is_the_base_with_adapters_off(base, data, tmp_path):
 
     tok = Tokenizer.from_dir(base)
     pairs = load_pairs(data)[:4]
-    style = dpo.resolve_pair_style(tok, None, False)
+    from llmkit.data.instruct import resolve_prompt_style
+
+    style = resolve_prompt_style(tok, None)
     batch = dpo.collate_pairs([dpo.encode_pair(tok, style, p, 128)[:3] for p in pairs], pad_id=0)
     plain = load_model(base, dtype=torch.float32).model.eval()
     with torch.no_grad():

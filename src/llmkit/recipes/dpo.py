@@ -41,21 +41,6 @@ REFERENCE_FILE = "reference_logps.safetensors"
 
 
 # --- prompts and tokens ----------------------------------------------------------------------------
-def resolve_pair_style(tokenizer, prompt_style: Optional[str], alpaca_records: bool):
-    """The prompt style: the one named; else the model's own chat template when it has one;
-    else Alpaca for Alpaca-form records (what those records were written for); else a style
-    the vocabulary suggests, or plain."""
-    from llmkit.prompts import PromptStyle
-
-    if prompt_style not in (None, "auto"):
-        return PromptStyle.from_name(prompt_style)
-    if tokenizer.chat_template:
-        return PromptStyle.for_model(tokenizer)
-    if alpaca_records:
-        return PromptStyle.from_name("alpaca")
-    return PromptStyle.for_model(tokenizer)
-
-
 def answer_end_ids(style, tokenizer) -> list[int]:
     """What closes an answer: the style's end-of-turn token (e.g. <|im_end|>) when it is one
     token of the vocabulary, else EOS. The same marker generation stops on, so the tuned model
@@ -93,23 +78,13 @@ def encode_pair(tokenizer, style, pair, max_len: int) -> tuple[list[int], list[i
 
 def collate_pairs(items: list[tuple[list[int], list[int], list[int]]], pad_id: int) -> dict:
     """One (2B, T) batch: the B chosen sequences, then the B rejected ones (one forward for
-    both), right-padded; labels are the next tokens of the answers, IGNORE_INDEX elsewhere."""
-    seqs, lens = [], []
-    for p, c, _ in items:
-        seqs.append((p, c))
-    for p, _, r in items:
-        seqs.append((p, r))
-    T = max(len(p) + len(a) for p, a in seqs) - 1  # inputs drop the last token
-    idx = torch.full((len(seqs), T), pad_id, dtype=torch.long)
-    labels = torch.full((len(seqs), T), IGNORE_INDEX, dtype=torch.long)
-    for b, (p, a) in enumerate(seqs):
-        full = torch.tensor(p + a, dtype=torch.long)
-        n = len(full) - 1
-        idx[b, :n] = full[:-1]
-        # position t predicts token t+1: the answer's tokens are predicted from len(p)-1 on
-        labels[b, len(p) - 1:n] = full[len(p):]
-        lens.append(n + 1)
-    return {"idx": idx, "labels": labels, "tokens": sum(lens)}
+    both), right-padded by instruction finetuning's collate; labels are the next tokens of
+    the answers, IGNORE_INDEX elsewhere (prompt and padding)."""
+    from llmkit.data.instruct import Encoded, collate
+
+    seqs = [(p, c) for p, c, _ in items] + [(p, r) for p, _, r in items]
+    idx, labels = collate([Encoded(p + a, [IGNORE_INDEX] * len(p) + a, len(p)) for p, a in seqs], pad_id)
+    return {"idx": idx, "labels": labels, "tokens": sum(len(p) + len(a) for p, a in seqs)}
 
 
 def sequence_logps(model, idx: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -170,12 +145,14 @@ def dpo(
         train_last: blocks that train with --method freeze.
         quantize: with --method lora, hold the frozen base in int8 or nf4 (QLoRA).
         beta: DPO's beta: how far the tuned model may move from the reference (lower = further).
-        prompt_style: how prompts are rendered: a style name (alpaca, chatml, llama3, ...);
-            default: the model's chat template, else alpaca for Alpaca records, else plain.
+        prompt_style: how prompts are rendered, chosen as `llmkit finetune` chooses it: the
+            model's chat template (what finetune saved with its model), else alpaca; or a style
+            name (alpaca, chatml, llama3, ...) or a Jinja template file.
         max_seq_len: prompt + answer tokens at most (answers cut first, then the prompt's start).
         val_fraction: share of the records held out to evaluate on.
         train: training loop settings (--train.max_steps, --train.lr, ...).
     """
+    from llmkit.data.instruct import resolve_prompt_style
     from llmkit.data.pairs import ShuffledBatches, load_pairs, split_pairs
     from llmkit.lora import adapters_disabled
     from llmkit.recipes.pretrain import publish_final
@@ -195,7 +172,7 @@ def dpo(
     loaded = load_base(model)
     net = loaded.model
     tok = Tokenizer.from_dir(loaded.path)
-    style = resolve_pair_style(tok, prompt_style, all(p.alpaca is not None for p in pairs))
+    style = resolve_prompt_style(tok, prompt_style)  # as `llmkit finetune` chooses it, so SFT then DPO agree
     T = min(max_seq_len, net.cfg.block_size)
     encoded, n_cut = [], 0
     for p in pairs:

@@ -110,7 +110,7 @@ def finetune(
         train: training loop settings. --train.lr, when not given, is 2e-4 for lora and 2e-5
             for full and freeze.
     """
-    from llmkit.checkpoint import read_adapter_config, resolve_model_dir
+    from llmkit.checkpoint import atomic_write_json, read_adapter_config, resolve_model_dir
     from llmkit.data import instruct
     from llmkit.lora import weight_bytes
     from llmkit.recipes.pretrain import publish_final
@@ -120,8 +120,6 @@ def finetune(
     # --- check settings and read everything that can fail before loading the model ----------
     check_method(method, quantize)
     quantize = None if quantize in (None, "none") else quantize
-    if quantize is not None and quantize not in ("int8", "nf4"):
-        raise LLMKitError(f"unknown quantization '{quantize}': choose int8 or nf4 (QLoRA)")
     if method == "lora":
         lora.validate()
     if truncation not in instruct.TRUNCATION:
@@ -256,7 +254,7 @@ def finetune(
         }
         if method == "lora":
             summary["adapter_bytes"] = sum(f.stat().st_size for f in final.glob("adapter*.safetensors"))
-        (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        atomic_write_json(out_dir / "summary.json", summary)
         if summary["val_loss_before"] is not None and summary["val_loss_after"] is not None:
             print(f"val loss {summary['val_loss_before']:.4f} -> {summary['val_loss_after']:.4f}", flush=True)
         print(f"done: step {result['step']}, {result['tokens']:,} trained tokens; model in {final}", flush=True)

@@ -467,6 +467,8 @@ class Trainer:
                 lr = lr_at(self.step, c.lr, c.warmup_steps, total or self._estimate_total(tokens_per_step), c.min_lr_ratio)
                 for g in self.optimizer.param_groups:
                     g["lr"] = lr
+                # Losses and metrics stay tensors until the step is done: one device sync per
+                # step, not one per micro-batch (what matters on a GPU with grad accumulation).
                 loss_sum, step_tokens, extra = 0.0, 0, {}
                 micro_batches = [self._local(next(self.batches)) for _ in range(c.grad_accum)]
                 scales = self._loss_scales(micro_batches)
@@ -482,11 +484,14 @@ class Trainer:
                         # (DDP's hooks expect every process to), with zero weight.
                         loss = (out["loss"] if scales[micro] else out["loss"].nan_to_num(0.0)) * scales[micro]
                         (self.scaler.scale(loss) if self.scaler else loss).backward()
-                    loss_sum += float(loss.detach())
+                    loss_sum = loss_sum + loss.detach()
                     step_tokens += int(out.get("tokens", 0))
                     for k, v in out.items():
                         if k not in ("loss", "tokens"):
-                            extra[k] = extra.get(k, 0.0) + float(v) / c.grad_accum
+                            v = v.detach().float() if torch.is_tensor(v) else float(v)
+                            extra[k] = extra.get(k, 0.0) + v / c.grad_accum
+                loss_sum = float(loss_sum)
+                extra = {k: float(v) for k, v in extra.items()}
                 if self.scaler:
                     self.scaler.unscale_(self.optimizer)
                 grad_norm = self._clip()
