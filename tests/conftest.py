@@ -58,6 +58,33 @@ def make_hf_model(model_type: str, seed: int = 0):
     return model
 
 
+def _snapshot(d: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(d)): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """Factory: `tiny_model_dir(family="llama", chat_template=CHATML_TEMPLATE, seed=0, context=None)`
+    is a directory made by tests.helpers.build_model_dir (tiny random HF model + tokenizer), built
+    once per session for each set of arguments and shared by every test that asks for it.
+    Shared means read-only: a test that changes a model copies it first (checked at the end)."""
+    from tests.helpers import CHATML_TEMPLATE, build_model_dir
+
+    built: dict[tuple, tuple[Path, dict]] = {}
+
+    def _get(family: str = "llama", chat_template: str | None = CHATML_TEMPLATE, seed: int = 0,
+             context: int | None = None) -> Path:
+        key = (family, chat_template, seed, context)
+        if key not in built:
+            d = build_model_dir(tmp_path_factory.mktemp(f"tiny-{family}") / family, family, chat_template, seed, context)
+            built[key] = (d, _snapshot(d))
+        return built[key][0]
+
+    yield _get
+    for d, snap in built.values():
+        assert _snapshot(d) == snap, f"a test wrote into the shared tiny model {d}: copy it first"
+
+
 @pytest.fixture
 def hf_dir(tmp_path):
     """Factory: save a tiny HF model of a family to a directory, return (dir, model)."""

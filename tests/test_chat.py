@@ -1,10 +1,7 @@
 """The chat REPL: turns, history, /reset, truncation, timing line; driven in-process and via stdin."""
 
 import io
-import os
 import re
-import subprocess
-import sys
 from types import SimpleNamespace
 
 import pytest
@@ -12,14 +9,14 @@ import pytest
 from llmkit.chat import ChatSession, run_repl
 from llmkit.generate import SamplingParams, generate, load_for_inference
 from llmkit.prompts import PromptStyle
-from tests.test_generate import build_model_dir
+from tests.helpers import run_cli
 
 TIMING = re.compile(r"^Time for inference: \d+\.\d\d sec total, \d+\.\d\d tokens/sec, \d+ tokens$", re.M)
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    d = build_model_dir(tmp_path_factory.mktemp("chat") / "llama")
+def tiny(tiny_model_dir):
+    d = tiny_model_dir()
     loaded, tok = load_for_inference(str(d))
     return SimpleNamespace(dir=d, model=loaded.model, tok=tok, style=PromptStyle.for_model(tok))
 
@@ -73,10 +70,14 @@ def test_message_longer_than_the_context_is_reported_not_fatal(tiny):
 
 
 def test_chat_command_through_stdin(tiny):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    p = subprocess.run([sys.executable, "-m", "llmkit", "chat", str(tiny.dir), "--max-new-tokens", "6",
-                        "--temperature", "0", "--system", "Be brief."],
-                       input="Hello\n/reset\nHi again\n", capture_output=True, text=True, env=env, timeout=120)
-    assert p.returncode == 0, p.stderr
-    assert p.stdout.count(">> Reply: ") == 2 and "(history cleared)" in p.stdout
-    assert len(TIMING.findall(p.stderr)) == 2  # EOF ended the session after the last reply
+    """A real process reading a pipe (its own stdin): it prints what the REPL prints in-process."""
+    typed = "Hello\n/reset\nHi again\n"
+    code, out, err = run_cli("chat", tiny.dir, "--max-new-tokens", "6", "--temperature", "0", "--system", "Be brief.",
+                             input=typed, timeout=120)
+    assert code == 0, err
+    assert out.count(">> Reply: ") == 2 and "(history cleared)" in out
+    assert len(TIMING.findall(err)) == 2  # EOF ended the session after the last reply
+    expected = io.StringIO()
+    greedy = ChatSession(tiny.model, tiny.tok, tiny.style, SamplingParams(max_new_tokens=6, temperature=0), "Be brief.")
+    run_repl(greedy, io.StringIO(typed), expected, io.StringIO())
+    assert out == expected.getvalue()

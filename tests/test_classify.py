@@ -8,8 +8,6 @@ import csv
 import json
 import random
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,10 +16,11 @@ import torch
 import llmkit.recipes.classify as cl
 from llmkit.checkpoint import load_model, load_weights
 from llmkit.cli import main
-from llmkit.errors import LLMKitError
+from llmkit.heads import attach_class_head, class_logits
 from llmkit.training.loop import TrainConfig
 from tests.conftest import run_two_ways, sigterm_at_call
-from tests.test_generate import build_model_dir
+from tests.test_data_tables import write_table
+from tests.helpers import cli_error, cli_run
 
 # Two classes told apart by which words occur (anywhere in the text), over shared filler words.
 FILLER = ["the", "model", "reads", "a", "short", "story", "about", "time", "and", "text"]
@@ -40,18 +39,9 @@ def separable(n: int, seed: int = 0) -> list[tuple[str, str]]:
     return rows
 
 
-def write_table(path: Path, rows, header=("label", "text"), delimiter="\t") -> Path:
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f, delimiter=delimiter, lineterminator="\n",
-                       quoting=csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL, escapechar="\\")
-        w.writerow(header)
-        w.writerows(rows)
-    return path
-
-
 @pytest.fixture(scope="module")
-def base(tmp_path_factory) -> Path:
-    return build_model_dir(tmp_path_factory.mktemp("cls") / "base")
+def base(tiny_model_dir) -> Path:
+    return tiny_model_dir()  # the session's tiny llama + tokenizer, shared read-only
 
 
 @pytest.fixture(scope="module")
@@ -73,72 +63,21 @@ def losses(out: Path) -> dict[int, str]:
         return {int(r["step"]): r["value"] for r in csv.DictReader(f) if r["metric"] == "loss"}
 
 
-# --- reading tables -------------------------------------------------------------------------------
-def test_tsv_keeps_quotes_and_csv_unquotes(tmp_path):
-    # SMS Spam Collection style: a message may start with a double quote, which TSV keeps.
-    tsv = tmp_path / "a.tsv"
-    tsv.write_text('Label\tSMS\nham\t"Hi" she said, ok\nspam\tWIN "now"\n')
-    t = cl.read_labeled(tsv, "sms", "label")  # case-insensitive column match
-    assert t.texts == ['"Hi" she said, ok', 'WIN "now"'] and t.labels == ["ham", "spam"]
-    c = write_table(tmp_path / "b.csv", [("x", 'a, "quoted" text'), ("y", "line one")], delimiter=",")
-    t = cl.read_labeled(c)
-    assert t.texts == ['a, "quoted" text', "line one"] and t.labels == ["x", "y"]
-
-
-@pytest.mark.parametrize("content,kwargs,match", [
-    ("", {}, "empty file"),
-    ("label\ttext\n", {}, "only a header row"),
-    ("label\ttext\nx\thello\n", {"label_col": "category"}, "no label column 'category' (columns found: 'label', 'text')"),
-    ("label\ttext\nx\thello\n", {"text_col": "body"}, "no text column 'body'"),
-    ("label\ttext\nx\t  \n", {}, "line 2: empty text"),
-    ("label\ttext\n\thello\n", {}, "line 2: empty label"),
-    ("label\ttext\tother\nx\n", {}, "line 2 has 1 field(s)"),
-])
-def test_bad_tables_are_one_line_errors(tmp_path, content, kwargs, match):
-    p = tmp_path / "t.tsv"
-    p.write_text(content)
-    with pytest.raises(LLMKitError) as e:
-        cl.read_labeled(p, **kwargs)
-    assert match in str(e.value) and str(p) in str(e.value) and "\n" not in str(e.value)
-
-
-def test_stratified_split_keeps_proportions_and_balance_downsamples():
-    labels = ["a"] * 80 + ["b"] * 20
-    val, test, train = cl.stratified_split(labels, (0.1, 0.2), seed=3)
-    assert sorted(val + test + train) == list(range(100))  # disjoint and complete
-    count = lambda idx, y: sum(labels[i] == y for i in idx)  # noqa: E731
-    assert (count(val, "a"), count(val, "b")) == (8, 2)
-    assert (count(test, "a"), count(test, "b")) == (16, 4)
-    assert cl.stratified_split(labels, (0.1, 0.2), seed=3) == [val, test, train]  # seeded
-    kept = cl.balanced(list(range(100)), labels, seed=0)
-    assert count(kept, "a") == count(kept, "b") == 20 and set(i for i in kept if labels[i] == "b") == set(range(80, 100))
-
-
-def test_classification_report_by_hand():
-    # true: a a a b b c ; predicted: a b a b c c
-    r = cl.classification_report([0, 0, 0, 1, 1, 2], [0, 1, 0, 1, 2, 2], ["a", "b", "c"])
-    assert r["confusion_matrix"] == [[2, 1, 0], [0, 1, 1], [0, 0, 1]]
-    assert r["accuracy"] == pytest.approx(4 / 6)
-    assert r["per_class"]["a"] == {"precision": 1.0, "recall": pytest.approx(2 / 3), "f1": pytest.approx(0.8), "support": 3}
-    assert r["per_class"]["b"]["precision"] == 0.5 and r["per_class"]["b"]["recall"] == 0.5
-    assert r["per_class"]["c"]["precision"] == 0.5 and r["per_class"]["c"]["recall"] == 1.0
-    assert r["macro_f1"] == pytest.approx((0.8 + 0.5 + 2 / 3) / 3)
-
-
+# --- the head -------------------------------------------------------------------------------------
 def test_right_padding_does_not_change_a_texts_logits(base):
     net = load_model(base, dtype=torch.float32).model.eval()
     torch.manual_seed(0)
-    cl.attach_head(net, 3)
+    attach_class_head(net, 3)
     short, long = [5, 9, 30, 41], [7, 8, 9, 10, 11, 12, 13]
     idx, last = cl.collate([short, long], pad_id=0)
     with torch.no_grad():
-        both = cl.class_logits(net, idx, last)
-        alone = cl.class_logits(net, torch.tensor([short]), torch.tensor([3]))
+        both = class_logits(net, idx, last)
+        alone = class_logits(net, torch.tensor([short]), torch.tensor([3]))
     assert both.shape == (2, 3) and torch.allclose(both[0], alone[0], atol=1e-6)
 
 
 # --- training -------------------------------------------------------------------------------------
-def test_full_classifier_learns_a_separable_set_and_predict_reproduces_its_test_metrics(base, data, tmp_path):
+def test_full_classifier_learns_a_separable_set_and_predict_reproduces_its_test_metrics(base, data, tmp_path, capsys):
     out = tmp_path / "full"
     # float32: the run's test report and the reloaded classifier compute the very same numbers.
     main(args(base, data, out, "--train.max_steps", "60", "--train.eval_every", "30", "--train.precision", "fp32"))
@@ -164,17 +103,17 @@ def test_full_classifier_learns_a_separable_set_and_predict_reproduces_its_test_
 
     # CLI prediction: positional texts printed; a file written with the input's columns kept.
     pred = tmp_path / "pred.csv"
-    r = subprocess.run([sys.executable, "-m", "llmkit", "classify", "predict", str(out), "--file", str(data),
-                        "--out", str(pred)], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr[-2000:]
+    code, stdout, err = cli_run(capsys, ["classify", "predict", out, "--file", data, "--out", pred])
+    assert code == 0, err[-2000:]
     rows = list(csv.DictReader(open(pred)))
     assert list(rows[0]) == ["label", "text", "prediction", "probability"] and len(rows) == 160
     assert [row["prediction"] for row in rows] == [meta["labels"][int(k)] for k in probs.argmax(-1)]
-    assert "accuracy" in r.stdout  # scored against the file's label column
-    r = subprocess.run([sys.executable, "-m", "llmkit", "classify", "predict", str(final),
-                        "goal team the match", "bread and soup"], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr[-2000:]
-    lines = r.stdout.strip().splitlines()
+    assert "accuracy" in stdout  # scored against the file's label column ...
+    file_acc = sum(row["prediction"] == row["label"] for row in rows) / len(rows)
+    assert f"accuracy {file_acc:.4f}" in stdout, stdout  # ... with the predictions it wrote
+    code, stdout, err = cli_run(capsys, ["classify", "predict", final, "goal team the match", "bread and soup"])
+    assert code == 0, err[-2000:]
+    lines = stdout.strip().splitlines()
     assert [line.split("\t")[0] for line in lines] == ["sport", "food"]
 
 
@@ -232,27 +171,18 @@ def test_interrupted_and_resumed_equals_uninterrupted(base, data, tmp_path, monk
 
 
 # --- errors ---------------------------------------------------------------------------------------
-def run_cli(*argv) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "llmkit", *map(str, argv)], capture_output=True, text=True)
-
-
-def one_line_error(r: subprocess.CompletedProcess, match: str) -> None:
-    assert r.returncode == 1, r.stderr[-2000:]
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and match in lines[0], r.stderr
-
-
-def test_cli_errors_exit_1(base, data, tmp_path):
-    one_line_error(run_cli(*args(base, data, tmp_path / "o", "--label_col", "category")),
-                   "no label column 'category' (columns found: 'label', 'text')")
+def test_cli_errors_exit_1(base, data, tmp_path, capsys):
+    # In-process: exit code 1 and one `error: ...` line on stderr, no traceback (see cli_error).
+    cli_error(capsys, args(base, data, tmp_path / "o", "--label_col", "category"),
+              "no label column 'category' (columns found: 'label', 'text')")
     one_class = write_table(tmp_path / "one.tsv", [("a", f"text {i}") for i in range(10)])
-    one_line_error(run_cli(*args(base, one_class, tmp_path / "o")), "only one class ('a')")
+    cli_error(capsys, args(base, one_class, tmp_path / "o"), "only one class ('a')")
     val = write_table(tmp_path / "val.tsv", [("food", "soup"), ("drink", "tea")])
-    one_line_error(run_cli(*args(base, data, tmp_path / "o", "--val_data", val)),
-                   "val labels ['drink'] do not occur in the training data")
-    one_line_error(run_cli(*args(base, tmp_path / "missing.tsv", tmp_path / "o")), "no such file")
-    one_line_error(run_cli("classify", "predict", base, "hello"), "not a classifier (no classifier.json)")
-    one_line_error(run_cli("classify", "predict", tmp_path / "nothing", "hello"), "no such classifier directory")
+    cli_error(capsys, args(base, data, tmp_path / "o", "--val_data", val),
+              "val labels ['drink'] do not occur in the training data")
+    cli_error(capsys, args(base, tmp_path / "missing.tsv", tmp_path / "o"), "no such file")
+    cli_error(capsys, ["classify", "predict", base, "hello"], "not a classifier (no classifier.json)")
+    cli_error(capsys, ["classify", "predict", tmp_path / "nothing", "hello"], "no such classifier directory")
 
 
 @pytest.mark.slow
@@ -265,4 +195,9 @@ def test_two_process_ddp_matches_one_process(base, data, tmp_path):
     for s in a:
         assert float(b[s]) == pytest.approx(float(a[s]), rel=1e-5), (s, a[s], b[s])
     assert metrics(tmp_path / "two")["test"]["confusion_matrix"] == metrics(tmp_path / "one")["test"]["confusion_matrix"]
-    cl.load_classifier(tmp_path / "two")  # the DDP run's classifier loads in one process
+    # The DDP run's classifier loads in one process and labels texts as the one-process one does.
+    (net1, tok, meta1), (net2, _, meta2) = cl.load_classifier(tmp_path / "one"), cl.load_classifier(tmp_path / "two")
+    assert meta2["labels"] == meta1["labels"] == ["food", "sport"]
+    ids = tok.encode_batch(["goal team the match", "bread and soup", "the model reads a short story"])
+    torch.testing.assert_close(cl.predict_proba(net2, ids, 2, meta2["pad_id"]), cl.predict_proba(net1, ids, 2, meta1["pad_id"]),
+                               rtol=1e-4, atol=1e-5)

@@ -12,15 +12,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import random
 from pathlib import Path
 
 import pytest
 import yaml
 from jsonargparse import Namespace
 
-from llmkit.cli import COMMANDS, main, parser_for
+from llmkit.cli import COMMANDS, main, parse
 from llmkit.errors import LLMKitError
+from tests.helpers import make_token_shards
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 PRETRAIN = CONFIGS / "pretrain"
@@ -65,29 +65,38 @@ def _objects(value):
             yield from _objects(v)
 
 
-def validate_config(path: Path, command: list[str]) -> Namespace:
-    """Parse `path` exactly as `llmkit COMMAND --config PATH` would, then run the checks the
-    command itself runs before doing any work: dataclass `validate()` (e.g. the training
-    budget) and, where the command builds a model from a preset, the model_overrides."""
+def validate_config(path: Path, command: list[str]) -> dict:
+    """Parse `path` exactly as `llmkit COMMAND --config PATH` does (`cli.parse`: the same argv
+    handling and parser, up to the function call), then run the checks the command itself runs
+    before doing any work: dataclass `validate()` (e.g. the training budget) and, where the
+    command builds a model from a preset, the model_overrides."""
     text = yaml.safe_load(path.read_text())
     assert isinstance(text, dict) and text, f"{path}: a config is a non-empty mapping of option: value"
-    parser = parser_for(command)
-    parser.exit_on_error = False  # raise instead of printing usage and exiting
-    ns = parser.parse_args(["--config", str(path)])
-    init = parser.instantiate(ns) if hasattr(parser, "instantiate") else parser.instantiate_classes(ns)
+    fn, init = parse([*command, "--config", str(path)])
+    assert fn is command_function(command)
     for obj in _objects(init):
         if dataclasses.is_dataclass(obj) and hasattr(obj, "validate"):
             obj.validate()
     overrides = init.get("model_overrides")
     model = init.get("model")
     if isinstance(model, str):
-        from llmkit.recipes.pretrain import is_new_model, model_config
+        from llmkit.recipes.scaffold import is_new_model, model_config
 
         if is_new_model(model) and not model.endswith(".json"):
             model_config(model, overrides)  # unknown fields / invalid shapes raise LLMKitError
         elif overrides:
             raise LLMKitError(f"{path}: model_overrides apply to presets, not to the existing model '{model}'")
-    return init
+    return Namespace(init)
+
+
+def command_function(command: list[str]):
+    target = COMMANDS
+    for w in command:
+        target = target[w]
+    module, _, name = target.partition(":")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)
 
 
 CONFIG_FILES = discover()
@@ -95,7 +104,24 @@ CONFIG_FILES = discover()
 
 @pytest.mark.parametrize("path", CONFIG_FILES, ids=[str(p.relative_to(CONFIGS)) for p in CONFIG_FILES])
 def test_config_is_valid_for_its_command(path):
-    validate_config(path, command_of(path))
+    parsed = validate_config(path, command_of(path))
+    # Every option the file sets reaches the function with the file's value (none is dropped or
+    # overridden by a default).
+    for key, value in yaml.safe_load(path.read_text()).items():
+        key = key.replace("-", "_")
+        assert key in parsed and _same(parsed[key], value), (key, value, parsed[key] if key in parsed else None)
+
+
+def _same(got, want) -> bool:
+    """A parsed value equals the YAML's: a group as its dataclass's fields, numbers as numbers
+    (YAML reads 3e-4 as text), paths and tuples as what they spell."""
+    if dataclasses.is_dataclass(got) and isinstance(want, dict):
+        return all(_same(getattr(got, k.replace("-", "_")), v) for k, v in want.items())
+    if isinstance(got, float) and not isinstance(want, bool):
+        return got == float(want)
+    if isinstance(want, list):
+        return [str(g) for g in got] == [str(w) for w in want]
+    return got == want or (isinstance(want, str) and str(got) == want)
 
 
 def test_pretrain_examples_exist():
@@ -108,7 +134,7 @@ def test_pretrain_examples_exist():
 
 def test_example_configs_say_what_they_promise():
     resized = validate_config(PRETRAIN / "llama-3.2-1b-resized.yaml", ["pretrain"])
-    from llmkit.recipes.pretrain import model_config
+    from llmkit.recipes.scaffold import model_config
 
     cfg = model_config(resized.model, resized.model_overrides, vocab_size=8192)
     assert (cfg.n_layer, cfg.n_embd, cfg.kv_heads, cfg.rope_scaling.type) == (8, 768, 4, "llama3")
@@ -116,7 +142,7 @@ def test_example_configs_say_what_they_promise():
     assert fsdp.train.distributed == "fsdp" and fsdp.train.precision == "bf16"
     assert "torchrun" in (PRETRAIN / "llama-3.2-1b-fsdp.yaml").read_text()
     continued = validate_config(PRETRAIN / "smollm2-135m-continued.yaml", ["pretrain"])
-    from llmkit.recipes.pretrain import is_new_model
+    from llmkit.recipes.scaffold import is_new_model
 
     assert not is_new_model(continued.model) and not continued.model_overrides
 
@@ -173,30 +199,30 @@ def test_unplaced_group_config_is_reported(tmp_path):
         command_of(found[0], root)
 
 
-def test_parser_for_unknown_command():
-    with pytest.raises(LLMKitError, match="unknown command"):
-        parser_for("pretrian")
-    with pytest.raises(LLMKitError, match="subcommand"):
-        parser_for("convert")
+def test_parse_unknown_command():
+    with pytest.raises(LLMKitError, match="unknown command 'pretrian'"):
+        parse(["pretrian"])
+    with pytest.raises(LLMKitError, match="unknown subcommand of 'convert' 'sideways'"):
+        parse(["convert", "sideways"])
+
+
+def test_parse_is_what_run_executes(tmp_path):
+    """The argv conveniences apply to configs and flags alike, through the one `parse`."""
+    fn, kw = parse(["pretrain", "--config", str(PRETRAIN / "micro-llama.yaml"), "--max-steps", "7",
+                    "--model.n_layer", "2", "--resume", "none"])
+    assert fn.__name__ == "pretrain" and kw["model"] == "micro-llama"
+    assert kw["train"].max_steps == 7 and kw["train"].resume == "none"  # shortcuts, dashes
+    assert kw["model_overrides"] == {"n_layer": 2}
+    fn, kw = parse(["finetune", "m", "--data", "d.json", "--lora.targets", "q", "v"])
+    assert (kw["model"], kw["data"], kw["lora"].targets) == ("m", "d.json", ["q", "v"])
 
 
 # --- one config, run for real -----------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
     """A tiny tokenizer and token shards from synthetic text (no shared data needed)."""
-    from llmkit.data.prepare import prepare
-    from llmkit.tokenizer import train_tokenizer
-
-    d = tmp_path_factory.mktemp("cfgdata")
-    docs = d / "docs"
-    docs.mkdir()
-    rng = random.Random(0)
     words = ["the", "cat", "sat", "on", "a", "mat", "and", "dog", "ran", "far", "away", "home"]
-    for i in range(30):
-        (docs / f"doc{i}.txt").write_text(" ".join(rng.choice(words) for _ in range(rng.randint(60, 160))) + ".\n")
-    train_tokenizer([str(docs)], vocab_size=300, out=str(d / "tok"))
-    prepare([str(docs)], tokenizer=str(d / "tok"), out=str(d / "data"), seq_len=32, val_fraction=0.1)
-    return d / "data"
+    return make_token_shards(tmp_path_factory.mktemp("cfgdata"), words, n_docs=30, max_words=160)
 
 
 def test_micro_llama_config_runs_end_to_end(tiny_data, tmp_path):

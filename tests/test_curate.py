@@ -6,86 +6,16 @@ import json
 import random
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from llmkit.cli import main
 from llmkit.data import iter_documents
-from llmkit.data.curate import MinHashLSH, QualityFilter, curate, lsh_bands, normalized_words, parse_weights
+from llmkit.data.curate import curate
 from llmkit.errors import LLMKitError
+from tests.helpers import cli_error
+from tests.test_data_filters import bad_docs, good, lines_of, pseudo_words, with_stop_words
 
-CONS, VOW = "bdfgklmnprstvz", "aeiou"
 SHAKESPEARE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "text" / "tinyshakespeare.txt"
-
-
-def pseudo_words(n: int, seed: int, syllables: tuple[int, int] = (2, 3)) -> list[str]:
-    """n distinct pronounceable letter-only words: text without accidental repetition."""
-    rng = random.Random(seed)
-    out: list[str] = []
-    seen: set[str] = set()
-    while len(out) < n:
-        w = "".join(rng.choice(CONS) + rng.choice(VOW) for _ in range(rng.randint(*syllables)))
-        if w not in seen:
-            seen.add(w)
-            out.append(w)
-    return out
-
-
-def with_stop_words(words: list[str]) -> list[str]:
-    words = list(words)
-    words[3], words[17] = "the", "and"
-    return words
-
-
-def lines_of(words: list[str], per_line: int = 8) -> str:
-    return "\n".join(" ".join(words[i:i + per_line]).capitalize() + "." for i in range(0, len(words), per_line))
-
-
-def good(n: int = 80, seed: int = 0) -> str:
-    return lines_of(with_stop_words(pseudo_words(n, seed)))
-
-
-def bad_docs() -> dict[str, str]:
-    """For each rule, a document that fails that rule and no other (default thresholds)."""
-    cases = {"too_few_words": good(30, 100)}
-    cases["mean_word_length"] = lines_of(with_stop_words(pseudo_words(80, 1, (6, 7))))
-    w = with_stop_words(pseudo_words(80, 2))
-    for i in list(range(0, 80, 8)) + [5]:
-        w[i] = "#" + w[i]
-    cases["symbol_word_ratio"] = lines_of(w)
-    cases["bullet_lines"] = "\n".join("• " + line for line in good(80, 3).split("\n"))
-    lines = good(80, 4).split("\n")
-    for i in (1, 3, 5, 7):
-        lines[i] = lines[i][:-1] + "…"
-    cases["ellipsis_lines"] = "\n".join(lines)
-    w = with_stop_words(pseudo_words(80, 5))
-    for i in range(1, 80, 3):
-        w[i] = "&"
-    cases["alpha_words"] = lines_of(w + pseudo_words(10, 55))
-    w = with_stop_words(pseudo_words(80, 6))
-    rng = random.Random(0)
-    for i in range(0, 80, 4):
-        w[i] = "ab" + "".join(rng.choice("0123456789") for _ in range(8))
-    cases["digit_fraction"] = lines_of(w)
-    cases["stop_words"] = lines_of(pseudo_words(80, 7))
-    out = []
-    for i, line in enumerate(good(80, 8).split("\n")):
-        out += [line, "Share this."] if i < 8 else [line]
-    cases["duplicate_lines"] = "\n".join(out)
-    long = "Pneumonoultramicroscopicsilicovolcanoconiosis"  # one long word: no repeated n-grams
-    out = []
-    for i, line in enumerate(good(64, 9).split("\n")):
-        out += [line, long] if i < 4 else [line]
-    cases["duplicate_line_chars"] = "\n".join(out)
-    w = with_stop_words(pseudo_words(80, 10))
-    pair = pseudo_words(2, 11, (5, 5))
-    for i in range(5, 80, 10):
-        w[i:i + 2] = pair
-    cases["top_ngram"] = lines_of(w)
-    w = with_stop_words(pseudo_words(80, 12))
-    phrase = pseudo_words(8, 13)
-    cases["duplicate_ngram"] = lines_of(w[:10] + phrase + w[10:40] + phrase + w[40:70] + phrase + w[70:], 9)
-    return cases
 
 
 def write_jsonl(path: Path, texts: list[str], field: str = "text") -> Path:
@@ -102,28 +32,6 @@ def read_out(out: Path) -> list[dict]:
 
 
 # --- quality rules ----------------------------------------------------------------------------------
-def test_good_document_passes():
-    for seed in range(5):
-        assert QualityFilter().check(good(80, seed), first_only=False) == []
-
-
-@pytest.mark.parametrize("rule", list(bad_docs()))
-def test_each_rule_alone(rule):
-    assert QualityFilter().check(bad_docs()[rule], first_only=False) == [rule]
-
-
-def test_thresholds_are_parameters():
-    doc = good(80, 0)
-    assert QualityFilter(max_words=60).check(doc, first_only=False) == ["too_many_words"]
-    bad = bad_docs()
-    # Disabling a rule (None) keeps the document that only that rule removed.
-    assert QualityFilter(max_digit_fraction=None).check(bad["digit_fraction"]) == []
-    assert QualityFilter(min_stop_words=0).check(bad["stop_words"]) == []
-    assert QualityFilter(max_duplicate_ngram_fraction=(0.5,) * 6).check(bad["duplicate_ngram"]) == []
-    assert QualityFilter().check(bad["duplicate_lines"], first_only=True) == ["duplicate_lines"]
-    assert QualityFilter().check("") == ["too_few_words"]
-
-
 def test_curate_removes_each_rule_and_report_adds_up(tmp_path):
     bad = bad_docs()
     goods = [good(80, 1000 + i) for i in range(6)]
@@ -183,20 +91,6 @@ def test_minhash_near_duplicates(tmp_path):
     assert report["settings"]["near_dedup"]["bands"] * report["settings"]["near_dedup"]["rows"] <= 128
 
 
-def test_minhash_estimates_jaccard():
-    lsh = MinHashLSH(num_perm=256, threshold=0.5, shingle_size=1)
-    a = pseudo_words(400, 1)
-    b = a[:300] + pseudo_words(100, 2)  # Jaccard 300 / 500 = 0.6
-    sa, sb = lsh.signature(a), lsh.signature(b)
-    assert abs(np.mean(sa == sb) - 0.6) < 0.1
-    lsh.insert(sa)
-    assert lsh.query(sb) == 0
-    assert lsh.query(lsh.signature(pseudo_words(400, 3))) is None
-    b, r = lsh_bands(0.8, 128)
-    assert b * r <= 128 and 0.7 < (1 / b) ** (1 / r) < 0.9  # the S-curve's midpoint near 0.8
-    assert 1 - (1 - 0.9 ** r) ** b > 0.99  # a 0.9-similar pair is almost surely a candidate
-
-
 # --- decontamination ---------------------------------------------------------------------------------
 def test_decontamination_13_grams(tmp_path):
     question = pseudo_words(20, 400)
@@ -216,10 +110,6 @@ def test_decontamination_13_grams(tmp_path):
     report = curate([str(tmp_path / "in.jsonl")], str(tmp_path / "out2"), decontaminate=[str(eval_file)],
                     decontaminate_ngram=12)
     assert report["per_rule"]["contaminated"]["docs"] == 2
-
-
-def test_normalized_words():
-    assert normalized_words("Hello, WORLD! It's 2024.") == ["hello", "world", "it", "s", "2024"]
 
 
 # --- mixing -------------------------------------------------------------------------------------------
@@ -255,27 +145,13 @@ def _counts(rows: list[dict], prefix: str) -> dict[str, int]:
     return out
 
 
-def test_parse_weights_errors():
-    assert parse_weights([1, 3], ["a", "b"]) == [0.25, 0.75]
-    assert parse_weights(["b:1", "C:/x.txt:1"], ["C:/x.txt", "b"]) == [0.5, 0.5]
-    for weights, pattern in [([1], "1 weight"), (["a:1", 2], "all as"), (["c:1", "b:1"], "'c' is not"),
-                             (["a:1"], "no weight for source"), (["x", 1], "not a number"), ([0, 0], "positive"),
-                             ([-1, 2], ">= 0")]:
-        with pytest.raises(LLMKitError, match=pattern):
-            parse_weights(weights, ["a", "b"])
-
-
 # --- CLI and errors -----------------------------------------------------------------------------------
 def test_cli_and_errors(tmp_path, capsys):
     src = write_jsonl(tmp_path / "in.jsonl", [good(80, i) for i in range(3)] + [good(20, 9)])
     main(["data", "curate", str(src), "--out", str(tmp_path / "out"), "--min-words", "10"])
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["totals"]["docs_kept"] == 4  # --min-words 10 keeps the 20-word document
-    with pytest.raises(SystemExit) as e:
-        main(["data", "curate", str(src), "--out", str(tmp_path / "out")])
-    assert e.value.code == 1
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "--overwrite" in err
+    cli_error(capsys, ["data", "curate", str(src), "--out", str(tmp_path / "out")], "--overwrite")  # exit 1, one line
     main(["data", "curate", str(src), "--out", str(tmp_path / "out"), "--overwrite", "--max-top-ngram-fraction",
           "0.5", "0.5", "0.5"])
     with pytest.raises(LLMKitError, match="no such file"):

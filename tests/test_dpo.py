@@ -9,8 +9,6 @@ import json
 import math
 import random
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,13 +17,14 @@ import torch
 import llmkit.recipes.dpo as dpo
 from llmkit.checkpoint import load_model, load_weights
 from llmkit.cli import main
-from llmkit.data.pairs import ShuffledBatches, load_pairs, split_pairs
+from llmkit.data.batches import ShuffledBatches
+from llmkit.data.pairs import load_pairs, split_pairs
 from llmkit.errors import LLMKitError
 from llmkit.prompts import Alpaca, alpaca_prompt
 from llmkit.tokenizer import Tokenizer
 from llmkit.training.losses import IGNORE_INDEX
 from tests.conftest import run_two_ways, sigterm_at_call
-from tests.test_generate import build_model_dir
+from tests.helpers import cli_error
 
 TOPICS = ["fox", "cat", "world", "model", "story", "time", "dog", "mat", "token", "hello"]
 
@@ -46,8 +45,8 @@ def preference_records(n: int, seed: int = 0) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory) -> Path:
-    return build_model_dir(tmp_path_factory.mktemp("dpo") / "base")
+def base(tiny_model_dir) -> Path:
+    return tiny_model_dir()  # the session's tiny llama + tokenizer, shared read-only
 
 
 @pytest.fixture(scope="module")
@@ -164,7 +163,7 @@ def test_shuffled_batches_resume_and_cover_every_example_once_per_epoch():
 
 # --- training -------------------------------------------------------------------------------------
 @pytest.mark.parametrize("method", ["lora", "full"])
-def test_loss_starts_at_log2_and_preference_accuracy_rises(base, data, tmp_path, method):
+def test_loss_starts_at_log2_and_preference_accuracy_rises(base, tok, data, tmp_path, method):
     out = tmp_path / method
     lr = "5e-3" if method == "lora" else "5e-4"
     main(args(base, data, out, "--method", method, "--train.lr", lr, "--train.max_steps", "30",
@@ -188,7 +187,14 @@ def test_loss_starts_at_log2_and_preference_accuracy_rises(base, data, tmp_path,
         assert (final / "adapter_config.json").exists() and not (final / "model.safetensors").exists()
     else:
         assert (out / dpo.REFERENCE_FILE).exists() and (final / "model.safetensors").exists()
-    assert load_model(final).model is not None  # loads like any model (adapters merged)
+    # Loads like any model (adapters merged): the trained weights, not the base's.
+    loaded = load_model(final)
+    assert loaded.kind == ("lora" if method == "lora" else "llmkit")
+    ids = torch.tensor([tok.encode("Thank you, the fox is good.")])
+    with torch.no_grad():
+        logits, base_logits = loaded.model(ids), load_model(base).model(ids)
+    assert logits.shape == base_logits.shape == (1, ids.shape[1], 320)
+    assert not torch.allclose(logits, base_logits)
 
 
 def test_lora_reference_is_the_base_with_adapters_off(base, data, tmp_path):
@@ -197,9 +203,9 @@ def test_lora_reference_is_the_base_with_adapters_off(base, data, tmp_path):
 
     tok = Tokenizer.from_dir(base)
     pairs = load_pairs(data)[:4]
-    from llmkit.data.instruct import resolve_prompt_style
+    from llmkit.prompts import resolve_style
 
-    style = resolve_prompt_style(tok, None)
+    style = resolve_style(tok, None)
     batch = dpo.collate_pairs([dpo.encode_pair(tok, style, p, 128)[:3] for p in pairs], pad_id=0)
     plain = load_model(base, dtype=torch.float32).model.eval()
     with torch.no_grad():
@@ -255,21 +261,14 @@ def test_interrupted_and_resumed_equals_uninterrupted(base, data, tmp_path, monk
 def test_bad_files_are_one_line_errors(base, tmp_path, capsys, content, match):
     p = tmp_path / "bad.jsonl"
     p.write_text(content)
-    with pytest.raises(SystemExit) as e:
-        main(args(base, p, tmp_path / "o"))
-    assert e.value.code == 1
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and "\n" not in err and str(p) in err and match in err, err
+    cli_error(capsys, args(base, p, tmp_path / "o"), str(p), match)
 
 
-def test_cli_errors_exit_1(base, data, tmp_path):
+def test_cli_errors_exit_1(base, data, tmp_path, capsys):
     for argv, match in ((args(base, data, tmp_path / "o", "--beta", "0"), "beta must be a positive number"),
                         (args(base, tmp_path / "missing.json", tmp_path / "o"), "no such file"),
                         (args(base, data, tmp_path / "o", "--method", "sideways"), "sideways")):
-        r = subprocess.run([sys.executable, "-m", "llmkit", *argv], capture_output=True, text=True)
-        assert r.returncode == 1, r.stderr[-2000:]
-        lines = r.stderr.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("error: ") and match in lines[0], r.stderr
+        cli_error(capsys, argv, match)  # in-process: exit code 1, one `error: ...` line, no traceback
 
 
 @pytest.mark.slow
@@ -286,7 +285,12 @@ def test_two_process_ddp_matches_one_process(base, data, tmp_path, method):
         for k in ("loss", "reward_margin", "val_loss", "val_reward_margin"):
             if k in a[s]:
                 assert float(b[s][k]) == pytest.approx(float(a[s][k]), rel=1e-4, abs=1e-6), (s, k, a[s][k], b[s][k])
-    load_model(tmp_path / "two" / "final")
+    # The DDP run's final checkpoint loads in one process and holds the one-process weights.
+    assert load_model(tmp_path / "two" / "final").kind == load_model(tmp_path / "one" / "final").kind
+    wa, wb = load_weights(tmp_path / "one" / "final"), load_weights(tmp_path / "two" / "final")
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        torch.testing.assert_close(wb[k], wa[k], rtol=1e-3, atol=1e-4, msg=k)
 
 
 def test_a_corrupt_saved_reference_is_recomputed_not_fatal(base, data, tmp_path):

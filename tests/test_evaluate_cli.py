@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -10,10 +11,10 @@ import pytest
 
 pytest.importorskip("lm_eval")
 
-from llmkit.cli import main  # noqa: E402
 from llmkit.errors import LLMKitError  # noqa: E402
 from llmkit.evaluate import evaluate  # noqa: E402
 from test_evaluate_helpers import CORPUS, make_model_dir, write_mc_task  # noqa: E402
+from tests.helpers import cli_error, cli_run  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -29,37 +30,36 @@ def setup(tmp_path_factory):
             "m2": make_model_dir(root, "llama", bos=True, seed=1)}
 
 
-def run_cli(args, capsys):
-    """(exit code, stdout, stderr) of `llmkit ARGS`."""
-    code = 0
-    try:
-        main(args)
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 def test_tasks_and_perplexity_to_results_files_then_compare(setup, tmp_path, capsys):
+    from llmkit.tokenizer import Tokenizer
+
     outs = []
+    text = setup["text"].read_text()
     for name in ("m1", "m2"):
         out = tmp_path / name
-        code, stdout, _ = run_cli(["evaluate", str(setup[name]), "--tasks", "tiny_mc", "--include-path",
-                                   str(setup["tasks"]), "--num-fewshot", "1", "--perplexity", str(setup["text"]),
-                                   "--stride", "48", "--batch-size", "3", "--out", str(out)], capsys)
+        code, stdout, _ = cli_run(capsys, ["evaluate", str(setup[name]), "--tasks", "tiny_mc", "--include-path",
+                                           str(setup["tasks"]), "--num-fewshot", "1", "--perplexity", str(setup["text"]),
+                                           "--stride", "48", "--batch-size", "3", "--out", str(out)])
         assert code == 0
         result = json.loads((out / "results.json").read_text())
         assert result["format"] == "llmkit-eval" and result["model_name"] == setup[name].name
         assert set(result["tasks"]["tiny_mc"]) >= {"acc", "acc_stderr", "acc_norm", "acc_norm_stderr"}
         assert 0 <= result["tasks"]["tiny_mc"]["acc"] <= 1
+        for metric in ("acc", "acc_norm"):  # a share of the task's 7 questions
+            assert result["tasks"]["tiny_mc"][metric] * 7 == pytest.approx(round(result["tasks"]["tiny_mc"][metric] * 7))
         assert result["harness"]["n-shot"] == {"tiny_mc": 1}
         ppl = result["perplexity"]["overall"]
         assert ppl["tokens"] > 128 and ppl["perplexity"] > 1 and result["perplexity"]["stride"] == 48
+        # Every token after the first is scored once; perplexity and bits per byte follow from the NLL.
+        assert ppl["tokens"] == len(Tokenizer.from_dir(setup[name]).encode(text)) - 1
+        assert ppl["bytes"] == len(text.encode("utf-8"))
+        assert ppl["perplexity"] == pytest.approx(math.exp(ppl["nll"] / ppl["tokens"]))
+        assert ppl["bits_per_byte"] == pytest.approx(ppl["nll"] / math.log(2) / ppl["bytes"])
         md = (out / "results.md").read_text()
         assert "| tiny_mc" in md and "| ppl:text.txt" in md and "perplexity" in md
         assert "| tiny_mc" in stdout  # the table is printed too
         outs.append(out)
-    code, stdout, _ = run_cli(["evaluate", "--compare", str(outs[0]), str(outs[1] / "results.json")], capsys)
+    code, stdout, _ = cli_run(capsys, ["evaluate", "--compare", str(outs[0]), str(outs[1] / "results.json")])
     assert code == 0
     header = stdout.splitlines()[0]
     assert setup["m1"].name in header and setup["m2"].name in header
@@ -76,6 +76,8 @@ def test_example_task_config_runs(setup, tmp_path, monkeypatch):
     result = evaluate(str(setup["m1"]), tasks=["cloze_mini"], include_path=["configs/eval"], num_fewshot=2, limit=8)
     assert result["harness"]["n-samples"]["cloze_mini"]["effective"] == 8
     assert 0 <= result["tasks"]["cloze_mini"]["acc_norm"] <= 1
+    acc_norm = result["tasks"]["cloze_mini"]["acc_norm"]
+    assert acc_norm * 8 == pytest.approx(round(acc_norm * 8))  # a share of the 8 documents scored
 
 
 @pytest.mark.parametrize("case,message", [
@@ -109,8 +111,11 @@ def test_bad_input_is_one_clear_line(case, message, setup, tmp_path, capsys):
         args = ["evaluate", "--compare", str(tmp_path / "nowhere")]
     else:
         args = ["evaluate", m, "--perplexity", str(tmp_path / "nope.txt")]
-    code, _, err = run_cli(args, capsys)
-    assert code == 1
+    if case == "short_context":  # found once the harness has built the requests: its progress bars precede
+        code, _, err = cli_run(capsys, args)
+        assert code == 1 and "Traceback" not in err, err
+    else:  # refused before any work: exit code 1, and stderr is this one `error: ...` line
+        err = cli_error(capsys, args, message)
     lines = [line for line in err.strip().splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and message in lines[0], err
     # The same error reaches Python callers as LLMKitError.
@@ -120,10 +125,13 @@ def test_bad_input_is_one_clear_line(case, message, setup, tmp_path, capsys):
 
 
 def test_several_models_in_one_call(setup, tmp_path, capsys):
-    code, stdout, _ = run_cli(["evaluate", str(setup["m1"]), str(setup["m2"]), "--perplexity", str(setup["text"]),
-                               "--out", str(tmp_path)], capsys)
+    code, stdout, _ = cli_run(capsys, ["evaluate", str(setup["m1"]), str(setup["m2"]), "--perplexity", str(setup["text"]),
+                                       "--out", str(tmp_path)])
     assert code == 0
+    tokens = []
     for name in ("m1", "m2"):
-        assert json.loads((tmp_path / setup[name].name / "results.json").read_text())["perplexity"]["overall"]["tokens"]
+        tokens.append(json.loads((tmp_path / setup[name].name / "results.json").read_text())["perplexity"]["overall"]["tokens"])
+        assert tokens[-1]
+    assert tokens[0] == tokens[1] > 128  # one tokenizer, one text: each model scored the same tokens
     table = stdout[stdout.rindex("| task"):]
     assert setup["m1"].name in table.splitlines()[0] and setup["m2"].name in table.splitlines()[0]

@@ -11,11 +11,12 @@ import pytest
 from llmkit.cli import main
 from llmkit.errors import LLMKitError
 from llmkit.evaluate.generative import build_prompts, evaluate_responses, load_examples
-from llmkit.evaluate.harness import load_model_and_tokenizer
+from llmkit.checkpoint import load_model
 from llmkit.evaluate.judge import OpenAIJudge, judge_scores, parse_score, parse_verdict
 from llmkit.evaluate.metrics import text_metrics
 from llmkit.tokenizer import Tokenizer
 from test_evaluate_helpers import ALPACA, make_model_dir
+from tests.helpers import cli_error
 
 KEY = "test-key"
 
@@ -40,7 +41,8 @@ def judge_server(env):
 
 
 def test_responses_metrics_and_fake_judge(env, tmp_path):
-    model, tok, _ = load_model_and_tokenizer(env["m1"], "cpu", "float32")
+    loaded = load_model(env["m1"], dtype="float32")
+    model, tok = loaded.model, loaded.tokenizer
     prompts, stop, _ = build_prompts(tok, ALPACA[:2])
     assert tok.decode(prompts[0]).endswith("### Instruction:\nName the capital of France.\n\n### Response:\n")
     assert "### Instruction:" in stop
@@ -94,11 +96,7 @@ def test_judge_errors_are_one_line(env, judge_server, tmp_path, capsys):
     base = ["evaluate", str(env["m1"]), "--generate-data", str(env["data"]), "--max-new-tokens", "2",
             "--limit", "2", "--judge-url", f"{judge_server}/v1"]
     for extra in ([], ["--judge-api-key", "wrong", "--judge-model", "judge"]):  # no key, then a wrong one
-        with pytest.raises(SystemExit) as e:
-            main(base + extra)
-        err = capsys.readouterr().err
-        assert e.value.code == 1 and "error: the judge rejected the request: HTTP 401" in err
-        assert len(err.strip().splitlines()) == 1
+        cli_error(capsys, base + extra, "error: the judge rejected the request: HTTP 401")  # exit 1, one line
     dead = OpenAIJudge("http://127.0.0.1:9/v1", model="m", max_retries=1, backoff=0.01, timeout=2)  # nothing there
     with pytest.raises(LLMKitError, match="cannot reach the judge"):
         judge_scores(ALPACA[:2], ["a", "b"], dead, progress=False)

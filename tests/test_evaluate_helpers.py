@@ -1,8 +1,9 @@
-"""Fixtures shared by the tests/test_evaluate_*.py files (this module holds no tests).
+"""Data shared by the tests/test_evaluate_*.py files (this module holds no tests).
 
-A tiny random Hugging Face model and a byte-level BPE tokenizer trained on the spot are saved
-in one directory, so that `transformers` (and the harness's `hf` backend) and llmkit load the
-very same weights and vocabulary.
+The tiny model directories (`make_model_dir`: a random Hugging Face model and a byte-level BPE
+tokenizer trained on CORPUS, in one directory, so that `transformers`, the harness's `hf`
+backend and llmkit load the very same weights and vocabulary) are built by tests/helpers.py,
+with the other test builders; the multiple-choice task and Alpaca records are here.
 """
 
 from __future__ import annotations
@@ -10,14 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from conftest import make_hf_model
-
-CORPUS = [
-    "The quick brown fox jumps over the lazy dog. " * 3,
-    "Question: what is the capital of France? Answer: Paris.",
-    "A cat sat on the mat and looked at the moon, then went to sleep.",
-    "Numbers: 1 2 3 4 5 6 7 8 9 10. Colours: red, green, blue, yellow.",
-] * 5
+from tests.helpers import CORPUS, make_model_dir  # noqa: F401 (used by the test_evaluate_* files)
 
 MC_DOCS = [
     {"question": "What is the capital of France?", "choices": ["Paris", "London", "Rome", "Berlin"], "label": 0},
@@ -30,45 +24,6 @@ MC_DOCS = [
      "choices": ["on the moon", "on the mat", "in the box", "under the bed"], "label": 1},
     {"question": "What does the fox do?", "choices": ["sleeps", "jumps", "sings", "reads"], "label": 1},
 ]
-
-
-def save_tokenizer(out: Path, vocab_size: int, bos: bool) -> None:
-    """Byte-level BPE with <pad>=0, <s>=1, </s>=2 (the tiny HF configs' ids). With `bos`, the
-    tokenizer.json post-processor prepends <s> (Llama's convention), otherwise nothing (GPT-2's)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<pad>", "<s>", "</s>"], min_frequency=1,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(CORPUS, trainer)
-    assert tok.get_vocab_size() == vocab_size
-    if bos:
-        tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B",
-                                                           special_tokens=[("<s>", 1)])
-    else:
-        tok.post_processor = processors.ByteLevel(trim_offsets=False)
-    tok.save(str(out / "tokenizer.json"))
-    config = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<s>", "eos_token": "</s>",
-              "pad_token": "<pad>", "clean_up_tokenization_spaces": False}
-    (out / "tokenizer_config.json").write_text(json.dumps(config))
-
-
-def make_model_dir(root: Path, family: str = "llama", bos: bool = True, seed: int = 0,
-                   context: int | None = None) -> Path:
-    """A tiny HF model of `family` plus its tokenizer in root/<family>-<bos>-<seed>[-<context>].
-
-    `context` raises the context length (RoPE families only) for prompts longer than the tiny
-    configs' 128 tokens, e.g. a judge's grading prompt."""
-    d = Path(root) / (f"{family}-{'bos' if bos else 'nobos'}-{seed}" + (f"-{context}" if context else ""))
-    if not (d / "tokenizer.json").exists():
-        model = make_hf_model(family, seed)
-        if context:
-            model.config.max_position_embeddings = context
-        model.save_pretrained(d)
-        save_tokenizer(d, model.config.vocab_size, bos)
-    return d
 
 
 ALPACA = [

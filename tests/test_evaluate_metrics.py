@@ -1,5 +1,6 @@
 """Text metrics against hand-computed values (and the reference packages where installed),
-the judge's reply parsers, and the judge summaries driven by a fake judge."""
+the classification report by hand, the judge's reply parsers, and the judge summaries driven by
+a fake judge."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 from llmkit.errors import LLMKitError
 from llmkit.evaluate.judge import (DECILES, judge_pairs, judge_scores, parse_score, parse_verdict, summarize_pairs,
                                    summarize_scores)
-from llmkit.evaluate.metrics import corpus_bleu, exact_match, lcs_length, rouge_l, rouge_l_f
+from llmkit.evaluate.metrics import classification_report, corpus_bleu, exact_match, lcs_length, rouge_l, rouge_l_f
 
 # --- exact match, ROUGE-L, BLEU --------------------------------------------------------------
 
@@ -56,6 +57,18 @@ def test_metrics_agree_with_reference_packages():
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
     expected = sum(scorer.score(r, p)["rougeL"].fmeasure for p, r in zip(preds, refs)) / len(preds)
     assert rouge_l(preds, refs) == pytest.approx(expected)
+
+
+# --- classification report -------------------------------------------------------------------
+def test_classification_report_by_hand():
+    # true: a a a b b c ; predicted: a b a b c c
+    r = classification_report([0, 0, 0, 1, 1, 2], [0, 1, 0, 1, 2, 2], ["a", "b", "c"])
+    assert r["confusion_matrix"] == [[2, 1, 0], [0, 1, 1], [0, 0, 1]]
+    assert r["accuracy"] == pytest.approx(4 / 6)
+    assert r["per_class"]["a"] == {"precision": 1.0, "recall": pytest.approx(2 / 3), "f1": pytest.approx(0.8), "support": 3}
+    assert r["per_class"]["b"]["precision"] == 0.5 and r["per_class"]["b"]["recall"] == 0.5
+    assert r["per_class"]["c"]["precision"] == 0.5 and r["per_class"]["c"]["recall"] == 1.0
+    assert r["macro_f1"] == pytest.approx((0.8 + 0.5 + 2 / 3) / 3)
 
 
 # --- parsing the judge -----------------------------------------------------------------------

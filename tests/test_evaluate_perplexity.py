@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from llmkit.errors import LLMKitError
-from llmkit.evaluate.harness import load_model_and_tokenizer
+from llmkit.checkpoint import load_model
 from llmkit.evaluate.perplexity import perplexity, sliding_windows
 from test_evaluate_helpers import CORPUS, make_model_dir
 
@@ -61,7 +61,8 @@ def test_perplexity_equals_transformers(family, model_dirs, tmp_path):
     short_doc = "A cat sat on the mat."  # shorter than the window
     (tmp_path / "long.txt").write_text(long_doc)
     (tmp_path / "short.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in (short_doc, CORPUS[3])))
-    model, tok, _ = load_model_and_tokenizer(d, "cpu", "float32")
+    loaded = load_model(d, dtype="float32")
+    model, tok = loaded.model, loaded.tokenizer
     res = perplexity(model, tok, [str(tmp_path / "long.txt"), str(tmp_path / "short.jsonl")], max_length=32,
                      stride=12, batch_size=3, progress=False)
 
@@ -91,7 +92,8 @@ def test_disjoint_windows_equal_the_harness_rolling_loglikelihood(model_dirs, tm
 
     from llmkit.evaluate.harness import LLMKitLM
 
-    model, tok, _ = load_model_and_tokenizer(model_dirs["gpt2"], "cpu", "float32")
+    loaded = load_model(model_dirs["gpt2"], dtype="float32")
+    model, tok = loaded.model, loaded.tokenizer
     # 120 text tokens: the harness gives its last window a full context, the guide's loop gives
     # it what the stride leaves; with a whole number of windows the two coincide.
     ids = tok.encode(" ".join(CORPUS[:5]), bos=False)[:120]
@@ -105,7 +107,8 @@ def test_disjoint_windows_equal_the_harness_rolling_loglikelihood(model_dirs, tm
 
 
 def test_perplexity_errors(model_dirs, tmp_path):
-    model, tok, _ = load_model_and_tokenizer(model_dirs["llama"], "cpu", "float32")
+    loaded = load_model(model_dirs["llama"], dtype="float32")
+    model, tok = loaded.model, loaded.tokenizer
     (tmp_path / "a.txt").write_text("some text here")
     with pytest.raises(LLMKitError, match="missing.txt"):
         perplexity(model, tok, [str(tmp_path / "missing.txt")])

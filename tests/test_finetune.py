@@ -6,15 +6,15 @@ from __future__ import annotations
 import csv
 import json
 import random
+import re
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 import llmkit.recipes.finetune as ft
+import llmkit.recipes.scaffold as scaffold
 from llmkit.checkpoint import load_model, load_weights
 from llmkit.cli import main
 from llmkit.data.instruct import (
@@ -24,14 +24,13 @@ from llmkit.data.instruct import (
     load_examples,
     pack,
     parse_record,
-    resolve_prompt_style,
 )
 from llmkit.errors import LLMKitError
-from llmkit.prompts import Alpaca, ChatML, PromptStyle, alpaca_prompt
+from llmkit.prompts import Alpaca, ChatML, alpaca_prompt, resolve_style
 from llmkit.tokenizer import Tokenizer
 from llmkit.training.losses import IGNORE_INDEX
 from tests.conftest import run_two_ways, sigterm_at_call
-from tests.test_generate import build_model_dir
+from tests.helpers import cli_error, cli_run
 
 # A fixed mapping a 2-layer model learns in a few dozen steps: the answer depends on the
 # instruction only, so held-out records (same mapping, other phrasings) measure learning.
@@ -53,8 +52,8 @@ def mapping_records(n: int, seed: int = 0) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory) -> Path:
-    return build_model_dir(tmp_path_factory.mktemp("ft") / "base")
+def base(tiny_model_dir) -> Path:
+    return tiny_model_dir()  # the session's tiny llama + tokenizer, shared read-only
 
 
 @pytest.fixture(scope="module")
@@ -84,8 +83,8 @@ def summary(out: Path) -> dict:
     return json.loads((out / "summary.json").read_text())
 
 
-class Spy(ft.Trainer):
-    """The recipe's Trainer, remembered, so a test can look at the trained model in memory."""
+class Spy(scaffold.Trainer):
+    """The recipes' Trainer (made by the scaffold), remembered, so a test can look at the trained model in memory."""
 
     last = None
 
@@ -114,7 +113,7 @@ def test_multi_turn_messages_train_on_every_assistant_turn_only(tok, style_name)
             {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Who are you?"},
             {"role": "assistant", "content": "A small fox."}]
     ex = parse_record({"messages": msgs}, "r")
-    style = resolve_prompt_style(tok, style_name)
+    style = resolve_style(tok, style_name)
     enc = encode_example(ex, style, tok)
     assert len(enc.ids) == len(enc.labels)
     # The trained spans, in order: each assistant reply and what ends it (its end-of-turn
@@ -139,17 +138,6 @@ def test_multi_turn_messages_train_on_every_assistant_turn_only(tok, style_name)
         assert tok.decode(prefix, skip_special=False) == style.render(msgs[:k], add_generation_prompt=True)
         assert tok.decode(enc.ids[a:b], skip_special=False) == reply + end  # (tok's EOS is <|im_end|>)
     assert enc.prompt_len == spans[1][0]
-
-
-def test_builtin_style_templates_render_like_the_styles(tok):
-    convs = [[{"role": "user", "content": "Hi"}],
-             [{"role": "system", "content": "S"}, {"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
-              {"role": "user", "content": "c"}]]
-    for name, builtin in (("alpaca", Alpaca()), ("chatml", ChatML())):
-        jinja = PromptStyle.from_template(ft.style_template(name, add_bos=False), tok.special_tokens)
-        for c in convs:
-            for gen in (True, False):
-                assert jinja.render(c, add_generation_prompt=gen) == builtin.render(c, add_generation_prompt=gen)
 
 
 def test_truncation_is_counted(tok):
@@ -205,8 +193,8 @@ def test_instruction_finetuning_lowers_validation_loss(base, data, tmp_path):
     assert (out / "final" / "model.safetensors").exists()
 
 
-def test_lora_writes_only_the_adapter_and_keeps_the_base(base, data, tmp_path, monkeypatch):
-    monkeypatch.setattr(ft, "Trainer", Spy)
+def test_lora_writes_only_the_adapter_and_keeps_the_base(base, data, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(scaffold, "Trainer", Spy)
     out = tmp_path / "lora"
     main(args(base, data, out, "--method", "lora", "--lora.r", "4", "--train.lr", "5e-3", "--train.max_steps", "8",
               "--train.eval_every", "4"))
@@ -229,15 +217,16 @@ def test_lora_writes_only_the_adapter_and_keeps_the_base(base, data, tmp_path, m
     assert s["trainable_params"] < s["params"] / 5 and s["val_loss_after"] < s["val_loss_before"]
     loaded = load_model(final)
     assert loaded.kind == "lora"
-    r = subprocess.run([sys.executable, "-m", "llmkit", "generate", str(final), "--prompt", "What goes with fox?",
-                        "--max_new_tokens", "5", "--temperature", "0", "--style", "auto"],
-                       capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert "tokens/sec" in r.stderr
+    code, out, err = cli_run(capsys, ["generate", final, "--prompt", "What goes with fox?", "--max_new_tokens", "5",
+                                      "--temperature", "0", "--style", "auto"])
+    assert code == 0, err[-2000:]
+    assert "tokens/sec" in err
+    n = int(re.search(r"tokens/sec, (\d+) tokens", err).group(1))
+    assert 1 <= n <= 5 and out.endswith("\n")  # the adapter checkpoint generated (at most 5 tokens)
 
 
 def test_freeze_trains_only_the_last_blocks(base, data, tmp_path, monkeypatch):
-    monkeypatch.setattr(ft, "Trainer", Spy)
+    monkeypatch.setattr(scaffold, "Trainer", Spy)
     out = tmp_path / "freeze"
     main(args(base, data, out, "--method", "freeze", "--train_last", "1", "--train.max_steps", "3",
               "--train.eval_every", "0", "--samples", "0"))
@@ -309,23 +298,16 @@ def test_qlora_int8_runs_and_reports_memory_saved(base, data, tmp_path):
 def test_bad_data_is_a_one_line_error(base, tmp_path, capsys, content, match):
     p = tmp_path / "bad.jsonl"
     p.write_text(content)
-    with pytest.raises(SystemExit) as e:
-        main(args(base, p, tmp_path / "o"))
-    assert e.value.code == 1
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and "\n" not in err and str(p) in err and match in err, err
+    cli_error(capsys, args(base, p, tmp_path / "o"), str(p), match)
 
 
-def test_cli_errors_exit_1(base, data, tmp_path):
+def test_cli_errors_exit_1(base, data, tmp_path, capsys):
     for extra, match in ((["--prompt_style", "nosuch"], "unknown prompt style 'nosuch'"),
                          (["--data", str(tmp_path / "missing.json")], "no such file")):
         argv = args(base, data, tmp_path / "o", *extra)
         if extra[0] == "--data":
             argv = [a for a in argv if a != str(data)]
-        r = subprocess.run([sys.executable, "-m", "llmkit", *argv], capture_output=True, text=True)
-        assert r.returncode == 1, r.stderr[-2000:]
-        lines = r.stderr.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("error: ") and match in lines[0], r.stderr
+        cli_error(capsys, argv, match)  # in-process: exit code 1, one `error: ...` line, no traceback
 
 
 def test_load_examples_reads_jsonl_chat_with_system_field(tmp_path):
@@ -349,7 +331,12 @@ def test_two_process_ddp_matches_one_process(base, data, tmp_path, method):
     for s in a:
         assert float(b[s]) == pytest.approx(float(a[s]), rel=1e-5), (s, a[s], b[s])
     assert summary(tmp_path / "two")["val_loss_after"] == pytest.approx(summary(tmp_path / "one")["val_loss_after"], rel=1e-5)
-    load_model(tmp_path / "two" / "final")
+    # The DDP run's final checkpoint loads in one process and holds the one-process weights.
+    assert load_model(tmp_path / "two" / "final").kind == load_model(tmp_path / "one" / "final").kind
+    wa, wb = load_weights(tmp_path / "one" / "final"), load_weights(tmp_path / "two" / "final")
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        torch.testing.assert_close(wb[k], wa[k], rtol=1e-3, atol=1e-4, msg=k)
 
 
 def test_grad_accumulation_weighs_answer_tokens_like_one_big_batch(base, data, tmp_path):

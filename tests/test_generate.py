@@ -1,16 +1,9 @@
-"""Generation: sampling, stop tokens and strings, streaming, batching == one by one, CLI.
-
-Also home of the tiny-model builders the chat and serve tests share (`build_model_dir`).
-"""
+"""Generation: sampling, stop tokens and strings, streaming, batching == one by one, CLI."""
 
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -30,60 +23,12 @@ from llmkit.generate import (
     stream,
 )
 from llmkit.model import KVCache
-from llmkit.tokenizer import Tokenizer
-from tests.conftest import TINY_HF, make_hf_model
-
-# --- shared builders ----------------------------------------------------------------------------
-TRAIN_TEXT = [
-    "The quick brown fox jumps over the lazy dog. Hello world! How are you today?",
-    "A language model predicts the next token; tokens are pieces of words such as the, and, ing.",
-    "Once upon a time there was a small model that learned to write short stories about foxes.",
-]
-SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-CHATML_TEMPLATE = (
-    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
-    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
-)
-
-
-def build_tokenizer(out_dir, chat_template=None, vocab_size=320, add_bos=False) -> Tokenizer:
-    """Train a tiny byte-level BPE (specials: <|endoftext|> = BOS/pad, <|im_end|> = EOS) and save it."""
-    from tokenizers import Tokenizer as Backend
-    from tokenizers import decoders, models, pre_tokenizers, processors, trainers
-
-    backend = Backend(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    backend.post_processor = processors.ByteLevel(trim_offsets=False)
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=1, special_tokens=SPECIALS,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    backend.train_from_iterator(TRAIN_TEXT * 4, trainer=trainer)
-    config = {"bos_token": "<|endoftext|>", "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>",
-              "add_bos_token": add_bos}
-    tok = Tokenizer(backend, config=config, chat_template=chat_template)
-    tok.save(out_dir)
-    return Tokenizer.from_dir(out_dir)
-
-
-def build_model_dir(out_dir, family="llama", chat_template=CHATML_TEMPLATE, seed=0, context=None) -> Path:
-    """A tiny random HF model of `family` with a matching tokenizer (vocab 320) in `out_dir`."""
-    out_dir = Path(out_dir)
-    if context is None:
-        model = make_hf_model(family, seed)
-    else:  # the same family with a longer context
-        from transformers import AutoConfig, AutoModelForCausalLM
-
-        torch.manual_seed(seed)
-        cfg = AutoConfig.for_model(family, **{**TINY_HF[family], "max_position_embeddings": context})
-        model = AutoModelForCausalLM.from_config(cfg)
-    model.save_pretrained(out_dir)
-    build_tokenizer(out_dir, chat_template)
-    return out_dir
-
+from tests.conftest import make_hf_model
+from tests.helpers import cli_error, cli_run
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    d = build_model_dir(tmp_path_factory.mktemp("gen") / "llama")
+def tiny(tiny_model_dir):
+    d = tiny_model_dir()
     loaded, tok = load_for_inference(str(d))
     return SimpleNamespace(dir=d, model=loaded.model, tok=tok)
 
@@ -240,8 +185,8 @@ def test_greedy_generation_matches_transformers(tiny):
 
 
 @pytest.mark.parametrize("family", ["llama", "gemma2", "gpt2"])
-def test_batched_generation_equals_one_by_one(tmp_path, family):
-    d = build_model_dir(tmp_path / family, family)
+def test_batched_generation_equals_one_by_one(tiny_model_dir, family):
+    d = tiny_model_dir(family)
     loaded, tok = load_for_inference(str(d))
     prompts = ["Hello", "The quick brown fox jumps over the lazy dog.", "A", "Once upon a time there was"]
     params = SamplingParams(max_new_tokens=24)
@@ -331,27 +276,28 @@ def test_prepare_for_decoding_keeps_results(tiny, dtype):
 
 
 # --- CLI ----------------------------------------------------------------------------------------
-def run_cli(*args, input=None):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    p = subprocess.run([sys.executable, "-m", "llmkit", *args], capture_output=True, text=True, env=env,
-                       timeout=120, input=input)
-    return p.returncode, p.stdout, p.stderr
-
-
-def test_generate_cli_streams_completion_and_timing(tiny):
+def test_generate_cli_streams_completion_and_timing(tiny, capsys):
     ref = generate(tiny.model, tiny.tok, "Hello world", max_new_tokens=12, stop_ids=tiny.tok.eos_ids)
-    code, out, err = run_cli("generate", str(tiny.dir), "--prompt", "Hello world", "--max-new-tokens", "12",
-                             "--temperature", "0")
+    code, out, err = cli_run(capsys, ["generate", str(tiny.dir), "--prompt", "Hello world", "--max-new-tokens", "12",
+                                      "--temperature", "0"])
     assert code == 0, err
     assert out == ref.text + "\n"
     assert re.search(r"Time for inference: \d+\.\d\d sec total, \d+\.\d\d tokens/sec, \d+ tokens", err)
 
 
-def test_generate_cli_chat_style_and_stop(tiny):
-    code, out, err = run_cli("generate", str(tiny.dir), "--prompt", "Hi", "--style", "auto", "--system", "Be brief.",
-                             "--temperature", "0", "--max-new-tokens", "8", "--stop", '["o"]')
+def test_generate_cli_chat_style_and_stop(tiny, capsys):
+    chat = ["generate", str(tiny.dir), "--prompt", "Hi", "--style", "auto", "--system", "Be brief.",
+            "--temperature", "0", "--max-new-tokens", "8"]
+    code, full, err = cli_run(capsys, chat)
+    assert code == 0, err
+    # This tiny model's greedy reply has a "," (and no "o"): stopping at either must cut the very
+    # same reply just before its first ",".
+    assert "," in full, full
+    code, out, err = cli_run(capsys, [*chat, "--stop", '["o", ","]'])
     assert code == 0, err
     assert "o" not in out
+    cut = min(full.index(s) for s in ("o", ",") if s in full)
+    assert out == full[:cut] + "\n"
 
 
 @pytest.mark.parametrize("prompt,args,match", [
@@ -361,18 +307,12 @@ def test_generate_cli_chat_style_and_stop(tiny):
     ("Hi", ["--style", "nope"], "unknown prompt style 'nope'"),
 ], ids=["top_p", "temperature", "too-long", "style"])
 def test_generate_cli_errors(tiny, capsys, prompt, args, match):
-    from llmkit.cli import main
-
-    with pytest.raises(SystemExit) as exit:
-        main(["generate", str(tiny.dir), "--prompt", prompt, *args])
-    err = capsys.readouterr().err
-    assert exit.value.code == 1
-    assert re.search(match, err) and len(err.strip().splitlines()) == 1
+    err = cli_error(capsys, ["generate", str(tiny.dir), "--prompt", prompt, *args])  # exit 1, one line
+    assert re.search(match, err)
 
 
-def test_generate_cli_missing_tokenizer(tmp_path):
+def test_generate_cli_missing_tokenizer(tmp_path, capsys):
     d = tmp_path / "no-tok"
     make_hf_model("llama").save_pretrained(d)
-    code, out, err = run_cli("generate", str(d), "--prompt", "Hi")
-    assert code == 1 and "no tokenizer files in" in err and "Traceback" not in err
+    cli_error(capsys, ["generate", str(d), "--prompt", "Hi"], "no tokenizer files in", str(d))  # no traceback
     assert json.loads((d / "config.json").read_text())["model_type"] == "llama"

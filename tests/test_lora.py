@@ -1,14 +1,12 @@
-"""LoRA and quantized bases: the invariants finetuning relies on."""
+"""LoRA and quantized bases: the invariants finetuning relies on. (Adapter checkpoints: saved,
+loaded, merged by `llmkit merge-lora`: test_checkpoint.py.)"""
 
 from __future__ import annotations
-
-import subprocess
-import sys
 
 import pytest
 import torch
 
-from llmkit.checkpoint import load_model, load_weights, save_adapter
+from llmkit.checkpoint import load_model
 from llmkit.errors import LLMKitError
 from llmkit.lora import (
     Int8Linear,
@@ -17,27 +15,17 @@ from llmkit.lora import (
     NF4Linear,
     adapters_disabled,
     apply_lora,
-    lora_state_dict,
     merge_lora,
     weight_bytes,
 )
 from llmkit.recipes.tuning import setup_method
 from tests.conftest import make_hf_model
+from tests.helpers import randomize_adapters
 
 
 @pytest.fixture
-def base(tmp_path):
-    d = tmp_path / "base"
-    make_hf_model("llama").save_pretrained(d)
-    return d
-
-
-def _randomize_adapters(model, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, LoRALinear):
-                m.lora_b.copy_(torch.randn(m.lora_b.shape, generator=g) * 0.1)
+def base(tiny_model_dir):
+    return tiny_model_dir()  # the session's tiny llama (make_hf_model("llama") + a tokenizer), read-only
 
 
 IDS = torch.randint(0, 320, (2, 12), generator=torch.Generator().manual_seed(0))
@@ -49,7 +37,7 @@ def test_fresh_adapter_is_the_base_and_merged_equals_unmerged(base):
     n = apply_lora(model, LoRAConfig(r=4, alpha=8, targets=["all"]))
     assert n == sum(p.numel() for n_, p in model.named_parameters() if "lora_" in n_)
     torch.testing.assert_close(model(IDS), ref, rtol=0, atol=0)  # B = 0: exactly the base
-    _randomize_adapters(model)
+    randomize_adapters(model)
     unmerged = model(IDS)
     assert (unmerged - ref).abs().max() > 1e-3
     with adapters_disabled(model):
@@ -78,32 +66,6 @@ def test_only_adapters_get_gradients_and_change(base):
     assert all(m.lora_b.abs().sum() > 0 for m in model.modules() if isinstance(m, LoRALinear))
 
 
-def test_adapter_checkpoint_loads_as_a_model_and_merges_via_cli(base, tmp_path):
-    model = load_model(base).model
-    apply_lora(model, LoRAConfig(r=4, alpha=16, targets=["q", "k", "v", "o", "lm_head"]))
-    _randomize_adapters(model)
-    expected = model(IDS).detach()
-    meta = {"base_model": str(base), "quantize": None,
-            "lora": {"r": 4, "alpha": 16.0, "dropout": 0.0, "targets": ["q", "k", "v", "o", "lm_head"]}}
-    ad = save_adapter(tmp_path / "adapter", lora_state_dict(model), meta)
-    assert set(load_weights(ad)) == set(lora_state_dict(model))  # the adapter alone
-    loaded = load_model(ad)
-    assert loaded.kind == "lora"
-    torch.testing.assert_close(loaded.model(IDS), expected, rtol=1e-5, atol=1e-5)
-    # merge-lora, then export to HF: transformers computes the same logits.
-    run = lambda *a: subprocess.run([sys.executable, "-m", "llmkit", *a], capture_output=True, text=True)
-    r = run("merge-lora", str(ad), "--out", str(tmp_path / "merged"))
-    assert r.returncode == 0, r.stderr
-    r = run("convert", "to-hf", str(tmp_path / "merged"), str(tmp_path / "hf"))
-    assert r.returncode == 0, r.stderr
-    from transformers import AutoModelForCausalLM
-
-    hf = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
-    torch.testing.assert_close(hf(IDS).logits, expected, rtol=1e-4, atol=1e-4)
-    r = run("merge-lora", str(base), "--out", str(tmp_path / "x"))
-    assert r.returncode == 1 and "not a LoRA checkpoint" in r.stderr
-
-
 @pytest.mark.parametrize("cls, tol", [(Int8Linear, 0.01), (NF4Linear, 0.12)])
 def test_quantized_linear_forward_backward(cls, tol):
     torch.manual_seed(0)
@@ -129,10 +91,14 @@ def test_qlora_saves_memory_and_merges_to_what_it_trained(base, kind):
     blocks_q = [m for m in model.blocks.modules() if isinstance(m, (Int8Linear, NF4Linear))]
     assert len(blocks_q) == 7 * len(model.blocks)
     assert weight_bytes(model) < full
-    _randomize_adapters(model)
+    randomize_adapters(model)
     with torch.autocast("cpu", dtype=torch.bfloat16):  # the loop's precision path runs
         model(IDS).float().sum().backward()
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable)  # the quantized base is frozen
+    for n, p in trainable.items():  # and every adapter learns through it: finite, non-zero gradients
+        assert torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, n
     unmerged = model(IDS).detach()
     merge_lora(model)
     torch.testing.assert_close(model(IDS), unmerged, rtol=1e-5, atol=1e-5)

@@ -1,11 +1,12 @@
-"""Model invariants: KV-cache decoding, batched positions, config validation, presets."""
+"""Model invariants: KV-cache decoding, batched positions, config validation (presets and their
+parameter counts: test_presets.py)."""
 
 import pytest
 import torch
 
 from llmkit.config import ModelConfig
 from llmkit.errors import LLMKitError
-from llmkit.model import Transformer, count_params
+from llmkit.model import Transformer
 
 CONFIGS = {
     "llama": ModelConfig.from_name("tiny-llama"),
@@ -72,31 +73,6 @@ def test_rows_at_different_positions_match_single_rows():
     torch.testing.assert_close(step[1], ref2[0])
 
 
-@pytest.mark.parametrize("name,expected", [
-    ("gpt2", 124_439_808), ("llama-3.2-1b", 1_235_814_400), ("qwen2.5-0.5b", 494_032_768),
-    ("smollm2-135m", 134_515_008), ("llama-3.1-8b", 8_030_261_248), ("mistral-7b-v0.3", 7_248_023_552),
-    ("qwen3-0.6b", 596_049_920), ("gemma-2-2b", 2_614_341_888), ("phi-3-mini-4k", 3_821_079_552),
-])
-def test_preset_parameter_counts(name, expected):
-    cfg = ModelConfig.from_name(name)
-    assert count_params(cfg) == expected
-    assert cfg.n_params_estimate() + _norm_and_bias_params(cfg) == expected
-
-
-def _norm_and_bias_params(cfg):
-    with torch.device("meta"):
-        m = Transformer(cfg)
-    return sum(p.numel() for n, p in m.named_parameters() if p.dim() == 1) + (
-        m.pos_embed.weight.numel() if m.pos_embed is not None else 0)
-
-
-def test_every_preset_builds_on_meta():
-    from llmkit.presets import PRESETS
-
-    for name in PRESETS:
-        assert count_params(ModelConfig.from_name(name)) > 0
-
-
 def test_config_validation():
     with pytest.raises(LLMKitError, match="multiple of n_kv_heads"):
         ModelConfig.from_name("tiny-llama", n_kv_heads=3)
@@ -118,3 +94,7 @@ def test_training_forward_backward_with_window():
     loss = torch.nn.functional.cross_entropy(model(x).flatten(0, 1), x.flatten())
     loss.backward()
     assert all(p.grad is not None for p in model.parameters())
+    # Every parameter takes part: a finite, non-zero gradient (a mis-wired norm, window or
+    # softcap would leave one at zero or make it NaN).
+    for n, p in model.named_parameters():
+        assert torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, n

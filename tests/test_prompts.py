@@ -6,12 +6,15 @@ import pytest
 from llmkit.errors import LLMKitError
 from llmkit.prompts import (
     ALPACA_PREAMBLE,
+    Alpaca,
+    ChatML,
     JinjaStyle,
     PromptStyle,
     alpaca_prompt,
     format_alpaca,
+    resolve_style,
 )
-from tests.test_generate import build_tokenizer
+from tests.helpers import build_tokenizer
 
 CONVO = [
     {"role": "system", "content": "You are terse."},
@@ -247,7 +250,9 @@ def test_template_variables_and_sandbox():
     assert JinjaStyle(QWEN_TEMPLATE).stop_strings == ("<|im_end|>",)
 
 
-def test_for_model_falls_back_to_vocabulary_hints_then_plain(tmp_path):
+def test_auto_falls_back_to_vocabulary_hints_then_alpaca(tmp_path):
+    """`auto`, the one rule of every command: the model's template, else the style its
+    vocabulary names, else alpaca (what finetuning trains such a model on)."""
     from llmkit.tokenizer import Tokenizer
 
     build_tokenizer(tmp_path / "chatml")  # <|im_start|> is in its vocabulary
@@ -259,7 +264,17 @@ def test_for_model_falls_back_to_vocabulary_hints_then_plain(tmp_path):
     from tokenizers import models
 
     plain = Tokenizer(Backend(models.BPE(vocab={"a": 0, "b": 1}, merges=[])), config={})  # no markers
-    assert PromptStyle.for_model(plain).name == "plain"
+    assert PromptStyle.for_model(plain).name == "alpaca"
+    assert resolve_style(plain, None).name == resolve_style(plain, "auto").name == "alpaca"
+    assert resolve_style(tok, "auto").name == "chatml"
+    assert resolve_style(plain, "plain").name == "plain"
+    with pytest.raises(LLMKitError, match="no chat template"):
+        resolve_style(plain, "chat_template")
+    (tmp_path / "t.jinja").write_text("{% for m in messages %}[{{ m['content'] }}]{% endfor %}")
+    assert resolve_style(plain, str(tmp_path / "t.jinja")).render([{"role": "user", "content": "x"}]) == "[x]"
+    assert resolve_style(plain, chat_template=tmp_path / "t.jinja").render([{"role": "user", "content": "y"}]) == "[y]"
+    with pytest.raises(LLMKitError, match="not both"):
+        resolve_style(plain, "chatml", chat_template=tmp_path / "t.jinja")
 
 
 def test_builtin_style_encoding_lets_the_tokenizer_add_bos(tmp_path):
@@ -270,3 +285,20 @@ def test_builtin_style_encoding_lets_the_tokenizer_add_bos(tmp_path):
     ids = PromptStyle.from_name("chatml").encode(tok, CONVO)
     assert ids[0] == tok.bos_id and ids.count(tok.bos_id) == 1
     assert tok.decode(ids[1:], skip_special=False) == EXPECTED["chatml"]
+
+
+def test_builtin_style_templates_render_like_the_styles():
+    """The Jinja versions that finetuning writes into a tuned model's folder render exactly as
+    the built-in styles they stand for (with BOS in front where the tokenizer adds one)."""
+    from llmkit.prompts import builtin_template
+
+    convs = [[{"role": "user", "content": "Hi"}],
+             [{"role": "system", "content": "S"}, {"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
+              {"role": "user", "content": "c"}]]
+    for name, builtin in (("alpaca", Alpaca()), ("chatml", ChatML())):
+        for add_bos, prefix in ((False, ""), (True, "<s>")):
+            jinja = PromptStyle.from_template(builtin_template(name, add_bos=add_bos), {"bos_token": "<s>"})
+            for c in convs:
+                for gen in (True, False):
+                    assert jinja.render(c, add_generation_prompt=gen) == prefix + builtin.render(c, add_generation_prompt=gen)
+    assert builtin_template("llama3", add_bos=False) is None

@@ -13,14 +13,13 @@ import torch
 from llmkit.generate import generate, load_for_inference
 from llmkit.prompts import PromptStyle
 from llmkit.serve import ServerThread, create_app
-from tests.test_generate import build_model_dir
 
 CONTEXT = 1024
 
 
 @pytest.fixture(scope="module")
-def srv(tmp_path_factory):
-    d = build_model_dir(tmp_path_factory.mktemp("serve") / "llama", context=CONTEXT)
+def srv(tiny_model_dir):
+    d = tiny_model_dir(context=CONTEXT)
     app = create_app(str(d), max_batch_size=16, model_name="tiny")
     loaded, tok = load_for_inference(str(d))  # a second copy for reference results
     with ServerThread(app) as server:
@@ -199,7 +198,9 @@ def test_disconnect_mid_stream_frees_the_slot(srv):
     # The connection is closed with ~1000 tokens still to go: the engine must drop the row.
     assert wait_idle(engine) == 0
     assert engine.stats["cancelled"] == cancelled + 1
-    assert srv.client.completions.create(model="t", prompt="Hi", max_tokens=3).choices[0].text is not None
+    # ... and goes on serving: the next request gets exactly what generate gives.
+    after = srv.client.completions.create(model="t", prompt="Hi", max_tokens=3, temperature=0).choices[0]
+    assert after.text == generate(srv.model, srv.tok, "Hi", max_new_tokens=3).text
 
 
 def test_concurrent_requests_are_batched_and_equal_serial(srv):

@@ -11,9 +11,9 @@ import pytest
 from tokenizers import Tokenizer as RustTokenizer
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors
 
-from llmkit.cli import main
 from llmkit.errors import LLMKitError
 from llmkit.tokenizer import StreamDecoder, Tokenizer, train_tokenizer
+from tests.helpers import cli_error
 
 GPT2_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "gpt2"
 SAMPLES = [
@@ -120,11 +120,7 @@ def test_train_errors(tmp_path, capsys):
         train_tokenizer([str(tmp_path)], vocab_size=100, out=str(tmp_path / "o"))
     with pytest.raises(LLMKitError, match="no such file"):
         train_tokenizer([str(tmp_path / "missing.txt")], out=str(tmp_path / "o"))
-    with pytest.raises(SystemExit) as e:
-        main(["tokenizer", "train", str(tmp_path / "missing.txt"), "--out", str(tmp_path / "o")])
-    assert e.value.code == 1
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error:") and "missing.txt" in err and len(err.splitlines()) == 1
+    cli_error(capsys, ["tokenizer", "train", str(tmp_path / "missing.txt"), "--out", str(tmp_path / "o")], "missing.txt")
 
 
 # --- folder layouts --------------------------------------------------------------------------------

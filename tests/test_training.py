@@ -3,7 +3,6 @@
 import csv
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -12,27 +11,18 @@ from pathlib import Path
 import pytest
 import torch
 
+from llmkit.checkpoint import load_weights
 from llmkit.config import ModelConfig
 from llmkit.model import Transformer
 from llmkit.training.optim import lr_at, param_groups
+from tests.helpers import make_token_shards, run_cli
 
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
     """A tiny tokenizer and prepared shards from synthetic text (no shared data needed)."""
-    from llmkit.data.prepare import prepare
-    from llmkit.tokenizer import train_tokenizer
-
-    d = tmp_path_factory.mktemp("corpus")
-    docs = d / "docs"
-    docs.mkdir()
-    rng = random.Random(0)
     words = ["the", "cat", "sat", "on", "a", "mat", "and", "dog", "ran", "far", "away", "home", "slowly"]
-    for i in range(40):
-        (docs / f"doc{i}.txt").write_text(" ".join(rng.choice(words) for _ in range(rng.randint(60, 200))) + ".\n")
-    train_tokenizer([str(docs)], vocab_size=300, out=str(d / "tok"))
-    prepare([str(docs)], tokenizer=str(d / "tok"), out=str(d / "data"), seq_len=32, val_fraction=0.1)
-    return d / "data"
+    return make_token_shards(tmp_path_factory.mktemp("corpus"), words, n_docs=40, max_words=200)
 
 
 def _pretrain_args(data, out, *extra):
@@ -87,8 +77,8 @@ def test_resume_equals_uninterrupted(prepared, tmp_path):
     """Kill at step 5 (SIGTERM), resume with --resume auto: the loss curve is bit-identical."""
     base = ["--train.max_steps", "10", "--train.eval_every", "0", "--train.save_every", "0"]
     ref = tmp_path / "ref"
-    subprocess.run([sys.executable, "-m", "llmkit", *_pretrain_args(prepared, ref, *base)], check=True,
-                   capture_output=True)
+    code, _, err = run_cli(*_pretrain_args(prepared, ref, *base))  # a process, as the two below
+    assert code == 0, err[-2000:]
     out = tmp_path / "resumed"
     # Stop after step 5 by a real SIGTERM sent from inside the loss function.
     code = f"""
@@ -111,12 +101,15 @@ main({_pretrain_args(prepared, out, *base)!r})
     assert (out / "checkpoints" / "step-00000005" / "model.safetensors").exists()
     from llmkit.checkpoint import load_model
 
-    load_model(out / "checkpoints" / "step-00000005")  # the signal checkpoint is a loadable model
-    subprocess.run([sys.executable, "-m", "llmkit", *_pretrain_args(prepared, out, *base, "--train.resume", "auto")],
-                   check=True, capture_output=True)
+    # The signal checkpoint is a loadable model, of the run's architecture.
+    assert load_model(out / "checkpoints" / "step-00000005").config == load_model(ref / "final").config
+    code, _, err = run_cli(*_pretrain_args(prepared, out, *base, "--train.resume", "auto"))
+    assert code == 0, err[-2000:]
     a, b = _losses(ref), _losses(out)
     assert sorted(a) == sorted(b) == list(range(1, 11))
     assert all(a[s] == b[s] for s in a), [(s, a[s], b[s]) for s in a if a[s] != b[s]]
+    wa, wb = load_weights(ref / "final"), load_weights(out / "final")  # and the same final model, bit for bit
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
 def test_checkpoint_write_is_atomic(prepared, tmp_path, monkeypatch):
@@ -127,6 +120,7 @@ def test_checkpoint_write_is_atomic(prepared, tmp_path, monkeypatch):
     out = tmp_path / "run"
     main(_pretrain_args(prepared, out, "--train.max_steps", "4", "--train.save_every", "2", "--train.eval_every", "0"))
     assert (out / "checkpoints" / "latest").read_text().strip() == "step-00000004"
+    before = {k: v.clone() for k, v in load_weights(out / "checkpoints" / "step-00000004").items()}
     real = ck.save_weights
 
     def crash(*a, **k):
@@ -141,6 +135,8 @@ def test_checkpoint_write_is_atomic(prepared, tmp_path, monkeypatch):
     from llmkit.checkpoint import load_model
 
     load_model(out / "checkpoints" / "step-00000004")
+    after = load_weights(out / "checkpoints" / "step-00000004")  # the very weights it held before the crash
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
 
 
 def _torchrun(n, args, env_extra=None):
@@ -156,9 +152,8 @@ def test_two_process_matches_one_process(prepared, tmp_path, mode):
     """2 gloo processes x micro-batch 2 == 1 process x micro-batch 4, step by step."""
     steps = ["--train.max_steps", "6", "--train.eval_every", "0", "--train.save_every", "0"]
     single = tmp_path / "single"
-    r = subprocess.run([sys.executable, "-m", "llmkit", *_pretrain_args(prepared, single, *steps)],
-                       capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert r.returncode == 0, r.stderr[-2000:]
+    code, _, err = run_cli(*_pretrain_args(prepared, single, *steps), env={"OMP_NUM_THREADS": "1"})
+    assert code == 0, err[-2000:]
     multi = tmp_path / mode
     args = _pretrain_args(prepared, multi, *steps, "--train.distributed", mode)
     args[args.index("--train.micro_batch_size") + 1] = "2"

@@ -13,7 +13,8 @@ import time
 from typing import Iterator, Optional, TextIO
 
 from llmkit.errors import LLMKitError
-from llmkit.generate import DecodeBatch, SamplingParams, Sequence, timing_line
+from llmkit.generate import CHAT_MAX_NEW_TOKENS, COMMAND_DEFAULTS, SamplingParams, stream, with_style_stops
+from llmkit.generate.cli import timing_line
 
 HELP = "/reset clears the history, /exit (or an empty line, or Ctrl-D) quits."
 
@@ -25,8 +26,8 @@ class ChatSession:
         self.model, self.tokenizer, self.style, self.params = model, tokenizer, style, params
         self.system = system
         self.history: list[dict] = []  # user/assistant messages, oldest first
-        self.stop_ids = set(tokenizer.eos_ids) | style.stop_token_ids(tokenizer)
-        self.stop = params.stop + tuple(s for s in style.stop_strings if s not in params.stop)
+        with_stops, self.stop_ids = with_style_stops(params, style, tokenizer)
+        self.stop = with_stops.stop
         self.context = model.max_seq_len
         self.last_completion = None
 
@@ -62,16 +63,11 @@ class ChatSession:
         the exchanges that no longer fit are forgotten."""
         ids, max_new, start = self.build_prompt(user)
         params = self.params.replace(max_new_tokens=max_new, stop=self.stop)
-        seq = Sequence(ids, params, self.tokenizer, self.stop_ids)
-        batch = DecodeBatch(self.model, 1, len(ids) + max_new)
-        batch.add([seq])
-        while batch.seqs:
-            for _, text in batch.step():
-                if text:
-                    yield text
-        self.last_completion = seq.result()
+        gen = stream(self.model, self.tokenizer, ids, params, stop_ids=self.stop_ids)
+        yield from gen
+        self.last_completion = gen.completion
         self.history = self.history[start:] + [{"role": "user", "content": user},
-                                               {"role": "assistant", "content": seq.text}]
+                                               {"role": "assistant", "content": gen.completion.text}]
 
 
 def _read_line(prompt: str, in_stream: TextIO, out_stream: TextIO) -> Optional[str]:
@@ -137,10 +133,10 @@ def chat(
     system: Optional[str] = None,
     style: Optional[str] = None,
     chat_template: Optional[str] = None,
-    max_new_tokens: int = 512,
-    temperature: float = 0.8,
-    top_k: Optional[int] = 50,
-    top_p: float = 1.0,
+    max_new_tokens: int = CHAT_MAX_NEW_TOKENS,
+    temperature: float = COMMAND_DEFAULTS.temperature,
+    top_k: Optional[int] = COMMAND_DEFAULTS.top_k,
+    top_p: float = COMMAND_DEFAULTS.top_p,
     seed: Optional[int] = None,
     device: str = "cpu",
     dtype: Optional[str] = None,
@@ -154,8 +150,9 @@ def chat(
         model: an llmkit checkpoint directory, a Hugging Face model directory or a hub repo id
             (with its tokenizer files).
         system: system prompt, kept at the start of the conversation.
-        style: prompt format: "auto" (default: the model's chat template, or a style its
-            vocabulary suggests) or alpaca, chatml, llama3, llama2, mistral, phi3, gemma, plain.
+        style: prompt format: "auto" (default: the model's chat template, else a style its
+            vocabulary suggests, else alpaca) or alpaca, chatml, llama3, llama2, mistral, phi3,
+            gemma, plain.
         chat_template: a Jinja chat template file to use instead of the model's.
         max_new_tokens: longest reply, in tokens.
         temperature: 0 for greedy decoding; higher is more random.
@@ -165,7 +162,8 @@ def chat(
         device: cpu, cuda, cuda:1, mps...
         dtype: float32 or bfloat16 (default: the checkpoint's).
     """
-    from llmkit.generate import load_for_inference, resolve_style
+    from llmkit.generate import load_for_inference
+    from llmkit.prompts import resolve_style
 
     params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                             seed=seed)

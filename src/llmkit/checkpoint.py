@@ -1,16 +1,30 @@
-"""Checkpoint I/O: the only module that reads or writes model files.
+"""Checkpoint I/O: the one module that writes or reads back the files of a model or a run.
 
-An llmkit checkpoint is a directory:
+An llmkit model directory:
 
     config.json                      ModelConfig.to_dict() ({"format": "llmkit", ...})
     model.safetensors                weights (or model-0000i-of-0000n.safetensors + index)
     tokenizer.json, tokenizer_config.json, ...   tokenizer files, copied as they came
+    classifier.json                  (a classifier) its labels and columns: the head is (N, d)
+    adapter.safetensors + adapter_config.json    (a LoRA checkpoint, instead of the weights)
+                                     the trained tensors, naming the base model
+
+A training run's output directory (`--out`):
+
+    checkpoints/step-00000500/       a model directory + optimizer.pt + trainer_state.json
+    checkpoints/latest               the name of the newest complete step directory
+    final/                           the last checkpoint's model files: the run's model
+    summary.json                     what the run did (recipe-specific fields)
+    reference_logps.safetensors      (DPO) the reference model's log-probabilities
 
 Every file is written atomically (temp file in the same directory, fsync, rename), so a crash
-mid-write leaves the previous file or none, never half a file. Weights are safetensors only:
-nothing here unpickles. A MODEL argument anywhere in llmkit goes through `load_model`, which
-accepts an llmkit directory, a Hugging Face model directory (converted in memory) or a hub
-repo id (downloaded first).
+mid-write leaves the previous file or none, never half a file; a directory (a step checkpoint,
+`final/`) is built under a temporary name and swapped in by one rename. Weights are
+safetensors; the optimizer state is loaded with `torch.load(weights_only=True)`, which accepts
+tensors and plain containers only: nothing here unpickles code. A MODEL argument anywhere in
+llmkit goes through `load_model`, which accepts an llmkit directory, a Hugging Face model
+directory (converted in memory), a LoRA or classifier checkpoint, or a hub repo id (downloaded
+first). `convert/hf.py` maps names and configs; this module reads and writes the directories.
 """
 
 from __future__ import annotations
@@ -22,7 +36,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -45,7 +59,14 @@ DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfl
           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
 
 
-# --- atomic writes ------------------------------------------------------------------------------
+CLASSIFIER = "classifier.json"
+TRAINER_STATE = "trainer_state.json"
+OPTIMIZER_STATE = "optimizer.pt"
+REFERENCE_LOGPS = "reference_logps.safetensors"
+SUMMARY = "summary.json"
+
+
+# --- atomic files -------------------------------------------------------------------------------
 def _fsync_dir(path: Path) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -57,14 +78,31 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _umask() -> int:
+    """The process umask, read without changing it where the OS allows (Linux /proc)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)  # elsewhere: set and restore
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | Path, write_fn) -> None:
-    """Call `write_fn(tmp_path)` to write a temp file next to `path`, fsync it, rename it over."""
+    """Call `write_fn(tmp_path)` to write a temp file next to `path`, fsync it, rename it over.
+
+    The file gets the permissions an ordinary `open(path, "w")` would give (0o666 less the
+    umask), not mkstemp's owner-only 0o600."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         write_fn(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -75,17 +113,68 @@ def atomic_write(path: str | Path, write_fn) -> None:
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
 def atomic_write_json(path: str | Path, obj) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
+    atomic_write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
+
+
+def _json_default(obj):
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"{type(obj).__name__} is not JSON serializable")
 
 
 def atomic_copy(src: str | Path, dst: str | Path) -> None:
     atomic_write(dst, lambda tmp: shutil.copyfile(src, tmp))
 
 
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one atomic rename (Linux renameat2 RENAME_EXCHANGE); False where the
+    OS or the file system cannot."""
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):  # glibc < 2.28, musl
+        return False
+    AT_FDCWD, RENAME_EXCHANGE = -100, 2
+    return renameat2(AT_FDCWD, os.fsencode(a), AT_FDCWD, os.fsencode(b), RENAME_EXCHANGE) == 0
+
+
+def replace_dir(new: str | Path, target: str | Path) -> None:
+    """Put the complete directory `new` at `target`, atomically: a reader sees the old
+    directory or the new one, never a partial one and never none. Where `target` exists the
+    two are exchanged in one rename (Linux), then the old one is removed; elsewhere the old
+    one is renamed aside first (a moment with no `target`, but never a mixed one) and removed
+    after the new one is in place."""
+    new, target = Path(new), Path(target)
+    if not target.exists():
+        os.replace(new, target)
+    elif _exchange(new, target):
+        shutil.rmtree(new)  # now the old directory
+    else:
+        aside = target.with_name(f".{target.name}.old")
+        shutil.rmtree(aside, ignore_errors=True)
+        os.replace(target, aside)
+        os.replace(new, target)
+        shutil.rmtree(aside, ignore_errors=True)
+    _fsync_dir(target.parent)
+
+
+def write_summary(out_dir: str | Path, summary: dict) -> Path:
+    """OUT/summary.json, atomically (paths written as strings)."""
+    path = Path(out_dir) / SUMMARY
+    atomic_write_json(path, summary)
+    return path
+
+
+# --- tensors and weights ------------------------------------------------------------------------
 def save_tensors(tensors: dict[str, torch.Tensor], path: str | Path, metadata: Optional[dict] = None) -> None:
     """safetensors file, atomically. Tensors that share memory (tied or split views) are copied."""
     from safetensors.torch import save_file
@@ -105,7 +194,6 @@ def save_tensors(tensors: dict[str, torch.Tensor], path: str | Path, metadata: O
     atomic_write(path, lambda tmp: save_file(out, tmp, metadata=meta))
 
 
-# --- weights: save and load ---------------------------------------------------------------------
 def save_weights(
     out_dir: str | Path,
     state_dict: dict[str, torch.Tensor],
@@ -176,15 +264,21 @@ def load_weights(model_dir: str | Path) -> dict[str, torch.Tensor]:
 
 
 def build_model(cfg: ModelConfig, state_dict: dict[str, torch.Tensor], source: str = "checkpoint",
-                device: str | torch.device = "cpu", dtype: Optional[torch.dtype] = None):
-    """A Transformer holding `state_dict`, checked key by key and shape by shape.
+                device: str | torch.device = "cpu", dtype: Optional[torch.dtype] = None,
+                n_classes: Optional[int] = None):
+    """A Transformer holding `state_dict`, checked key by key and shape by shape; with
+    `n_classes`, a classifier (its output layer an `n_classes` head, see heads.py).
 
     Built on the meta device and filled by assignment: no random init, no second copy.
     """
+    from llmkit.heads import attach_class_head
     from llmkit.model import Transformer, rope_inv_freq
 
     with torch.device("meta"):
         model = Transformer(cfg)
+        if n_classes is not None:
+            attach_class_head(model, n_classes)
+    cfg = model.cfg
     expected = {k: v.shape for k, v in model.state_dict().items()}
     if cfg.tie_embeddings:
         expected.pop("lm_head.weight", None)
@@ -197,7 +291,8 @@ def build_model(cfg: ModelConfig, state_dict: dict[str, torch.Tensor], source: s
             parts.append(f"missing tensors {_abbrev(missing)}")
         if unexpected:
             parts.append(f"unexpected tensors {_abbrev(unexpected)}")
-        raise LLMKitError(f"{source}: weights do not match the config ({'; '.join(parts)})")
+        what = f"a {n_classes}-class classifier of this config" if n_classes else "the config"
+        raise LLMKitError(f"{source}: weights do not match {what} ({'; '.join(parts)})")
     for k, shape in expected.items():
         if tuple(state_dict[k].shape) != tuple(shape):
             raise LLMKitError(f"{source}: shape mismatch for {k}: file has {tuple(state_dict[k].shape)}, "
@@ -218,6 +313,7 @@ def _abbrev(keys: list[str], n: int = 4) -> str:
     return ", ".join(keys[:n]) + (f" and {len(keys) - n} more" if len(keys) > n else "")
 
 
+# --- model directories ------------------------------------------------------------------------
 def copy_tokenizer_files(src_dir: str | Path, out_dir: str | Path) -> list[str]:
     copied = []
     for name in TOKENIZER_FILES:
@@ -229,8 +325,10 @@ def copy_tokenizer_files(src_dir: str | Path, out_dir: str | Path) -> list[str]:
 
 
 def save_model(out_dir: str | Path, model, tokenizer_dir: str | Path | None = None,
-               max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES, dtype: Optional[torch.dtype] = None) -> Path:
-    """Write an llmkit checkpoint directory: weights, then tokenizer files, then config.json."""
+               max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES, dtype: Optional[torch.dtype] = None,
+               extra: Optional[dict] = None) -> Path:
+    """Write an llmkit checkpoint directory: weights, then tokenizer files and `extra` files
+    ({name: dict or str}), then config.json (last: its presence marks a complete directory)."""
     out = Path(out_dir)
     sd = model.state_dict()
     if model.cfg.tie_embeddings:
@@ -240,6 +338,7 @@ def save_model(out_dir: str | Path, model, tokenizer_dir: str | Path | None = No
     save_weights(out, sd, max_shard_bytes)
     if tokenizer_dir is not None:
         copy_tokenizer_files(tokenizer_dir, out)
+    _write_extra(out, extra)
     atomic_write_json(out / "config.json", model.cfg.to_dict())
     return out
 
@@ -258,15 +357,22 @@ def save_adapter(out_dir: str | Path, tensors: dict[str, torch.Tensor], meta: di
     return out
 
 
-def read_adapter_config(model_dir: str | Path) -> Optional[dict]:
-    """The adapter settings of a LoRA checkpoint directory, or None for a full model."""
-    path = Path(model_dir) / ADAPTER_CONFIG
+def _read_json(path: Path):
+    """The JSON value in `path`, None if there is no such file; a clear error if it is not JSON."""
     if not path.exists():
         return None
     try:
-        meta = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise LLMKitError(f"{path}: not valid JSON ({e})") from None
+
+
+def read_adapter_config(model_dir: str | Path) -> Optional[dict]:
+    """The adapter settings of a LoRA checkpoint directory, or None for a full model."""
+    path = Path(model_dir) / ADAPTER_CONFIG
+    meta = _read_json(path)
+    if meta is None:
+        return None
     if not isinstance(meta, dict) or meta.get("format") != "llmkit-lora":
         if isinstance(meta, dict) and "peft_type" in meta:
             raise LLMKitError(f"{path}: a Hugging Face peft adapter; merge it into its base with peft and load "
@@ -278,25 +384,93 @@ def read_adapter_config(model_dir: str | Path) -> Optional[dict]:
     return meta
 
 
-def load_adapter_model(d: Path, meta: dict, device="cpu", dtype: Optional[torch.dtype] = None,
-                       merge: bool = True) -> "Loaded":
-    """Base model + adapter, merged into plain linear layers by default (inference runs at
-    the base model's speed). The merge is computed in float32, then cast to `dtype`."""
-    from llmkit.lora import LoRAConfig, apply_lora, load_lora_state_dict, merge_lora
-
-    base = load_model(meta["base_model"], device=device, dtype=torch.float32)
-    # The adapter was trained against the (possibly quantized) base: rebuild exactly that, so
-    # merging folds it into the same weights training saw.
-    apply_lora(base.model, LoRAConfig(**meta["lora"]), quantize=meta.get("quantize"))
-    load_lora_state_dict(base.model, load_weights(d), source=str(d / ADAPTER))
-    model = merge_lora(base.model) if merge else base.model
-    if dtype is not None:
-        model.to(dtype)
-    model.eval()
-    return Loaded(model, base.config, d, "lora")
+def read_classifier(model_dir: str | Path) -> Optional[dict]:
+    """The classifier.json of a classifier checkpoint (labels, columns, ...), or None."""
+    path = Path(model_dir) / CLASSIFIER
+    meta = _read_json(path)
+    if meta is None:
+        return None
+    if not isinstance(meta, dict) or not isinstance(meta.get("labels"), list) or len(meta["labels"]) < 2:
+        raise LLMKitError(f"{path}: no label list")
+    return meta
 
 
-# --- resolving a MODEL argument -----------------------------------------------------------------
+def _write_extra(d: Path, extra: Optional[dict]) -> None:
+    """Recipe files of a model directory: {name: dict (JSON) or str (text)}."""
+    for name, content in (extra or {}).items():
+        if isinstance(content, str):
+            atomic_write_text(d / name, content)
+        else:
+            atomic_write_json(d / name, content)
+
+
+def model_writer(cfg: ModelConfig, tokenizer_dir: Optional[Path] = None, adapter: Optional[dict] = None,
+                 extra: Optional[dict] = None) -> Callable[[Path, dict], None]:
+    """How a run writes the model files of each checkpoint (the training loop's `save_fn`):
+    a complete model directory (weights, tokenizer files, `extra` files, config.json last), or,
+    with `adapter` (the adapter_config fields: base_model, lora, quantize), a LoRA checkpoint
+    holding only the trained tensors. `extra`: {file name: dict or str}, e.g. classifier.json
+    or the chat template the model was tuned with."""
+
+    def write(d: Path, sd: dict) -> None:
+        if adapter is not None:
+            save_adapter(d, sd, adapter, tokenizer_dir)
+            _write_extra(d, extra)
+            return
+        if cfg.tie_embeddings:
+            sd = {k: v for k, v in sd.items() if k != "lm_head.weight"}
+        save_weights(d, sd)
+        if tokenizer_dir is not None:
+            copy_tokenizer_files(tokenizer_dir, d)
+        _write_extra(d, extra)
+        atomic_write_json(d / "config.json", cfg.to_dict())
+
+    return write
+
+
+# --- Hugging Face directories -------------------------------------------------------------------
+def read_config(model_dir: str | Path) -> tuple[ModelConfig, str]:
+    """(config, kind) where kind is "llmkit" or "hf" (a transformers config.json)."""
+    from llmkit.convert.hf import config_from_hf
+
+    path = Path(model_dir) / "config.json"
+    raw = _read_json(path)
+    if raw is None:
+        raise LLMKitError(f"{path}: missing (not an llmkit or Hugging Face model directory)")
+    if not isinstance(raw, dict):
+        raise LLMKitError(f"{path}: expected a JSON object")
+    if raw.get("format") == "llmkit":
+        return ModelConfig.from_file(path), "llmkit"
+    if "model_type" in raw:
+        try:
+            return config_from_hf(raw), "hf"
+        except LLMKitError as e:
+            raise LLMKitError(f"{path}: {e}") from None
+    raise LLMKitError(f"{path}: neither an llmkit config (\"format\": \"llmkit\") nor a Hugging Face one (no \"model_type\")")
+
+
+def save_hf(out_dir: str | Path, model, tokenizer_dir: Optional[Path] = None, model_type: Optional[str] = None,
+            max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> str:
+    """Write a Hugging Face model directory that transformers' `from_pretrained` loads:
+    HF-named weights, tokenizer files, generation_config.json (unless the tokenizer files bring
+    one) and config.json last. Returns the transformers architecture name."""
+    from llmkit.convert import hf
+
+    cfg = model.cfg
+    mt = model_type or hf.infer_hf_model_type(cfg)
+    param_dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+    hf_cfg = hf.config_to_hf(cfg, mt, dtype=param_dtype)  # refuses what the HF class cannot express
+    out = Path(out_dir)
+    save_weights(out, hf.state_dict_to_hf(model.state_dict(), cfg, mt), max_shard_bytes)
+    if tokenizer_dir is not None:
+        copy_tokenizer_files(tokenizer_dir, out)
+    if not (out / "generation_config.json").exists():
+        atomic_write_json(out / "generation_config.json", hf.generation_config(cfg))
+    atomic_write_json(out / "config.json", hf_cfg)
+    return hf.ARCHITECTURES[mt]
+
+
+# --- the one loader: a MODEL argument -> model (+ tokenizer) ------------------------------------
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -314,27 +488,24 @@ def resolve_model_dir(spec: str | Path) -> Path:
     raise LLMKitError(f"{spec}: no such model directory (and not a Hugging Face repo id like 'org/name')")
 
 
-def read_config(model_dir: str | Path) -> tuple[ModelConfig, str]:
-    """(config, kind) where kind is "llmkit" or "hf" (a transformers config.json)."""
-    path = Path(model_dir) / "config.json"
-    if not path.exists():
-        raise LLMKitError(f"{path}: missing (not an llmkit or Hugging Face model directory)")
-    try:
-        raw = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise LLMKitError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(raw, dict):
-        raise LLMKitError(f"{path}: expected a JSON object")
-    if raw.get("format") == "llmkit":
-        return ModelConfig.from_file(path), "llmkit"
-    if "model_type" in raw:
-        from llmkit.convert.hf import config_from_hf
+def resolve_dtype(dtype: Optional[torch.dtype | str]) -> Optional[torch.dtype]:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise LLMKitError(f"unknown dtype '{dtype}'; choose from {', '.join(DTYPES)}")
+    return DTYPES[dtype]
 
-        try:
-            return config_from_hf(raw), "hf"
-        except LLMKitError as e:
-            raise LLMKitError(f"{path}: {e}") from None
-    raise LLMKitError(f"{path}: neither an llmkit config (\"format\": \"llmkit\") nor a Hugging Face one (no \"model_type\")")
+
+def resolve_device(device: Optional[str | torch.device]) -> torch.device:
+    """"auto"/None: the first CUDA GPU if there is one, else the CPU."""
+    if isinstance(device, torch.device):
+        return device
+    if device in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError as e:
+        raise LLMKitError(f"unknown device '{device}' ({e})") from None
 
 
 @dataclass
@@ -342,24 +513,244 @@ class Loaded:
     model: "torch.nn.Module"
     config: ModelConfig
     path: Path  # the directory the weights (and tokenizer files) came from
-    kind: str  # "llmkit" or "hf"
+    kind: str  # "llmkit", "hf" or "lora"
+    classifier: Optional[dict] = None  # classifier.json of a classifier checkpoint
+    _tokenizer: object = None
+
+    @property
+    def tokenizer(self):
+        """The tokenizer of the same folder (loaded on first use), checked against the model's
+        embeddings."""
+        if self._tokenizer is None:
+            from llmkit.tokenizer import Tokenizer
+
+            tok = Tokenizer.from_dir(self.path)
+            if self.classifier is None and tok.vocab_size > self.config.vocab_size:
+                raise LLMKitError(f"{self.path}: the tokenizer has {tok.vocab_size} tokens but the model only "
+                                  f"{self.config.vocab_size} embeddings (mismatched tokenizer files?)")
+            self._tokenizer = tok
+        return self._tokenizer
 
 
-def load_model(spec: str | Path, device: str | torch.device = "cpu", dtype: Optional[torch.dtype | str] = None) -> Loaded:
-    """Load MODEL: an llmkit checkpoint dir, a Hugging Face model dir, or a hub repo id."""
-    if isinstance(dtype, str):
-        if dtype not in DTYPES:
-            raise LLMKitError(f"unknown dtype '{dtype}'; choose from {', '.join(DTYPES)}")
-        dtype = DTYPES[dtype]
+def load_model(spec: str | Path, device: str | torch.device = "cpu", dtype: Optional[torch.dtype | str] = None,
+               merge: bool = True) -> Loaded:
+    """Load MODEL, for every command: an llmkit checkpoint directory, a Hugging Face model
+    directory (converted in memory), a LoRA checkpoint (its base + the adapter, merged into
+    plain linear layers unless `merge=False`), a classifier checkpoint (classifier.json: the
+    class head in place of the output layer), or a hub repo id (downloaded first).
+
+    `device` may be "auto"; `dtype` a torch dtype or a name (float32, bf16, ...; default: as
+    stored). The model is in eval mode; `.tokenizer` loads the folder's tokenizer.
+    """
+    dtype, device = resolve_dtype(dtype), resolve_device(device)
     d = resolve_model_dir(spec)
+    classifier = read_classifier(d)
+    n_classes = len(classifier["labels"]) if classifier is not None else None
     meta = read_adapter_config(d)
     if meta is not None:
-        return load_adapter_model(d, meta, device, dtype)
+        return _load_adapter(d, meta, device, dtype, merge, classifier)
     cfg, kind = read_config(d)
     sd = load_weights(d)
     if kind == "hf":
         from llmkit.convert.hf import state_dict_from_hf
 
         sd = state_dict_from_hf(sd, cfg, source=str(d))
-    model = build_model(cfg, sd, source=str(d), device=device, dtype=dtype)
-    return Loaded(model, cfg, d, kind)
+    model = build_model(cfg, sd, source=str(d), device=device, dtype=dtype, n_classes=n_classes)
+    return Loaded(model, model.cfg, d, kind, classifier)
+
+
+def _load_adapter(d: Path, meta: dict, device: torch.device, dtype: Optional[torch.dtype], merge: bool,
+                  classifier: Optional[dict]) -> Loaded:
+    """Base model + adapter (+ class head). The adapter was trained against the (possibly
+    quantized) base: that is rebuilt exactly, so merging folds it into the weights training
+    saw. The merge is computed in float32, then cast to `dtype`."""
+    from llmkit.heads import attach_class_head
+    from llmkit.lora import LoRAConfig, apply_lora, load_lora_state_dict, merge_lora
+
+    base = load_model(meta["base_model"], device=device, dtype=torch.float32)
+    model = base.model
+    if classifier is not None:
+        attach_class_head(model, len(classifier["labels"]))
+    apply_lora(model, LoRAConfig(**meta["lora"]), quantize=meta.get("quantize"))
+    load_lora_state_dict(model, load_weights(d), source=str(d / ADAPTER))
+    if merge:
+        merge_lora(model)
+    if dtype is not None:
+        model.to(dtype)
+    model.eval()
+    return Loaded(model, model.cfg, d, "lora", classifier)
+
+
+# --- a training run: OUT/checkpoints, OUT/final, OUT/reference_logps ----------------------------
+def step_dir(out_dir: str | Path, step: int) -> Path:
+    return Path(out_dir) / "checkpoints" / f"step-{step:08d}"
+
+
+def find_latest(out_dir: str | Path) -> Optional[Path]:
+    """The newest complete step checkpoint of a run (what `latest` names, else the highest
+    step directory holding a trainer state), or None."""
+    root = Path(out_dir) / "checkpoints"
+    latest = root / "latest"
+    if latest.exists():
+        d = root / latest.read_text().strip()
+        if (d / TRAINER_STATE).exists():
+            return d
+    done = sorted(p for p in root.glob("step-*") if p.is_dir() and not p.name.endswith(".tmp")
+                  and (p / TRAINER_STATE).exists())
+    return done[-1] if done else None
+
+
+def resume_point(out_dir: str | Path, resume: str) -> Optional[Path]:
+    """The checkpoint a run with `--resume` continues from: "none" -> None, "auto" -> the
+    latest one in `out_dir` (None in a fresh directory), else the directory given."""
+    if resume == "none":
+        return None
+    path = find_latest(out_dir) if resume == "auto" else Path(resume)
+    if path is not None and not (path / TRAINER_STATE).exists():
+        raise LLMKitError(f"{path}: not a training checkpoint (no {TRAINER_STATE})")
+    return path
+
+
+def save_training_checkpoint(out_dir: str | Path, step: int, model_state: dict,
+                             write_model: Optional[Callable[[Path, dict], None]], optimizer_state: dict,
+                             rng_state: dict, trainer_state: dict, keep_last: int) -> Path:
+    """OUT/checkpoints/step-N: the model files (`write_model(dir, state dict)`, default the
+    weights alone), the optimizer and RNG states (optimizer.pt) and `trainer_state` (JSON:
+    step, tokens, data position, ...). Built as step-N.tmp and swapped in whole; `latest` is
+    switched after it, then all but the newest `keep_last` step directories are removed."""
+    final = step_dir(out_dir, step)
+    root = final.parent
+    tmp = final.with_name(final.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    (write_model or (lambda d, sd: save_weights(d, sd)))(tmp, model_state)
+    # Tensors, ints and floats only: loadable with weights_only=True.
+    atomic_write(tmp / OPTIMIZER_STATE, lambda p: torch.save({"optimizer": optimizer_state, "rng": rng_state}, p))
+    atomic_write_json(tmp / TRAINER_STATE, trainer_state)
+    replace_dir(tmp, final)
+    atomic_write_text(root / "latest", final.name + "\n")
+    if keep_last > 0:  # `final` counts as one of the kept
+        older = sorted(p for p in root.glob("step-*") if p.is_dir() and p != final and not p.name.endswith(".tmp"))
+        for old in older[: len(older) - (keep_last - 1)]:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+@dataclass
+class TrainingCheckpoint:
+    model: dict[str, torch.Tensor]  # the saved (trained) tensors
+    optimizer: dict
+    rng: dict
+    state: dict  # trainer_state.json
+
+
+def load_training_checkpoint(path: str | Path) -> TrainingCheckpoint:
+    path = Path(path)
+    try:
+        state = json.loads((path / TRAINER_STATE).read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise LLMKitError(f"{path / TRAINER_STATE}: cannot read the trainer state ({e})") from None
+    try:
+        bundle = torch.load(path / OPTIMIZER_STATE, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated, corrupt or not ours
+        raise LLMKitError(f"{path / OPTIMIZER_STATE}: cannot read the optimizer state ({str(e).splitlines()[0]})") from None
+    return TrainingCheckpoint(load_weights(path), bundle["optimizer"], bundle["rng"], state)
+
+
+def publish_final(ckpt: str | Path, final: str | Path) -> Path:
+    """OUT/final: the model files of checkpoint `ckpt` (not the optimizer or trainer state),
+    copied to a temporary directory, then swapped in with one rename (see `replace_dir`)."""
+    ckpt, final = Path(ckpt), Path(final)
+    tmp = final.with_name(f".{final.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for f in ckpt.iterdir():
+        if f.name not in (OPTIMIZER_STATE, TRAINER_STATE):
+            shutil.copy2(f, tmp / f.name)
+    for f in tmp.iterdir():  # copy2 kept the data; make it durable before the swap
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+    replace_dir(tmp, final)
+    return final
+
+
+def save_reference_logps(out_dir: str | Path, logps: torch.Tensor, fingerprint: str) -> Path:
+    """DPO's reference log-probabilities, with the fingerprint of the data and model they
+    belong to (so a resumed run reuses exactly the same numbers)."""
+    path = Path(out_dir) / REFERENCE_LOGPS
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_tensors({"reference_logps": logps}, path, metadata={"fingerprint": fingerprint})
+    return path
+
+
+def load_reference_logps(out_dir: str | Path, fingerprint: str) -> Optional[torch.Tensor]:
+    """The saved reference log-probabilities if they carry `fingerprint`; None when absent,
+    computed for other data, or unreadable (then they are recomputed, never fatal)."""
+    from safetensors import SafetensorError, safe_open
+    from safetensors.torch import load_file
+
+    path = Path(out_dir) / REFERENCE_LOGPS
+    if not path.exists():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        if meta.get("fingerprint") != fingerprint:
+            return None
+        return load_file(path)["reference_logps"].clone()  # not a view of the mmapped file
+    except (OSError, ValueError, KeyError, RuntimeError, SafetensorError):
+        return None
+
+
+# --- commands: convert from-hf / to-hf, merge-lora ----------------------------------------------
+def from_hf(src: str, out: str, dtype: Optional[str] = None, max_shard_size_mb: int = 5000) -> None:
+    """Convert a Hugging Face model (directory or hub repo id) to an llmkit checkpoint.
+
+    Args:
+        src: a Hugging Face model directory or hub repo id.
+        out: the llmkit checkpoint directory to write.
+        dtype: store weights as float32, bfloat16 or float16 (default: as in the source).
+        max_shard_size_mb: split the weights into shards of at most this size.
+    """
+    loaded = load_model(src, dtype=dtype)
+    if loaded.kind != "hf":
+        raise LLMKitError(f"{loaded.path}: already an llmkit checkpoint")
+    save_model(out, loaded.model, tokenizer_dir=loaded.path, max_shard_bytes=max_shard_size_mb * 1024**2)
+    n = sum(p.numel() for p in loaded.model.parameters())
+    print(f"wrote {out} ({loaded.config.hf_model_type}, {n:,} parameters)")
+
+
+def to_hf(src: str, out: str, model_type: Optional[str] = None, dtype: Optional[str] = None,
+          max_shard_size_mb: int = 5000) -> None:
+    """Export a model to a Hugging Face directory that transformers' from_pretrained loads.
+
+    Args:
+        src: an llmkit checkpoint (or any MODEL llmkit accepts).
+        out: the Hugging Face model directory to write.
+        model_type: the transformers model_type to export as (default: from the config).
+        dtype: store weights as float32, bfloat16 or float16 (default: as loaded).
+    """
+    loaded = load_model(src, dtype=dtype)
+    if loaded.classifier is not None:
+        raise LLMKitError(f"{loaded.path}: a classifier; export to Hugging Face takes language models")
+    arch = save_hf(out, loaded.model, loaded.path, model_type, max_shard_size_mb * 1024**2)
+    print(f"wrote {out} (Hugging Face {arch})")
+
+
+def merge_lora(adapter: str, out: str, dtype: Optional[str] = None) -> str:
+    """Fold a LoRA adapter into its base model: a plain llmkit checkpoint (exports to Hugging Face
+    with `llmkit convert to-hf` like any other).
+
+    Args:
+        adapter: a LoRA checkpoint directory (from `llmkit finetune --method lora`, e.g. OUT/final).
+        out: directory for the merged model.
+        dtype: weights dtype of the merged model (float32, bfloat16, float16; default float32).
+    """
+    d = resolve_model_dir(adapter)
+    if read_adapter_config(d) is None:
+        raise LLMKitError(f"{adapter}: not a LoRA checkpoint (no adapter_config.json)")
+    loaded = load_model(d, dtype=resolve_dtype(dtype) or torch.float32)  # merged in float32, then cast
+    extra = {CLASSIFIER: loaded.classifier} if loaded.classifier is not None else None
+    save_model(out, loaded.model, tokenizer_dir=d, extra=extra)
+    print(f"merged {d} into {out}")
+    return str(out)

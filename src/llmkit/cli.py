@@ -5,13 +5,18 @@ builds the options from the function's signature and docstring, so the CLI and t
 cannot drift apart. Modules are imported only when their command runs: `llmkit --help` stays
 fast and a command never pays for torch it does not use.
 
-Every function also accepts `--config FILE.yaml` (jsonargparse), and options may be written
-with dashes or underscores (`--max-new-tokens` == `--max_new_tokens`).
+Every function also accepts `--config FILE.yaml` (jsonargparse). Before jsonargparse reads the
+words, a few conveniences rewrite them (`_normalize`, `_model_overrides`, `_train_shortcuts`,
+`_lists`): dashes or underscores (`--max-new-tokens` == `--max_new_tokens`), `--model.n_layer 4`
+into `model_overrides`, loop settings without their `train.` prefix, several words for a list
+option. `parse(argv)` does all of it and returns the function and its arguments; `run` calls
+it, and tests/test_configs.py validates every example YAML through the same `parse`.
 """
 
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
 import sys
 from typing import Callable
@@ -20,11 +25,11 @@ from llmkit.errors import LLMKitError
 
 # name -> "module:function" | {subname: "module:function"}. Help texts come from docstrings.
 COMMANDS: dict[str, str | dict[str, str]] = {
-    "models": "llmkit.model:list_models",
+    "models": "llmkit.presets.listing:list_models",
     "download": "llmkit.hub:download",
     "convert": {
-        "from-hf": "llmkit.convert.hf:from_hf",
-        "to-hf": "llmkit.convert.hf:to_hf",
+        "from-hf": "llmkit.checkpoint:from_hf",
+        "to-hf": "llmkit.checkpoint:to_hf",
     },
     "quickstart": "llmkit.recipes.quickstart:quickstart",
     "pretrain": "llmkit.recipes.pretrain:pretrain",
@@ -33,11 +38,11 @@ COMMANDS: dict[str, str | dict[str, str]] = {
         "prepare": "llmkit.data.prepare:prepare",
         "curate": "llmkit.data.curate:curate",
     },
-    "generate": "llmkit.generate:generate_cli",
+    "generate": "llmkit.generate.cli:generate_cli",
     "chat": "llmkit.chat:chat",
     "serve": "llmkit.serve:serve",
     "finetune": "llmkit.recipes.finetune:finetune",
-    "merge-lora": "llmkit.recipes.tuning:merge_lora_cli",
+    "merge-lora": "llmkit.checkpoint:merge_lora",
     "classify": {
         "train": "llmkit.recipes.classify:classify_train",
         "predict": "llmkit.recipes.classify:classify_predict",
@@ -86,8 +91,6 @@ def _normalize(args: list[str]) -> list[str]:
 def _model_overrides(fn: Callable, args: list[str]) -> list[str]:
     """`--model llama-3.2-1b --model.n_layer 4`: MODEL is a name, the dotted options override
     its config fields. They are gathered into the function's `model_overrides` dict."""
-    import inspect
-
     import yaml
 
     if "model_overrides" not in inspect.signature(fn).parameters:
@@ -118,7 +121,6 @@ def _train_shortcuts(fn: Callable, args: list[str]) -> list[str]:
     `--lr 1e-4` mean `--train.resume auto`, ... for commands that train (a `train` group),
     unless the command has a parameter of that name itself."""
     import dataclasses
-    import inspect
     import typing
 
     params = inspect.signature(fn).parameters
@@ -149,7 +151,6 @@ def _lists(fn: Callable, args: list[str]) -> list[str]:
     """Let list-typed parameters take several words, as argparse's nargs="+" does:
     `prepare a.txt b.txt --tokenizer t` and `--stop a b` become the JSON lists jsonargparse reads."""
     import dataclasses
-    import inspect
     import json
     import typing
 
@@ -233,46 +234,72 @@ def _lists(fn: Callable, args: list[str]) -> list[str]:
     return ordered + rest + opts
 
 
-def parser_for(command: str | list[str]):
-    """The jsonargparse parser that `llmkit COMMAND` runs (e.g. "pretrain" or "classify train"),
-    without running it: for validating a YAML config against the function's signature. Built by
-    the same `CLI` call as `run`, so there is no second copy of the parsing rules."""
-    from jsonargparse import CLI, capture_parser
-
-    words = command.split() if isinstance(command, str) else list(command)
-    target: object = COMMANDS
-    for w in words:
-        if not isinstance(target, dict) or w not in target:
-            raise LLMKitError(f"unknown command '{' '.join(words)}'")
-        target = target[w]
-    if isinstance(target, dict):
-        raise LLMKitError(f"'{' '.join(words)}' needs a subcommand: {', '.join(target)}")
-    fn = _resolve(target)
-    return capture_parser(lambda: CLI(fn, args=[], prog="llmkit " + " ".join(words), as_positional=True))
-
-
-def run(argv: list[str] | None = None) -> object:
-    """Parse `argv` (without the program name) and run the command. Raises on error."""
-    from jsonargparse import CLI
-
-    argv = list(sys.argv[1:] if argv is None else argv)
+def _command(words: list[str]) -> tuple[Callable, str, list[str]]:
+    """(function, prog, remaining argv) of the command the first words name."""
     table: dict = COMMANDS
     prog = "llmkit"
     while True:
-        if not argv or argv[0] in ("-h", "--help"):
-            print(_usage(table, prog))
-            return None
-        name = argv.pop(0)
+        if not words or words[0] in ("-h", "--help"):
+            raise _Usage(_usage(table, prog))
+        name, words = words[0], words[1:]
         if name not in table:
-            raise LLMKitError(f"unknown command '{name}'; choose from: {', '.join(table)}")
+            kind = "command" if table is COMMANDS else f"subcommand of '{prog.removeprefix('llmkit ')}'"
+            raise LLMKitError(f"unknown {kind} '{name}'; choose from: {', '.join(table)}")
         prog += " " + name
         target = table[name]
         if isinstance(target, dict):
             table = target
             continue
-        fn = _resolve(target)
-        args = _lists(fn, _train_shortcuts(fn, _model_overrides(fn, _normalize(argv))))
-        return CLI(fn, args=args, prog=prog, as_positional=True)
+        return _resolve(target), prog, words
+
+
+class _Usage(Exception):
+    """`llmkit` or `llmkit GROUP` without a command: print the command list."""
+
+
+def build_parser(fn: Callable, prog: str):
+    """The jsonargparse parser of one command: options from `fn`'s signature and docstring,
+    required parameters also positional, and `--config FILE.yaml`."""
+    from jsonargparse import ActionConfigFile, ArgumentParser
+
+    parser = ArgumentParser(prog=prog, exit_on_error=False)
+    parser.add_argument("--config", action=ActionConfigFile, help="Path to a YAML config of this command's options "
+                        "(options given after it override it).")
+    parser.add_function_arguments(fn, as_group=False, as_positional=True, fail_untyped=True, sub_configs=True)
+    doc = inspect.cleandoc(fn.__doc__ or "")
+    parser.description = doc.split("\nArgs:")[0].strip() or None  # the options carry the Args text
+    return parser
+
+
+def parse(argv: list[str]) -> tuple[Callable, dict]:
+    """(function, keyword arguments) for `llmkit ARGV...`, without running it: the argv
+    conveniences (dashes, `--model.*`, loop settings without `train.`, several words for a list
+    option), then the function's own parser, then instantiation (dataclass groups built). What
+    `run` executes and what tests/test_configs.py validates example configs with."""
+    fn, prog, rest = _command(list(argv))
+    args = _lists(fn, _train_shortcuts(fn, _model_overrides(fn, _normalize(rest))))
+    parser = build_parser(fn, prog)
+    try:
+        ns = parser.parse_args(args)
+    except Exception as e:  # jsonargparse's ArgumentError: one line, as every input error
+        if isinstance(e, SystemExit):
+            raise
+        raise LLMKitError(f"{prog}: {str(e).strip().splitlines()[0]}") from None
+    kwargs = parser.instantiate(ns)
+    kwargs = {k: v for k, v in vars(kwargs).items() if k != "config"} if not isinstance(kwargs, dict) else kwargs
+    kwargs.pop("config", None)
+    return fn, kwargs
+
+
+def run(argv: list[str] | None = None) -> object:
+    """Parse `argv` (without the program name) and run the command. Raises on error."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        fn, kwargs = parse(argv)
+    except _Usage as u:
+        print(u)
+        return None
+    return fn(**kwargs)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -373,25 +373,3 @@ def count_params(cfg: ModelConfig) -> int:
     with torch.device("meta"):
         model = Transformer(cfg)
     return sum(p.numel() for p in model.parameters())
-
-
-def list_models(family: Optional[str] = None) -> None:
-    """List the architecture presets with their parameter counts.
-
-    Args:
-        family: only presets whose name contains this text (e.g. "qwen").
-    """
-    from llmkit.presets import PRESETS
-
-    rows = []
-    for name in PRESETS:
-        if family and family.lower() not in name:
-            continue
-        cfg = ModelConfig.from_name(name)
-        heads = f"{cfg.n_head}/{cfg.kv_heads}"
-        rows.append((name, f"{count_params(cfg):,}", str(cfg.n_layer), str(cfg.n_embd), heads,
-                     str(cfg.block_size), cfg.hf_repo or "-"))
-    header = ("preset", "parameters", "layers", "d_model", "heads/kv", "context", "hugging face repo")
-    widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
-    for r in [header] + rows:
-        print("  ".join(c.rjust(w) if i == 1 else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip())

@@ -13,9 +13,13 @@ A message is `{"role": "system" | "user" | "assistant", "content": str}`. Two ki
   their special tokens themselves, so their text is encoded without adding BOS (HF does the
   same: `apply_chat_template(tokenize=True)` encodes with `add_special_tokens=False`).
 
-`PromptStyle.for_model(tokenizer)` picks the model's template when it has one, otherwise a
-built-in style hinted by the tokenizer's own vocabulary (a `<|im_start|>` token means ChatML),
-otherwise `plain`. Nothing here looks at a model's name.
+`resolve_style(tokenizer, style)` is the one place a command's `--style` / `--prompt-style`
+becomes a style, with one rule for `auto` (every command: generate, chat, serve, finetune, dpo,
+evaluate): the model's own chat template when its tokenizer folder has one, otherwise the
+built-in style whose markers are tokens of its vocabulary (a `<|im_start|>` token means
+ChatML), otherwise `alpaca` (what instruction finetuning trains a model without a template on;
+the finetuned folder then carries alpaca's Jinja version, `builtin_template`, so `auto` finds
+the same format again). Nothing here looks at a model's name.
 
 Alpaca is also the instruction-tuning format: `format_alpaca(record)` splits an
 `{"instruction", "input", "output"}` record into the prompt (loss-masked during finetuning) and
@@ -140,21 +144,13 @@ class PromptStyle(ABC):
 
     @classmethod
     def for_model(cls, source: "Tokenizer | str | Path") -> "PromptStyle":
-        """The style a model expects: its own chat template when its tokenizer folder has one,
-        else a built-in style whose markers are tokens of the vocabulary, else `plain`.
-
-        `source` is a `Tokenizer` or a directory holding the tokenizer files.
-        """
+        """The style a model expects (`auto`, see `resolve_style`). `source` is a `Tokenizer`
+        or a directory holding the tokenizer files."""
         if isinstance(source, (str, Path)):
             from llmkit.tokenizer import Tokenizer
 
             source = Tokenizer.from_dir(source)
-        if source.chat_template:
-            return JinjaStyle(source.chat_template, source.special_tokens)
-        for marker, style_name in _VOCAB_HINTS:
-            if source.token_to_id(marker) is not None:
-                return cls.from_name(style_name)
-        return Plain()
+        return resolve_style(source, "auto")
 
 
 # --- built-in styles ----------------------------------------------------------------------------
@@ -434,3 +430,69 @@ class JinjaStyle(PromptStyle):
             return self.template.render(messages=plain, add_generation_prompt=add_generation_prompt, **variables)
         except jinja2.TemplateError as e:  # raise_exception(...) in the template, or a sandbox violation
             raise LLMKitError(f"chat template: {e}") from None
+
+
+# --- choosing a style: the one rule ---------------------------------------------------------------
+def resolve_style(tokenizer: "Tokenizer", style: Optional[str] = None,
+                  chat_template: Optional[str | Path] = None) -> PromptStyle:
+    """The prompt style a command uses, from its `--style` (`--prompt-style`) and
+    `--chat-template` options. One rule for every command:
+
+    * None or "auto": the model's own chat template when its tokenizer has one, else the
+      built-in style whose markers are tokens of its vocabulary, else alpaca;
+    * "chat_template" (or "template"): the model's own template, which must exist;
+    * a Jinja file (`*.jinja`, `*.j2`, or any existing file), or `chat_template=FILE`: that template;
+    * a built-in style name (see `PromptStyle.names()`).
+    """
+    if chat_template is not None and style not in (None, "auto"):
+        raise LLMKitError("give either a style or a chat template file, not both")
+    if chat_template is not None:
+        style = str(chat_template)
+        if not Path(style).is_file():
+            raise LLMKitError(f"chat template file '{style}' does not exist")
+    if style is None or style == "auto":
+        if tokenizer.chat_template:
+            return JinjaStyle(tokenizer.chat_template, tokenizer.special_tokens)
+        for marker, name in _VOCAB_HINTS:
+            if tokenizer.token_to_id(marker) is not None:
+                return PromptStyle.from_name(name)
+        return Alpaca()
+    if style in ("chat_template", "template"):
+        if not tokenizer.chat_template:
+            raise LLMKitError(f"prompt style '{style}': the model's tokenizer has no chat template; "
+                              f"choose a built-in style: {', '.join(PromptStyle.names())}")
+        return JinjaStyle(tokenizer.chat_template, tokenizer.special_tokens)
+    if style.endswith((".jinja", ".j2")) or Path(style).is_file():
+        path = Path(style)
+        if not path.is_file():
+            raise LLMKitError(f"chat template file '{style}' does not exist")
+        return JinjaStyle(path.read_text(encoding="utf-8"), tokenizer.special_tokens)
+    return PromptStyle.from_name(style)
+
+
+# Jinja versions of built-in styles. Instruction finetuning writes one into the finetuned model's
+# folder when the base has no chat template of its own, so that `auto` (chat, serve, dpo, ...)
+# prompts the tuned model in the format it was trained on. Each renders exactly as its built-in
+# style (tests/test_prompts.py checks this).
+_BUILTIN_JINJA = {
+    "alpaca": (
+        "{% if messages and messages[0]['role'] == 'system' %}{{ messages[0]['content'] }}{% else %}"
+        "Below is an instruction that describes a task. Write a response that appropriately completes the request."
+        "{% endif %}{{ '\\n\\n' }}{% for m in messages %}{% if m['role'] == 'user' %}"
+        "{{ '### Instruction:\\n' + m['content'] + '\\n\\n' }}{% elif m['role'] == 'assistant' %}"
+        "{{ '### Response:\\n' + m['content'] + '\\n\\n' }}{% endif %}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '### Response:\\n' }}{% endif %}"
+    ),
+    "chatml": (
+        "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+    ),
+}
+
+
+def builtin_template(style_name: str, add_bos: bool) -> Optional[str]:
+    """The Jinja chat template of a built-in style, or None if it has none. A template writes its
+    special tokens itself (its text is encoded without BOS), so it starts with BOS where the
+    tokenizer would add one."""
+    t = _BUILTIN_JINJA.get(style_name)
+    return None if t is None else ("{{ bos_token }}" if add_bos else "") + t

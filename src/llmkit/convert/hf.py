@@ -8,6 +8,11 @@ transform is how one HF tensor becomes llmkit tensors and back:
     qkv / qkv_t one fused [q; k; v] tensor split in three (Phi-3 qkv_proj; GPT-2 c_attn, transposed)
     gate_up     one fused [gate; up] tensor split in two (Phi-3 gate_up_proj)
 
+Configs are data too: `FAMILIES` holds, per HF `model_type`, its weight table, its transformers
+class, its tie default and the functions that read and write the fields only that family has
+(Qwen2's q/k/v biases, Gemma's GeGLU and norm offset, ...). Nothing here touches a file:
+dicts in, dicts out; `checkpoint.py` reads and writes the directories.
+
 Export is checked by a round trip: the HF config we write is read back with `config_from_hf`
 and must give the same architecture, so a model that a given HF class cannot express (say,
 QK-norm in a Llama) is refused with the fields that differ instead of exported wrong.
@@ -16,8 +21,8 @@ QK-norm in a Llama) is refused with the fields that differ instead of exported w
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
-from typing import Optional
+from dataclasses import dataclass
+from typing import Callable, Optional
 
 import torch
 
@@ -81,19 +86,154 @@ _GPT2_MAP = [
     (_G + "mlp.c_proj.bias", (_B + "mlp.down.bias",), "copy"),
 ]
 
-WEIGHT_MAPS = {
-    "llama": _LLAMA_MAP, "mistral": _LLAMA_MAP, "qwen2": _LLAMA_MAP, "qwen3": _LLAMA_MAP,
-    "gemma": _LLAMA_MAP, "gemma2": _GEMMA2_MAP, "phi3": _PHI3_MAP, "gpt2": _GPT2_MAP,
-}
-ARCHITECTURES = {
-    "llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
-    "qwen3": "Qwen3ForCausalLM", "gemma": "GemmaForCausalLM", "gemma2": "Gemma2ForCausalLM",
-    "phi3": "Phi3ForCausalLM", "gpt2": "GPT2LMHeadModel",
-}
 # Buffers some HF checkpoints carry that are recomputed, never loaded.
 _IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias", "rotary_emb.inv_freq")
+# Token ids that travel in config.json / generation_config.json (kept in ModelConfig.extra).
+EXTRA_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id")
 
 
+# --- config fields that only some families have ---------------------------------------------------
+# A reader takes (HF config dict, ModelConfig fields so far) and adds or checks fields; a writer
+# takes (ModelConfig, HF dict so far) and adds keys. Each family lists the ones it needs.
+Reader = Callable[[dict, dict], None]
+Writer = Callable[[ModelConfig, dict], None]
+
+
+def _read_silu(hf: dict, c: dict) -> None:
+    act = hf.get("hidden_act") or hf.get("hidden_activation") or "silu"
+    if act != "silu":
+        raise LLMKitError(f"hidden_act '{act}' is not supported for {c['hf_model_type']}")
+
+
+def _write_silu(cfg: ModelConfig, hf: dict) -> None:
+    hf["hidden_act"] = "silu"
+
+
+def _read_geglu(hf: dict, c: dict) -> None:
+    """Gemma: GeGLU MLP, RMSNorm weights stored as offsets from 1, embeddings scaled by sqrt(d)."""
+    act = hf.get("hidden_activation") or "gelu_pytorch_tanh"
+    c.update(mlp="geglu", gelu_approx="none" if act == "gelu" else "tanh", norm_unit_offset=True, embed_scale=True)
+
+
+def _write_geglu(cfg: ModelConfig, hf: dict) -> None:
+    act = "gelu_pytorch_tanh" if cfg.gelu_approx == "tanh" else "gelu"
+    hf.update(hidden_activation=act, hidden_act=act)
+
+
+def _read_llama_bias(hf: dict, c: dict) -> None:
+    bias = bool(hf.get("attention_bias"))
+    c.update(qkv_bias=bias, attn_out_bias=bias, mlp_bias=bool(hf.get("mlp_bias")))
+
+
+def _write_llama_bias(cfg: ModelConfig, hf: dict) -> None:
+    hf.update(attention_bias=cfg.qkv_bias, mlp_bias=cfg.mlp_bias)
+
+
+def _read_attention_bias(hf: dict, c: dict) -> None:  # Qwen3: one flag for q, k, v and o
+    bias = bool(hf.get("attention_bias"))
+    c.update(qkv_bias=bias, attn_out_bias=bias)
+
+
+def _write_attention_bias(cfg: ModelConfig, hf: dict) -> None:
+    hf["attention_bias"] = cfg.qkv_bias
+
+
+def _read_no_window(hf: dict, c: dict) -> None:  # Qwen2/3: sliding windows on some layers only
+    if hf.get("use_sliding_window"):
+        raise LLMKitError(f"{c['hf_model_type']} with use_sliding_window=true is not supported")
+
+
+def _write_no_window(cfg: ModelConfig, hf: dict) -> None:
+    hf.update(use_sliding_window=False, max_window_layers=cfg.n_layer, sliding_window=None)
+
+
+def _read_window(hf: dict, c: dict) -> None:  # Mistral, Phi-3: one window for every layer
+    if hf.get("sliding_window"):
+        c["sliding_window"] = int(hf["sliding_window"])
+
+
+def _write_window(cfg: ModelConfig, hf: dict) -> None:
+    hf["sliding_window"] = cfg.sliding_window
+
+
+def _read_full_rotary(hf: dict, c: dict) -> None:
+    if float(hf.get("partial_rotary_factor", 1.0)) != 1.0:
+        raise LLMKitError("Phi-3 variants with partial_rotary_factor != 1 are not supported")
+
+
+def _write_pad_id(cfg: ModelConfig, hf: dict) -> None:
+    if "pad_token_id" not in hf:
+        hf["pad_token_id"] = cfg.extra.get("eos_token_id", 0)  # Phi3Config requires one in range
+
+
+def _read_gemma2(hf: dict, c: dict) -> None:
+    """Gemma 2: sandwich norms, query_pre_attn_scalar, logit softcaps, local/global layers."""
+    c.update(
+        post_block_norms=True, attn_scale=float(hf.get("query_pre_attn_scalar", 256)) ** -0.5,
+        attn_softcap=hf.get("attn_logit_softcapping"), final_softcap=hf.get("final_logit_softcapping"),
+        sliding_window=hf.get("sliding_window"),
+    )
+    types = hf.get("layer_types")
+    if types and c["sliding_window"]:
+        every = _window_period(types)
+        if every is None:
+            raise LLMKitError(f"gemma2 layer_types pattern {types[:4]}... is not supported")
+        c.update(sliding_window_every=every)
+    elif c["sliding_window"]:
+        c.update(sliding_window_every=2)
+
+
+def _write_gemma2(cfg: ModelConfig, hf: dict) -> None:
+    scalar = round((cfg.attn_scale or cfg.head_size**-0.5) ** -2, 6)
+    hf.update(query_pre_attn_scalar=int(scalar) if scalar == int(scalar) else scalar,
+              attn_logit_softcapping=cfg.attn_softcap, final_logit_softcapping=cfg.final_softcap,
+              sliding_window=cfg.sliding_window,
+              layer_types=["sliding_attention" if cfg.is_local_layer(i) else "full_attention"
+                           for i in range(cfg.n_layer)])
+
+
+def _window_period(types: list[str]) -> Optional[int]:
+    """k such that layer i is local iff i % k == 0, or None if the pattern is not of that form."""
+    for k in range(1, len(types) + 1):
+        if all((t == "sliding_attention") == (i % k == 0) for i, t in enumerate(types)):
+            return k
+    return None
+
+
+# --- the families -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Family:
+    weights: list  # (HF name, llmkit name(s), transform) rows
+    architecture: str  # the transformers class `from_pretrained` builds
+    tie_default: bool  # tie_word_embeddings when config.json does not say
+    fixed: dict = dataclasses.field(default_factory=dict)  # ModelConfig fields every member has
+    read: tuple[Reader, ...] = ()
+    write: tuple[Writer, ...] = ()
+    prefix: str = "model."  # of the backbone's tensor names (base-model checkpoints omit it)
+
+
+FAMILIES: dict[str, Family] = {
+    "llama": Family(_LLAMA_MAP, "LlamaForCausalLM", False, read=(_read_silu, _read_llama_bias),
+                    write=(_write_silu, _write_llama_bias)),
+    "mistral": Family(_LLAMA_MAP, "MistralForCausalLM", False, read=(_read_silu, _read_window),
+                      write=(_write_silu, _write_window)),
+    "qwen2": Family(_LLAMA_MAP, "Qwen2ForCausalLM", False, fixed=dict(qkv_bias=True),
+                    read=(_read_silu, _read_no_window), write=(_write_silu, _write_no_window)),
+    "qwen3": Family(_LLAMA_MAP, "Qwen3ForCausalLM", True, fixed=dict(qk_norm=True),
+                    read=(_read_silu, _read_attention_bias, _read_no_window),
+                    write=(_write_silu, _write_attention_bias, _write_no_window)),
+    "phi3": Family(_PHI3_MAP, "Phi3ForCausalLM", False, read=(_read_silu, _read_window, _read_full_rotary),
+                   write=(_write_silu, _write_window, _write_pad_id)),
+    "gemma": Family(_LLAMA_MAP, "GemmaForCausalLM", True, read=(_read_geglu,), write=(_write_geglu,)),
+    "gemma2": Family(_GEMMA2_MAP, "Gemma2ForCausalLM", True, read=(_read_geglu, _read_gemma2),
+                     write=(_write_geglu, _write_gemma2)),
+    "gpt2": Family(_GPT2_MAP, "GPT2LMHeadModel", True, prefix="transformer."),
+}
+WEIGHT_MAPS = {mt: f.weights for mt, f in FAMILIES.items()}
+ARCHITECTURES = {mt: f.architecture for mt, f in FAMILIES.items()}
+
+
+# --- weights ------------------------------------------------------------------------------------
 def _expand(table, n_layer: int):
     """[(hf_name, native_names, transform)] with the layer index filled in."""
     for hf, natives, kind in table:
@@ -111,18 +251,16 @@ def _qkv_sizes(cfg: ModelConfig) -> list[int]:
 def state_dict_from_hf(hf_sd: dict[str, torch.Tensor], cfg: ModelConfig, source: str = "checkpoint") -> dict:
     """HF tensors -> llmkit tensors for `cfg` (whose hf_model_type picks the table)."""
     mt = cfg.hf_model_type
-    table = WEIGHT_MAPS[mt]
-    # Base-model checkpoints (e.g. openai-community/gpt2) store names without the LM prefix.
-    base = "transformer." if mt == "gpt2" else "model."
+    family = FAMILIES[mt]
     sd = {}
     for k, v in hf_sd.items():
         if k.endswith(_IGNORED_SUFFIXES):
             continue
-        if not k.startswith(base) and k != "lm_head.weight":
-            k = base + k
+        if not k.startswith(family.prefix) and k != "lm_head.weight":
+            k = family.prefix + k  # a base-model checkpoint (e.g. openai-community/gpt2)
         sd[k] = v
     out: dict[str, torch.Tensor] = {}
-    for hf, natives, kind in _expand(table, cfg.n_layer):
+    for hf, natives, kind in _expand(family.weights, cfg.n_layer):
         if hf not in sd:
             continue
         t = sd.pop(hf)
@@ -149,7 +287,7 @@ def state_dict_from_hf(hf_sd: dict[str, torch.Tensor], cfg: ModelConfig, source:
 def state_dict_to_hf(sd: dict[str, torch.Tensor], cfg: ModelConfig, model_type: str) -> dict:
     """llmkit tensors -> HF tensors (the tied head omitted, as HF saves it)."""
     out = {}
-    for hf, natives, kind in _expand(WEIGHT_MAPS[model_type], cfg.n_layer):
+    for hf, natives, kind in _expand(FAMILIES[model_type].weights, cfg.n_layer):
         if not all(n in sd for n in natives):
             continue
         if hf == "lm_head.weight" and cfg.tie_embeddings:
@@ -167,11 +305,6 @@ def state_dict_to_hf(sd: dict[str, torch.Tensor], cfg: ModelConfig, model_type: 
 
 
 # --- configs ------------------------------------------------------------------------------------
-_TIE_DEFAULT = {"llama": False, "mistral": False, "qwen2": False, "qwen3": True, "phi3": False,
-                "gemma": True, "gemma2": True, "gpt2": True}
-_EXTRA_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id")
-
-
 def _rope(hf: dict) -> tuple[float, Optional[RopeScaling]]:
     """rope_theta and scaling from either the legacy keys or transformers 5's `rope_parameters`."""
     params = dict(hf.get("rope_parameters") or {})
@@ -192,84 +325,52 @@ def _rope(hf: dict) -> tuple[float, Optional[RopeScaling]]:
     raise LLMKitError(f"RoPE scaling type '{rtype}' is not supported (supported: llama3, linear)")
 
 
-def config_from_hf(hf: dict, name: Optional[str] = None) -> ModelConfig:
-    """A ModelConfig from a transformers config.json dict."""
-    mt = hf.get("model_type")
-    if mt not in WEIGHT_MAPS:
-        raise LLMKitError(f"unsupported architecture model_type='{mt}' (supported: {', '.join(WEIGHT_MAPS)})")
-    extra = {k: hf[k] for k in _EXTRA_KEYS if hf.get(k) is not None}
-    tie = hf.get("tie_word_embeddings", _TIE_DEFAULT[mt])
-    name = name or hf.get("_name_or_path") or mt
-    if mt == "gpt2":
-        if hf.get("scale_attn_by_inverse_layer_idx") or hf.get("reorder_and_upcast_attn"):
-            raise LLMKitError("GPT-2 variants with scale_attn_by_inverse_layer_idx/reorder_and_upcast_attn are not supported")
-        act = hf.get("activation_function", "gelu_new")
-        if act not in ("gelu_new", "gelu_pytorch_tanh", "gelu"):
-            raise LLMKitError(f"GPT-2 activation '{act}' is not supported")
-        return ModelConfig(
-            name=name, hf_model_type=mt, vocab_size=hf["vocab_size"], n_layer=hf["n_layer"],
-            n_embd=hf["n_embd"], n_head=hf["n_head"], intermediate_size=hf.get("n_inner") or 4 * hf["n_embd"],
-            block_size=hf.get("n_positions", 1024), pos="learned", norm="layer",
-            norm_eps=hf.get("layer_norm_epsilon", 1e-5), norm_bias=True, mlp="gelu",
-            gelu_approx="none" if act == "gelu" else "tanh", qkv_bias=True, attn_out_bias=True,
-            mlp_bias=True, tie_embeddings=tie, extra=extra,
-        )
+def _gpt2_from_hf(hf: dict, common: dict) -> dict:
+    if hf.get("scale_attn_by_inverse_layer_idx") or hf.get("reorder_and_upcast_attn"):
+        raise LLMKitError("GPT-2 variants with scale_attn_by_inverse_layer_idx/reorder_and_upcast_attn are not supported")
+    act = hf.get("activation_function", "gelu_new")
+    if act not in ("gelu_new", "gelu_pytorch_tanh", "gelu"):
+        raise LLMKitError(f"GPT-2 activation '{act}' is not supported")
+    return dict(
+        common, n_layer=hf["n_layer"], n_embd=hf["n_embd"], n_head=hf["n_head"],
+        intermediate_size=hf.get("n_inner") or 4 * hf["n_embd"], block_size=hf.get("n_positions", 1024),
+        pos="learned", norm="layer", norm_eps=hf.get("layer_norm_epsilon", 1e-5), norm_bias=True, mlp="gelu",
+        gelu_approx="none" if act == "gelu" else "tanh", qkv_bias=True, attn_out_bias=True, mlp_bias=True,
+    )
+
+
+def _rope_family_from_hf(hf: dict, common: dict) -> dict:
     theta, scaling = _rope(hf)
     n_head, d = hf["num_attention_heads"], hf["hidden_size"]
     head_dim = hf.get("head_dim")
-    c = dict(
-        name=name, hf_model_type=mt, vocab_size=hf["vocab_size"], n_layer=hf["num_hidden_layers"],
-        n_embd=d, n_head=n_head, n_kv_heads=hf.get("num_key_value_heads") or n_head,
+    return dict(
+        common, n_layer=hf["num_hidden_layers"], n_embd=d, n_head=n_head,
+        n_kv_heads=hf.get("num_key_value_heads") or n_head,
         head_dim=head_dim if head_dim and head_dim != d // n_head else None,
         intermediate_size=hf["intermediate_size"], block_size=hf.get("max_position_embeddings", 2048),
-        pos="rope", rope_theta=theta, rope_scaling=scaling, norm="rms",
-        norm_eps=hf.get("rms_norm_eps", 1e-6), mlp="swiglu", tie_embeddings=tie, extra=extra,
+        pos="rope", rope_theta=theta, rope_scaling=scaling, norm="rms", norm_eps=hf.get("rms_norm_eps", 1e-6),
+        mlp="swiglu",
     )
-    act = hf.get("hidden_act") or hf.get("hidden_activation") or "silu"
-    if mt in ("gemma", "gemma2"):
-        act = hf.get("hidden_activation") or "gelu_pytorch_tanh"
-        c.update(mlp="geglu", gelu_approx="none" if act == "gelu" else "tanh", norm_unit_offset=True, embed_scale=True)
-    elif act != "silu":
-        raise LLMKitError(f"hidden_act '{act}' is not supported for {mt}")
-    if mt == "llama":
-        c.update(qkv_bias=bool(hf.get("attention_bias")), attn_out_bias=bool(hf.get("attention_bias")),
-                 mlp_bias=bool(hf.get("mlp_bias")))
-    if mt == "qwen2":
-        c.update(qkv_bias=True)
-    if mt == "qwen3":
-        c.update(qk_norm=True, qkv_bias=bool(hf.get("attention_bias")), attn_out_bias=bool(hf.get("attention_bias")))
-    if mt in ("qwen2", "qwen3") and hf.get("use_sliding_window"):
-        raise LLMKitError(f"{mt} with use_sliding_window=true is not supported")
-    if mt in ("mistral", "phi3") and hf.get("sliding_window"):
-        c.update(sliding_window=int(hf["sliding_window"]))
-    if mt == "phi3" and float(hf.get("partial_rotary_factor", 1.0)) != 1.0:
-        raise LLMKitError("Phi-3 variants with partial_rotary_factor != 1 are not supported")
-    if mt == "gemma2":
-        c.update(
-            post_block_norms=True, attn_scale=float(hf.get("query_pre_attn_scalar", 256)) ** -0.5,
-            attn_softcap=hf.get("attn_logit_softcapping"), final_softcap=hf.get("final_logit_softcapping"),
-            sliding_window=hf.get("sliding_window"),
-        )
-        types = hf.get("layer_types")
-        if types and c["sliding_window"]:
-            every = _window_period(types)
-            if every is None:
-                raise LLMKitError(f"gemma2 layer_types pattern {types[:4]}... is not supported")
-            c.update(sliding_window_every=every)
-        elif c["sliding_window"]:
-            c.update(sliding_window_every=2)
+
+
+def config_from_hf(hf: dict, name: Optional[str] = None) -> ModelConfig:
+    """A ModelConfig from a transformers config.json dict."""
+    mt = hf.get("model_type")
+    if mt not in FAMILIES:
+        raise LLMKitError(f"unsupported architecture model_type='{mt}' (supported: {', '.join(FAMILIES)})")
+    family = FAMILIES[mt]
+    common = dict(name=name or hf.get("_name_or_path") or mt, hf_model_type=mt, vocab_size=hf["vocab_size"],
+                  tie_embeddings=hf.get("tie_word_embeddings", family.tie_default),
+                  extra={k: hf[k] for k in EXTRA_KEYS if hf.get(k) is not None})
+    c = (_gpt2_from_hf if mt == "gpt2" else _rope_family_from_hf)(hf, common)
+    c.update(family.fixed)
+    for read in family.read:
+        read(hf, c)
     return ModelConfig(**c)
 
 
-def _window_period(types: list[str]) -> Optional[int]:
-    """k such that layer i is local iff i % k == 0, or None if the pattern is not of that form."""
-    for k in range(1, len(types) + 1):
-        if all((t == "sliding_attention") == (i % k == 0) for i, t in enumerate(types)):
-            return k
-    return None
-
-
 def infer_hf_model_type(cfg: ModelConfig) -> str:
+    """The HF family a config belongs to: its own, else the plainest one that expresses it."""
     if cfg.hf_model_type:
         return cfg.hf_model_type
     if cfg.pos == "learned":
@@ -290,9 +391,10 @@ def infer_hf_model_type(cfg: ModelConfig) -> str:
 def config_to_hf(cfg: ModelConfig, model_type: Optional[str] = None, dtype: str = "float32") -> dict:
     """A transformers config.json dict for `cfg`, verified by reading it back."""
     mt = model_type or infer_hf_model_type(cfg)
-    if mt not in WEIGHT_MAPS:
-        raise LLMKitError(f"cannot export to model_type '{mt}' (supported: {', '.join(WEIGHT_MAPS)})")
-    hf: dict = {"architectures": [ARCHITECTURES[mt]], "model_type": mt, "vocab_size": cfg.vocab_size,
+    if mt not in FAMILIES:
+        raise LLMKitError(f"cannot export to model_type '{mt}' (supported: {', '.join(FAMILIES)})")
+    family = FAMILIES[mt]
+    hf: dict = {"architectures": [family.architecture], "model_type": mt, "vocab_size": cfg.vocab_size,
                 "tie_word_embeddings": cfg.tie_embeddings, "torch_dtype": dtype, "use_cache": True}
     if mt == "gpt2":
         hf.update(n_layer=cfg.n_layer, n_embd=cfg.n_embd, n_head=cfg.n_head, n_inner=cfg.ffn_size,
@@ -313,29 +415,9 @@ def config_to_hf(cfg: ModelConfig, model_type: Optional[str] = None, dtype: str 
             hf["rope_scaling"] = scaling
             rope_params = {**scaling, "rope_theta": cfg.rope_theta}
         hf["rope_parameters"] = rope_params
-        if mt in ("gemma", "gemma2"):
-            act = "gelu_pytorch_tanh" if cfg.gelu_approx == "tanh" else "gelu"
-            hf.update(hidden_activation=act, hidden_act=act)
-        else:
-            hf["hidden_act"] = "silu"
-        if mt == "llama":
-            hf.update(attention_bias=cfg.qkv_bias, mlp_bias=cfg.mlp_bias)
-        if mt == "qwen3":
-            hf.update(attention_bias=cfg.qkv_bias)
-        if mt in ("qwen2", "qwen3"):
-            hf.update(use_sliding_window=False, max_window_layers=cfg.n_layer, sliding_window=None)
-        if mt in ("mistral", "phi3"):
-            hf["sliding_window"] = cfg.sliding_window
-        if mt == "gemma2":
-            scalar = (cfg.attn_scale or cfg.head_size**-0.5) ** -2
-            scalar = round(scalar, 6)
-            hf.update(query_pre_attn_scalar=int(scalar) if scalar == int(scalar) else scalar, attn_logit_softcapping=cfg.attn_softcap,
-                      final_logit_softcapping=cfg.final_softcap, sliding_window=cfg.sliding_window,
-                      layer_types=["sliding_attention" if cfg.is_local_layer(i) else "full_attention"
-                                   for i in range(cfg.n_layer)])
-    hf.update({k: v for k, v in cfg.extra.items() if k in _EXTRA_KEYS})
-    if mt == "phi3" and "pad_token_id" not in hf:
-        hf["pad_token_id"] = cfg.extra.get("eos_token_id", 0)  # Phi3Config requires one in range
+    hf.update({k: v for k, v in cfg.extra.items() if k in EXTRA_KEYS})
+    for write in family.write:
+        write(cfg, hf)
     # The round trip: what transformers will build from this dict must be our architecture.
     back = config_from_hf(hf, name=cfg.name)
     ignore = {"name", "hf_repo", "extra", "hf_model_type"}
@@ -343,6 +425,11 @@ def config_to_hf(cfg: ModelConfig, model_type: Optional[str] = None, dtype: str 
     if diffs:
         raise LLMKitError(f"this architecture cannot be expressed as Hugging Face '{mt}': it differs in {', '.join(diffs)}")
     return hf
+
+
+def generation_config(cfg: ModelConfig) -> dict:
+    """generation_config.json for an exported model: its BOS/EOS/pad token ids."""
+    return {k: v for k, v in cfg.extra.items() if k in EXTRA_KEYS}
 
 
 def _norm_field(cfg: ModelConfig, name: str):
@@ -358,52 +445,3 @@ def _norm_field(cfg: ModelConfig, name: str):
     if name == "sliding_window_every" and cfg.sliding_window is None:
         return None
     return v
-
-
-# --- commands -----------------------------------------------------------------------------------
-def from_hf(src: str, out: str, dtype: Optional[str] = None, max_shard_size_mb: int = 5000) -> None:
-    """Convert a Hugging Face model (directory or hub repo id) to an llmkit checkpoint.
-
-    Args:
-        src: a Hugging Face model directory or hub repo id.
-        out: the llmkit checkpoint directory to write.
-        dtype: store weights as float32, bfloat16 or float16 (default: as in the source).
-        max_shard_size_mb: split the weights into shards of at most this size.
-    """
-    from llmkit.checkpoint import load_model, save_model
-
-    loaded = load_model(src, dtype=dtype)
-    if loaded.kind != "hf":
-        raise LLMKitError(f"{loaded.path}: already an llmkit checkpoint")
-    save_model(out, loaded.model, tokenizer_dir=loaded.path, max_shard_bytes=max_shard_size_mb * 1024**2)
-    n = sum(p.numel() for p in loaded.model.parameters())
-    print(f"wrote {out} ({loaded.config.hf_model_type}, {n:,} parameters)")
-
-
-def to_hf(src: str, out: str, model_type: Optional[str] = None, dtype: Optional[str] = None,
-          max_shard_size_mb: int = 5000) -> None:
-    """Export a model to a Hugging Face directory that transformers' from_pretrained loads.
-
-    Args:
-        src: an llmkit checkpoint (or any MODEL llmkit accepts).
-        out: the Hugging Face model directory to write.
-        model_type: the transformers model_type to export as (default: from the config).
-        dtype: store weights as float32, bfloat16 or float16 (default: as loaded).
-    """
-    from llmkit.checkpoint import atomic_write_json, copy_tokenizer_files, load_model, save_weights
-
-    loaded = load_model(src, dtype=dtype)
-    cfg = loaded.config
-    mt = model_type or infer_hf_model_type(cfg)
-    param_dtype = str(next(loaded.model.parameters()).dtype).removeprefix("torch.")
-    hf_cfg = config_to_hf(cfg, mt, dtype=param_dtype)
-    sd = state_dict_to_hf(loaded.model.state_dict(), cfg, mt)
-    outp = Path(out)
-    save_weights(outp, sd, max_shard_size_mb * 1024**2)
-    copy_tokenizer_files(loaded.path, outp)
-    gen = outp / "generation_config.json"
-    if not gen.exists():
-        atomic_write_json(gen, {k: v for k, v in cfg.extra.items() if k in _EXTRA_KEYS})
-    atomic_write_json(outp / "config.json", hf_cfg)
-    print(f"wrote {out} (Hugging Face {ARCHITECTURES[mt]})")
-

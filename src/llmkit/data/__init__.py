@@ -287,3 +287,15 @@ def read_records(path: str | Path) -> list[tuple[str, object]]:
 
 
 __all__ = ["Document", "TextUnit", "expand_sources", "file_format", "iter_documents", "read_records"]
+
+
+def claim_output_dir(out: str | Path, marker: str, what: str, overwrite: bool) -> Path:
+    """The output folder of a data command, created: refused if it already holds a finished
+    `what` (its `marker` file) unless `overwrite`, or if the path is a file."""
+    out_dir = Path(out)
+    if (out_dir / marker).exists() and not overwrite:
+        raise LLMKitError(f"'{out_dir}' already holds {what}; pass --overwrite to replace it")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise LLMKitError(f"output path '{out_dir}' exists and is not a folder")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return out_dir

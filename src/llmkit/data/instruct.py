@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping, Optional, Sequence
 import numpy as np
 import torch
 
+from llmkit.data.batches import ShuffledBatches
 from llmkit.errors import LLMKitError
 from llmkit.training.losses import IGNORE_INDEX
 
@@ -171,30 +172,6 @@ def split_examples(examples: list[Example], fraction: float, seed: int) -> tuple
     order = np.random.default_rng(seed).permutation(len(examples))
     val = set(order[:n_val].tolist())
     return ([e for i, e in enumerate(examples) if i not in val], [e for i, e in enumerate(examples) if i in val])
-
-
-# --- prompt styles -----------------------------------------------------------------------------
-def resolve_prompt_style(tokenizer: "Tokenizer", name: Optional[str] = None) -> "PromptStyle":
-    """The style to finetune with: None/"auto" = the model's own chat template when its
-    tokenizer has one, else alpaca; a built-in style name; "chat_template" (the model's
-    template, required); or a Jinja template file."""
-    from llmkit.prompts import Alpaca, PromptStyle
-
-    if name is None or name == "auto":
-        if tokenizer.chat_template:
-            return PromptStyle.from_template(tokenizer.chat_template, tokenizer.special_tokens)
-        return Alpaca()
-    if name in ("chat_template", "template"):
-        if not tokenizer.chat_template:
-            raise LLMKitError("prompt style 'chat_template': the model's tokenizer has no chat template; "
-                              f"choose a built-in style: {', '.join(PromptStyle.names())}")
-        return PromptStyle.from_template(tokenizer.chat_template, tokenizer.special_tokens)
-    if name.endswith((".jinja", ".j2")) or Path(name).is_file():
-        path = Path(name)
-        if not path.is_file():
-            raise LLMKitError(f"chat template file '{name}' does not exist")
-        return PromptStyle.from_template(path.read_text(encoding="utf-8"), tokenizer.special_tokens)
-    return PromptStyle.from_name(name)
 
 
 def _end_markers(style: "PromptStyle", tokenizer: "Tokenizer") -> list[str]:
@@ -416,12 +393,10 @@ def pack(examples: Sequence[Encoded], seq_len: int, seed: int) -> Packed:
 class InstructBatches:
     """Endless shuffled training batches of examples (right-padded) or packed rows, resumable
     exactly: a new permutation each epoch from (seed, epoch), the position in `state_dict()`.
-    The shuffling is `data.pairs.ShuffledBatches`, shared with the classifier and DPO recipes."""
+    The shuffling is `data.batches.ShuffledBatches`, shared with the classifier and DPO recipes."""
 
     def __init__(self, examples: Sequence[Encoded], batch_size: int, pad_id: int, seed: int = 0,
                  packing: bool = False, seq_len: Optional[int] = None, rank: int = 0, world_size: int = 1):
-        from llmkit.data.pairs import ShuffledBatches
-
         if not examples:
             raise LLMKitError("no training examples left (all were dropped: see the truncation counts)")
         self.pad_id, self.examples = pad_id, list(examples)

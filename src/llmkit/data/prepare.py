@@ -35,7 +35,7 @@ from typing import Iterator, Optional
 
 import numpy as np
 
-from llmkit.data import TextUnit, iter_documents
+from llmkit.data import TextUnit, claim_output_dir, iter_documents
 from llmkit.errors import LLMKitError
 
 MANIFEST = "manifest.json"
@@ -280,12 +280,7 @@ def prepare(sources: list[str], tokenizer: str, out: str, seq_len: int = 1024, v
                           "(set eos_token in its tokenizer_config.json)")
     docs = iter_documents(sources, text_field=text_field, text_unit=text_unit)  # checks every path now
 
-    out_dir = Path(out)
-    if (out_dir / MANIFEST).exists() and not overwrite:
-        raise LLMKitError(f"'{out_dir}' already holds a prepared dataset; pass --overwrite to replace it")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise LLMKitError(f"output path '{out_dir}' exists and is not a folder")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = claim_output_dir(out, MANIFEST, "a prepared dataset", overwrite)
     (out_dir / MANIFEST).unlink(missing_ok=True)  # a crash below must not leave a stale manifest
     for old in list(out_dir.glob("train_*.bin")) + list(out_dir.glob("val_*.bin")):
         old.unlink()

@@ -197,13 +197,14 @@ def _check_arguments(models, tasks, perplexity, generate_data, responses, prompt
 def _evaluate_one(spec: Optional[str], *, tasks, num_fewshot, limit, batch_size, include_path, perplexity_files,
                   stride, max_length, generate_data, prompt_style, max_new_tokens, responses, judge, judge_concurrency,
                   compare_model, compare_responses, device, dtype, truncate, apply_chat_template, seed, out) -> dict:
-    from llmkit.evaluate.harness import load_model_and_tokenizer
+    from llmkit.checkpoint import load_model
 
     result: dict = {"model": spec, "model_name": Path(str(spec)).name if spec else None,
                     "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "seconds": {}}
     model = tokenizer = None
     if spec is not None:
-        model, tokenizer, loaded = load_model_and_tokenizer(spec, device, dtype)
+        loaded = load_model(spec, device=device, dtype=dtype)
+        model, tokenizer = loaded.model, loaded.tokenizer
         result["model_info"] = {"kind": loaded.kind, "path": str(loaded.path), "context": loaded.config.block_size,
                                 "parameters": sum(p.numel() for p in model.parameters()),
                                 "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),

@@ -93,7 +93,7 @@ def build_prompts(tokenizer, examples: Sequence[dict],
         style = PromptStyle.from_name("alpaca")
         ids = [tokenizer.encode(format_alpaca(ex)[0]) for ex in examples]
     else:
-        from llmkit.generate import resolve_style
+        from llmkit.prompts import resolve_style
 
         style = resolve_style(tokenizer, None if prompt_style in ("chat", "auto") else prompt_style)
         ids = []
@@ -143,14 +143,6 @@ def generate_responses(model, tokenizer, examples: Sequence[dict], prompt_style:
     return out
 
 
-def render_chat(tokenizer, messages: list[dict], add_generation_prompt: bool = True) -> str:
-    """A conversation as prompt text in the model's chat format (its template, or the style
-    its vocabulary suggests); used for the harness's --apply-chat-template."""
-    from llmkit.prompts import PromptStyle
-
-    return PromptStyle.for_model(tokenizer).render(messages, add_generation_prompt)
-
-
 # --- the whole generative evaluation -----------------------------------------------------------
 def evaluate_responses(model, tokenizer, data: Optional[str] = None, responses_file: Optional[str] = None,
                        prompt_style: str = "alpaca", max_new_tokens: int = 256, batch_size: int = 16,
@@ -187,9 +179,10 @@ def evaluate_responses(model, tokenizer, data: Optional[str] = None, responses_f
                 raise LLMKitError(f"{compare_responses}: not the same examples, in the same order, as {source}")
             against = str(compare_responses)
         else:
-            from llmkit.evaluate.harness import load_model_and_tokenizer
+            from llmkit.checkpoint import load_model
 
-            model2, tok2, _ = load_model_and_tokenizer(compare_model, device, dtype)
+            loaded2 = load_model(compare_model, device=device, dtype=dtype)
+            model2, tok2 = loaded2.model, loaded2.tokenizer
             other = generate_responses(model2, tok2, examples, prompt_style, max_new_tokens, batch_size, progress)
             del model2
             against = Path(compare_model).name

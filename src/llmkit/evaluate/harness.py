@@ -60,29 +60,6 @@ def require_lm_eval() -> None:
         raise LLMKitError(LM_EVAL_MISSING)
 
 
-def resolve_device(device: Optional[str]) -> torch.device:
-    """"auto"/None: the first CUDA GPU if there is one, else the CPU."""
-    if device in (None, "", "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(device)
-    except RuntimeError as e:
-        raise LLMKitError(f"unknown device '{device}' ({e})") from None
-
-
-def load_model_and_tokenizer(spec: str | Path, device: Optional[str] = None, dtype: Optional[str] = None):
-    """(model, tokenizer, Loaded) for a MODEL argument; the tokenizer comes from the same folder."""
-    from llmkit.checkpoint import load_model
-    from llmkit.tokenizer import Tokenizer
-
-    loaded = load_model(spec, device=resolve_device(device), dtype=dtype)
-    tokenizer = Tokenizer.from_dir(loaded.path)
-    if tokenizer.vocab_size > loaded.config.vocab_size:
-        raise LLMKitError(f"{loaded.path}: the tokenizer has {tokenizer.vocab_size} tokens but the model only "
-                          f"{loaded.config.vocab_size} embeddings (mismatched tokenizer files?)")
-    return loaded.model, tokenizer, loaded
-
-
 def output_logits(model, h: torch.Tensor) -> torch.Tensor:
     """The model's output head on hidden states `h` (..., n_embd), as `Transformer.forward` applies
     it. Applied here at chosen positions only: on (B, T, vocab) logits of a padded batch most
@@ -136,8 +113,11 @@ class LLMKitLM(TemplateLM):
         from llmkit.tokenizer import Tokenizer
 
         if isinstance(pretrained, (str, Path)):
-            model, tok, _ = load_model_and_tokenizer(pretrained, device, dtype)
-            tokenizer = tokenizer if tokenizer is not None else tok
+            from llmkit.checkpoint import load_model
+
+            loaded = load_model(pretrained, device=device, dtype=dtype)
+            model = loaded.model
+            tokenizer = tokenizer if tokenizer is not None else loaded.tokenizer
         else:
             model = pretrained
             if tokenizer is None:
@@ -199,10 +179,11 @@ class LLMKitLM(TemplateLM):
         return self.tokenizer.chat_template if chat_template else None
 
     def apply_chat_template(self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
-        """Render the harness's few-shot chat history with the tokenizer's chat template."""
-        from llmkit.evaluate.generative import render_chat
+        """Render the harness's few-shot chat history in the model's chat format (`auto`: its
+        template, or the style its vocabulary suggests)."""
+        from llmkit.prompts import resolve_style
 
-        return render_chat(self.tokenizer, chat_history, add_generation_prompt)
+        return resolve_style(self.tokenizer).render(chat_history, add_generation_prompt)
 
     def get_model_info(self) -> dict:
         n_params = sum(p.numel() for p in self.model.parameters())

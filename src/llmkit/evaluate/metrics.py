@@ -1,4 +1,5 @@
-"""Reference-based text metrics for generated responses: exact match, ROUGE-L, corpus BLEU-4.
+"""Metrics: reference-based text metrics for generated responses (exact match, ROUGE-L, corpus
+BLEU-4), and classification metrics for the classifier recipe (see `classification_report`).
 
 Implemented here (a few lines each) rather than pulled from `rouge_score`/`sacrebleu`, so that
 the definitions are in plain view:
@@ -16,6 +17,9 @@ the definitions are in plain view:
   marks. Reported on sacrebleu's 0-100 scale.
 
 Exact match and ROUGE-L are fractions in [0, 1], like the harness's accuracies.
+
+Classification: accuracy, per-class precision / recall / F1 / support, macro F1 and the
+confusion matrix, with scikit-learn's definitions, and their text and Markdown tables.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ import math
 import re
 from collections import Counter
 from typing import Sequence
+
+import numpy as np
 
 
 def normalize(text: str) -> str:
@@ -97,3 +103,58 @@ def corpus_bleu(predictions: Sequence[str], references: Sequence[str], max_n: in
 def text_metrics(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
     return {"exact_match": exact_match(predictions, references), "rouge_l": rouge_l(predictions, references),
             "bleu": corpus_bleu(predictions, references)["bleu"]}
+
+
+# --- classification --------------------------------------------------------------------------------
+def classification_report(y_true: list[int], y_pred: list[int], labels: list[str]) -> dict:
+    """Accuracy, per-class precision / recall / F1 / support, macro F1 and the confusion matrix
+    (rows: true class, columns: predicted), as in scikit-learn (0 where undefined)."""
+    N = len(labels)
+    cm = np.zeros((N, N), dtype=np.int64)
+    for t, p in zip(y_true, y_pred):
+        cm[t, p] += 1
+    per = {}
+    for k, name in enumerate(labels):
+        tp = int(cm[k, k])
+        pred, true = int(cm[:, k].sum()), int(cm[k, :].sum())
+        precision = tp / pred if pred else 0.0
+        recall = tp / true if true else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        per[name] = {"precision": precision, "recall": recall, "f1": f1, "support": true}
+    n = int(cm.sum())
+    return {"n": n, "accuracy": float(np.trace(cm)) / n if n else 0.0,
+            "macro_f1": float(np.mean([v["f1"] for v in per.values()])) if per else 0.0,
+            "per_class": per, "labels": list(labels), "confusion_matrix": cm.tolist()}
+
+
+def format_report(report: dict, title: str) -> str:
+    """The report as a plain-text table (per-class rows, then the confusion matrix)."""
+    labels = report["labels"]
+    w = max(12, *(len(x) for x in labels))
+    lines = [f"{title}: accuracy {report['accuracy']:.4f}, macro F1 {report['macro_f1']:.4f} ({report['n']} texts)",
+             f"  {'class':<{w}} {'precision':>9} {'recall':>9} {'f1':>9} {'support':>8}"]
+    for name in labels:
+        r = report["per_class"][name]
+        lines.append(f"  {name:<{w}} {r['precision']:>9.4f} {r['recall']:>9.4f} {r['f1']:>9.4f} {r['support']:>8}")
+    cw = max(8, *(len(x) for x in labels))
+    lines.append("  confusion (rows true, columns predicted):")
+    lines.append(f"  {'':<{w}} " + " ".join(f"{x:>{cw}}" for x in labels))
+    for name, row in zip(labels, report["confusion_matrix"]):
+        lines.append(f"  {name:<{w}} " + " ".join(f"{v:>{cw}}" for v in row))
+    return "\n".join(lines)
+
+
+def markdown_confusion(report: dict, title: str) -> str:
+    """The report as Markdown: a `### title` heading, the confusion matrix, then the per-class table."""
+    labels = report["labels"]
+    esc = [x.replace("|", "\\|") for x in labels]
+    lines = [f"### {title}", "",
+             f"accuracy {report['accuracy']:.4f}, macro F1 {report['macro_f1']:.4f}, {report['n']} texts", "",
+             "| true \\ predicted | " + " | ".join(esc) + " |", "|---|" + "---:|" * len(labels)]
+    for name, row in zip(esc, report["confusion_matrix"]):
+        lines.append(f"| **{name}** | " + " | ".join(str(v) for v in row) + " |")
+    lines += ["", "| class | precision | recall | F1 | support |", "|---|---:|---:|---:|---:|"]
+    for name, e in zip(labels, esc):
+        r = report["per_class"][name]
+        lines.append(f"| {e} | {r['precision']:.4f} | {r['recall']:.4f} | {r['f1']:.4f} | {r['support']} |")
+    return "\n".join(lines) + "\n"

@@ -2,14 +2,10 @@
 class head, finetuned on labelled texts (`llmkit classify train`), and prediction with the
 result (`llmkit classify predict`).
 
-The head is `nn.Linear(d_model, N)` on the final hidden state of each text's last token: in a
-causal model that is the only position that has seen the whole text (Radford et al. 2018,
-"Improving Language Understanding by Generative Pre-training", sec. 3.3; Raschka, "Build a
-Large Language Model (From Scratch)", ch. 6). It replaces `lm_head` in place (untied from the
-embeddings), so the model is still one `Transformer` and the training loop, LoRA, frozen
-layers and checkpoints work unchanged:
-
-    tokens -> embed -> blocks -> norm -> (B, T, d) --[row b, position last[b]]--> head -> (B, N)
+The head (heads.py) is `nn.Linear(d_model, N)` on the final hidden state of each text's last
+token, in place of `lm_head`, so the model is still one `Transformer` and the training loop,
+LoRA, frozen layers and checkpoints work unchanged. The recipe is its batches (texts cut to
+max_seq_len, right-padded) and its loss (cross-entropy over the classes), on the scaffold.
 
 Which weights train is the finetuning method (`full`, `lora`, `freeze` = last N blocks); the
 head always trains. Every checkpoint holds a `classifier.json` (labels, columns, base model,
@@ -21,168 +17,24 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
-import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from llmkit.checkpoint import CLASSIFIER
+from llmkit.data.tables import LabeledTexts, balanced, read_labeled, read_table, stratified_split
 from llmkit.errors import LLMKitError
+from llmkit.evaluate.metrics import classification_report, format_report, markdown_confusion
+from llmkit.heads import attach_class_head, class_logits
 from llmkit.lora import LoRAConfig
+from llmkit.recipes.scaffold import Run, base_reference
 from llmkit.training.loop import TrainConfig
-
-CLASSIFIER_FILE = "classifier.json"
-
-
-# --- data ------------------------------------------------------------------------------------------
-@dataclass
-class LabeledTexts:
-    texts: list[str]
-    labels: list[str]
-    source: str
-
-
-def _dialect(path: Path, sample: str) -> tuple[str, int]:
-    """(delimiter, quoting): by extension, else sniffed from the first lines.
-
-    TSV is read without quote handling (the IANA text/tab-separated-values convention: fields
-    hold no tabs or newlines, and a `"` is just a character, as in the SMS Spam Collection,
-    whose messages may start with one); CSV uses standard RFC 4180 quoting."""
-    suffix = path.suffix.lower()
-    if suffix in (".tsv", ".tab"):
-        return "\t", csv.QUOTE_NONE
-    if suffix == ".csv":
-        return ",", csv.QUOTE_MINIMAL
-    try:
-        delim = csv.Sniffer().sniff(sample, delimiters=",\t;|").delimiter
-    except csv.Error:
-        first = sample.splitlines()[0] if sample else ""
-        delim = "\t" if "\t" in first else ","
-    return delim, csv.QUOTE_NONE if delim == "\t" else csv.QUOTE_MINIMAL
-
-
-def _column(header: list[str], name: str, what: str, path: Path) -> int:
-    """Index of column `name` (exact match, else a unique case-insensitive one)."""
-    if name in header:
-        return header.index(name)
-    folded = [i for i, h in enumerate(header) if h.strip().lower() == name.strip().lower()]
-    if len(folded) == 1:
-        return folded[0]
-    found = ", ".join(repr(h) for h in header)
-    raise LLMKitError(f"{path}: no {what} column '{name}' (columns found: {found}); choose one with --{what}-col")
-
-
-def read_table(path: str | Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
-    """(header, [(line number, fields), ...]) of a CSV or TSV file with a header row."""
-    p = Path(path)
-    if not p.exists():
-        raise LLMKitError(f"{p}: no such file")
-    if p.is_dir():
-        raise LLMKitError(f"{p}: is a directory; give a CSV or TSV file")
-    try:
-        raw = p.read_text(encoding="utf-8-sig")  # -sig: drop the BOM spreadsheet exports add
-    except UnicodeDecodeError as e:
-        raise LLMKitError(f"{p}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    if not raw.strip():
-        raise LLMKitError(f"{p}: empty file (expected a header row and labelled rows)")
-    delim, quoting = _dialect(p, raw[:65536])
-    csv.field_size_limit(1 << 30)
-    reader = csv.reader(io.StringIO(raw, newline=""), delimiter=delim, quoting=quoting)
-    try:
-        rows = [(reader.line_num, r) for r in reader if any(c.strip() for c in r)]  # skip blank lines
-    except csv.Error as e:
-        raise LLMKitError(f"{p}: not a valid {'TSV' if delim == chr(9) else 'CSV'} file ({e})") from None
-    header = [h.strip() for h in rows[0][1]]
-    if len(rows) == 1:
-        raise LLMKitError(f"{p}: only a header row ({', '.join(header)}), no data")
-    return header, rows[1:]
-
-
-def read_labeled(path: str | Path, text_col: str = "text", label_col: Optional[str] = "label") -> LabeledTexts:
-    """Texts (and labels, unless `label_col` is None) of a CSV or TSV file with a header row."""
-    p = Path(path)
-    header, rows = read_table(p)
-    ti = _column(header, text_col, "text", p)
-    li = _column(header, label_col, "label", p) if label_col is not None else None
-    texts, labels, need = [], [], max(ti, li if li is not None else -1) + 1
-    for n, r in rows:
-        if len(r) < need:
-            raise LLMKitError(f"{p}: line {n} has {len(r)} field(s), the header {len(header)}")
-        text = r[ti]
-        if not text.strip():
-            raise LLMKitError(f"{p}: line {n}: empty text in column '{header[ti]}'")
-        texts.append(text)
-        if li is not None:
-            label = r[li].strip()
-            if not label:
-                raise LLMKitError(f"{p}: line {n}: empty label in column '{header[li]}'")
-            labels.append(label)
-    return LabeledTexts(texts, labels, str(p))
-
-
-def stratified_split(labels: list[str], fractions: tuple[float, ...], seed: int) -> list[list[int]]:
-    """Indices split into len(fractions) + 1 parts (the last takes the rest), class by class so
-    that each part keeps the class proportions (a rare class still shows up in val and test)."""
-    by_class: dict[str, list[int]] = {}
-    for i, y in enumerate(labels):
-        by_class.setdefault(y, []).append(i)
-    parts: list[list[int]] = [[] for _ in range(len(fractions) + 1)]
-    rng = np.random.default_rng([seed, 2])
-    for y in sorted(by_class):
-        idx = [by_class[y][j] for j in rng.permutation(len(by_class[y]))]
-        start = 0
-        for k, f in enumerate(fractions):
-            take = int(round(len(idx) * f))
-            parts[k] += idx[start:start + take]
-            start += take
-        parts[-1] += idx[start:]
-    return [sorted(p) for p in parts]
-
-
-def balanced(indices: list[int], labels: list[str], seed: int) -> list[int]:
-    """Downsample every class to the size of the smallest (a seeded random choice)."""
-    by_class: dict[str, list[int]] = {}
-    for i in indices:
-        by_class.setdefault(labels[i], []).append(i)
-    n = min(len(v) for v in by_class.values())
-    rng = np.random.default_rng([seed, 3])
-    keep = []
-    for y in sorted(by_class):
-        v = by_class[y]
-        keep += [v[j] for j in sorted(rng.choice(len(v), n, replace=False))]
-    return sorted(keep)
 
 
 # --- model -----------------------------------------------------------------------------------------
-def attach_head(model: nn.Module, n_classes: int) -> nn.Module:
-    """Replace the output layer by an `n_classes` head (in place; the head is freshly initialized).
-
-    The config is updated to what the model now is: the head is no longer tied to the
-    embeddings (so a checkpoint stores it), and a final logit softcap (Gemma 2), meant for
-    vocabulary logits, no longer applies."""
-    cfg = model.cfg
-    device = model.embed.weight.device
-    head = nn.Linear(cfg.n_embd, n_classes, device=device, dtype=torch.float32)
-    if device.type != "meta":
-        nn.init.normal_(head.weight, std=0.02)  # the model's own init (GPT-2), not kaiming
-        nn.init.zeros_(head.bias)
-    model.lm_head = head
-    model.cfg = cfg.replace(tie_embeddings=False, final_softcap=None)
-    return model
-
-
-def class_logits(model: nn.Module, idx: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
-    """(B, N) logits at each row's last real token. Through the model's forward (not
-    `hidden_states`) so DDP's gradient hooks and torch.compile see the call; the head on every
-    position costs T * d * N, nothing next to the blocks."""
-    logits = model(idx)  # (B, T, N)
-    return logits[torch.arange(idx.shape[0], device=idx.device), last].float()  # (B, N)
-
-
 def collate(token_lists: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-padded (B, T) ids and each row's last real index. Right padding never changes a
     causal model's states at the real positions, so no attention mask is needed."""
@@ -205,60 +57,6 @@ def predict_proba(model: nn.Module, token_lists: list[list[int]], n_classes: int
         idx, last = collate([token_lists[i] for i in chunk], pad_id)
         out[chunk] = class_logits(model, idx.to(device), last.to(device)).softmax(-1).cpu()
     return out
-
-
-# --- metrics ---------------------------------------------------------------------------------------
-def classification_report(y_true: list[int], y_pred: list[int], labels: list[str]) -> dict:
-    """Accuracy, per-class precision / recall / F1 / support, macro F1 and the confusion matrix
-    (rows: true class, columns: predicted), as in scikit-learn (0 where undefined)."""
-    N = len(labels)
-    cm = np.zeros((N, N), dtype=np.int64)
-    for t, p in zip(y_true, y_pred):
-        cm[t, p] += 1
-    per = {}
-    for k, name in enumerate(labels):
-        tp = int(cm[k, k])
-        pred, true = int(cm[:, k].sum()), int(cm[k, :].sum())
-        precision = tp / pred if pred else 0.0
-        recall = tp / true if true else 0.0
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        per[name] = {"precision": precision, "recall": recall, "f1": f1, "support": true}
-    n = int(cm.sum())
-    return {"n": n, "accuracy": float(np.trace(cm)) / n if n else 0.0,
-            "macro_f1": float(np.mean([v["f1"] for v in per.values()])) if per else 0.0,
-            "per_class": per, "labels": list(labels), "confusion_matrix": cm.tolist()}
-
-
-def format_report(report: dict, title: str) -> str:
-    """The report as a plain-text table (per-class rows, then the confusion matrix)."""
-    labels = report["labels"]
-    w = max(12, *(len(x) for x in labels))
-    lines = [f"{title}: accuracy {report['accuracy']:.4f}, macro F1 {report['macro_f1']:.4f} ({report['n']} texts)",
-             f"  {'class':<{w}} {'precision':>9} {'recall':>9} {'f1':>9} {'support':>8}"]
-    for name in labels:
-        r = report["per_class"][name]
-        lines.append(f"  {name:<{w}} {r['precision']:>9.4f} {r['recall']:>9.4f} {r['f1']:>9.4f} {r['support']:>8}")
-    cw = max(8, *(len(x) for x in labels))
-    lines.append("  confusion (rows true, columns predicted):")
-    lines.append(f"  {'':<{w}} " + " ".join(f"{x:>{cw}}" for x in labels))
-    for name, row in zip(labels, report["confusion_matrix"]):
-        lines.append(f"  {name:<{w}} " + " ".join(f"{v:>{cw}}" for v in row))
-    return "\n".join(lines)
-
-
-def markdown_confusion(report: dict, title: str) -> str:
-    labels = report["labels"]
-    esc = [x.replace("|", "\\|") for x in labels]
-    lines = [f"### {title}", "",
-             f"accuracy {report['accuracy']:.4f}, macro F1 {report['macro_f1']:.4f}, {report['n']} texts", "",
-             "| true \\ predicted | " + " | ".join(esc) + " |", "|---|" + "---:|" * len(labels)]
-    for name, row in zip(esc, report["confusion_matrix"]):
-        lines.append(f"| **{name}** | " + " | ".join(str(v) for v in row) + " |")
-    lines += ["", "| class | precision | recall | F1 | support |", "|---|---:|---:|---:|---:|"]
-    for name, e in zip(labels, esc):
-        r = report["per_class"][name]
-        lines.append(f"| {e} | {r['precision']:.4f} | {r['recall']:.4f} | {r['f1']:.4f} | {r['support']} |")
-    return "\n".join(lines) + "\n"
 
 
 # --- training --------------------------------------------------------------------------------------
@@ -305,11 +103,8 @@ def classify_train(
         train: training loop settings (--train.max_steps, --train.lr, ...).
     """
     from llmkit.checkpoint import atomic_write_json, atomic_write_text
-    from llmkit.data.pairs import ShuffledBatches
-    from llmkit.recipes.pretrain import publish_final
-    from llmkit.recipes.tuning import base_reference, check_method, finetune_saver, load_base, setup_method
-    from llmkit.tokenizer import Tokenizer
-    from llmkit.training.loop import Trainer, setup_runtime
+    from llmkit.data.batches import ShuffledBatches
+    from llmkit.recipes.tuning import check_method, setup_method
 
     check_method(method, quantize)
     # Everything about the data is checked before the model is loaded.
@@ -347,14 +142,13 @@ def classify_train(
                 raise LLMKitError(f"{src.source}: {name} labels {unknown[:5]} do not occur in the training data "
                                   f"(classes: {', '.join(labels[:10])})")
 
-    rt = setup_runtime(train)
-    loaded = load_base(model)
-    net = loaded.model
-    tok = Tokenizer.from_dir(loaded.path)
+    run = Run(model, out, train)
+    net = run.load()
+    rt, tok = run.rt, run.tokenizer
     T = min(max_seq_len, net.cfg.block_size)
     if T < max_seq_len and rt.main:
         print(f"max_seq_len {max_seq_len} is past the model's context: texts are cut to {T} tokens", flush=True)
-    pad_id = tok.pad_id if tok.pad_id is not None else (tok.eos_id if tok.eos_id is not None else 0)
+    pad_id = run.pad_id
     label_id = {y: k for k, y in enumerate(labels)}
 
     def encode(src: LabeledTexts, idx: list[int]) -> tuple[list[list[int]], list[int]]:
@@ -368,7 +162,7 @@ def classify_train(
     train_ids, train_y = encoded["train"]
 
     torch.manual_seed(train.seed)  # the same head on every process and every (re)start
-    attach_head(net, len(labels))
+    attach_class_head(net, len(labels))
     summary_line = setup_method(net, method, lora, train_last, quantize)
     for p in net.lm_head.parameters():  # the new head trains whatever the method
         p.requires_grad_(True)
@@ -425,36 +219,30 @@ def classify_train(
             tqdm.write(format_report(reports["val"], f"validation, step {step}"))  # above the progress bar
             write_metrics(step)
 
-    def extra(d: Path) -> None:
-        atomic_write_json(d / CLASSIFIER_FILE, meta)
-
-    save_fn = finetune_saver(net, method, base_reference(model), loaded.path, lora, quantize, extra=extra)
     if rt.main:
         counts = {name: len(ids) for name, (ids, _) in encoded.items()}
         print(f"classes ({len(labels)}): {', '.join(labels)}; texts: "
               + ", ".join(f"{k} {v:,}" for k, v in counts.items()) + f"; max {T} tokens", flush=True)
         print(summary_line, flush=True)
-    trainer = Trainer(net, train, out, batches, loss_fn, evaluate=evaluate, on_eval=on_eval, save_fn=save_fn,
-                      trainable_only=(method == "lora"), runtime=rt)
-    result = trainer.fit()
-    if rt.main:
-        if "test" in encoded:
-            # The unwrapped model, on this process alone (a DDP forward would wait for the others).
-            net.eval()
-            amp = trainer.amp_dtype
-            with torch.no_grad(), (torch.autocast(rt.device.type, dtype=amp) if amp else contextlib.nullcontext()):
-                report, loss = split_report(net, "test")
-            reports["test"] = {**report, "loss": loss}
-            print(format_report(report, "test"), flush=True)
-            result.update(test_acc=report["accuracy"], test_macro_f1=report["macro_f1"])
-        write_metrics(result["step"])
-        final = out_dir / "final"
-        publish_final(result["checkpoint"], final)
-        result["final"] = str(final)
-        summary = {k: (str(v) if isinstance(v, Path) else v) for k, v in result.items()}
-        atomic_write_json(out_dir / "summary.json", summary)
-        print(f"done: step {result['step']}; classifier in {final}; metrics in {out_dir / 'metrics.json'}", flush=True)
-    return result
+    # Every checkpoint carries classifier.json: any of them is a classifier `classify predict` loads.
+    result = run.fit(train, batches, loss_fn, lora=lora if method == "lora" else None,
+                     quantize=None if quantize == "none" else quantize, extra_files={CLASSIFIER: meta},
+                     evaluate=evaluate, on_eval=on_eval)
+    if not rt.main:
+        return result
+    if "test" in encoded:
+        # The unwrapped model, on this process alone (a DDP forward would wait for the others).
+        net.eval()
+        amp = run.trainer.amp_dtype
+        with torch.no_grad(), (torch.autocast(rt.device.type, dtype=amp) if amp else contextlib.nullcontext()):
+            report, loss = split_report(net, "test")
+        reports["test"] = {**report, "loss": loss}
+        print(format_report(report, "test"), flush=True)
+        result.update(test_acc=report["accuracy"], test_macro_f1=report["macro_f1"])
+    write_metrics(result["step"])
+    return run.finish(result, done=f"step {result['step']}; metrics in {out_dir / 'metrics.json'}",
+                      next_steps=['llmkit classify predict {final} "a text to label"',
+                                  "llmkit classify predict {final} --file TEXTS.csv --out predictions.csv"])
 
 
 # --- prediction ------------------------------------------------------------------------------------
@@ -463,63 +251,23 @@ def _classifier_dir(spec: str | Path) -> Path:
     d = Path(spec).expanduser()
     if not d.exists():
         raise LLMKitError(f"{d}: no such classifier directory")
-    if not (d / CLASSIFIER_FILE).exists() and (d / "final" / CLASSIFIER_FILE).exists():
+    if not (d / CLASSIFIER).exists() and (d / "final" / CLASSIFIER).exists():
         d = d / "final"
-    if not (d / CLASSIFIER_FILE).exists():
-        raise LLMKitError(f"{d}: not a classifier (no {CLASSIFIER_FILE}); train one with `llmkit classify train`")
+    if not (d / CLASSIFIER).exists():
+        raise LLMKitError(f"{d}: not a classifier (no {CLASSIFIER}); train one with `llmkit classify train`")
     return d
 
 
 def load_classifier(spec: str | Path, device: str | torch.device = "cpu"):
-    """(model in eval mode, tokenizer, classifier.json) of a classifier checkpoint directory."""
-    from llmkit.checkpoint import (
-        load_model,
-        load_weights,
-        read_adapter_config,
-        read_config,
-    )
-    from llmkit.tokenizer import Tokenizer
+    """(model in eval mode, tokenizer, classifier.json) of a classifier checkpoint directory
+    (through the one loader, which attaches the class head; a LoRA classifier comes merged)."""
+    from llmkit.checkpoint import load_model
 
-    d = _classifier_dir(spec)
-    try:
-        meta = json.loads((d / CLASSIFIER_FILE).read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise LLMKitError(f"{d / CLASSIFIER_FILE}: not valid JSON ({e})") from None
-    if not isinstance(meta, dict) or not isinstance(meta.get("labels"), list) or len(meta["labels"]) < 2:
-        raise LLMKitError(f"{d / CLASSIFIER_FILE}: no label list")
-    n = len(meta["labels"])
-    adapter = read_adapter_config(d)
-    if adapter is not None:
-        # Base + adapter: the base model as it was trained against (quantized if it was), the
-        # head and adapters from the adapter file, then merged for plain-linear speed.
-        from llmkit.lora import apply_lora, load_lora_state_dict, merge_lora
-
-        net = load_model(adapter["base_model"], dtype=torch.float32).model
-        attach_head(net, n)
-        apply_lora(net, LoRAConfig(**adapter["lora"]), quantize=adapter.get("quantize"))
-        load_lora_state_dict(net, load_weights(d), source=str(d))
-        merge_lora(net)
-    else:
-        # A full checkpoint whose lm_head is (N, d): not a language model, so not through
-        # load_model (which checks the head against the vocabulary); the base architecture
-        # from config.json, the class head swapped in, every tensor loaded strictly.
-        from llmkit.model import Transformer, rope_inv_freq
-
-        cfg, _ = read_config(d)
-        sd = load_weights(d)
-        with torch.device("meta"):
-            net = attach_head(Transformer(cfg), n)
-        try:
-            net.load_state_dict(sd, strict=True, assign=True)
-        except RuntimeError as e:
-            first = str(e).strip().splitlines()
-            raise LLMKitError(f"{d}: weights do not fit a {n}-class classifier of this config "
-                              f"({' '.join(x.strip() for x in first[:3])[:300]})") from None
-        net.inv_freq = rope_inv_freq(net.cfg)  # non-persistent buffer: rebuilt, not loaded
-    net.to(device).eval()
+    loaded = load_model(_classifier_dir(spec), device=device)
+    net = loaded.model
     for p in net.parameters():
         p.requires_grad_(False)
-    return net, Tokenizer.from_dir(d), meta
+    return net, loaded.tokenizer, loaded.classifier
 
 
 def classify_predict(

@@ -32,12 +32,12 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from llmkit.checkpoint import REFERENCE_LOGPS as REFERENCE_FILE
 from llmkit.errors import LLMKitError
 from llmkit.lora import LoRAConfig
+from llmkit.recipes.scaffold import Run, base_reference
 from llmkit.training.loop import TrainConfig
 from llmkit.training.losses import IGNORE_INDEX
-
-REFERENCE_FILE = "reference_logps.safetensors"
 
 
 # --- prompts and tokens ----------------------------------------------------------------------------
@@ -152,13 +152,12 @@ def dpo(
         val_fraction: share of the records held out to evaluate on.
         train: training loop settings (--train.max_steps, --train.lr, ...).
     """
-    from llmkit.data.instruct import resolve_prompt_style
-    from llmkit.data.pairs import ShuffledBatches, load_pairs, split_pairs
+    from llmkit.data.batches import ShuffledBatches
+    from llmkit.data.pairs import load_pairs, split_pairs
     from llmkit.lora import adapters_disabled
-    from llmkit.recipes.pretrain import publish_final
-    from llmkit.recipes.tuning import base_reference, check_method, finetune_saver, load_base, setup_method
-    from llmkit.tokenizer import Tokenizer
-    from llmkit.training.loop import Trainer, resolve_precision, setup_runtime
+    from llmkit.prompts import resolve_style
+    from llmkit.recipes.tuning import check_method, setup_method
+    from llmkit.training.loop import resolve_precision
 
     check_method(method, quantize)
     if not (beta > 0 and math.isfinite(beta)):
@@ -168,18 +167,17 @@ def dpo(
     pairs = load_pairs(data)
     train_idx, val_idx = split_pairs(len(pairs), val_fraction, train.seed)
 
-    rt = setup_runtime(train)
-    loaded = load_base(model)
-    net = loaded.model
-    tok = Tokenizer.from_dir(loaded.path)
-    style = resolve_prompt_style(tok, prompt_style)  # as `llmkit finetune` chooses it, so SFT then DPO agree
+    run = Run(model, out, train)
+    net = run.load()
+    rt, tok = run.rt, run.tokenizer
+    style = resolve_style(tok, prompt_style)  # as `llmkit finetune` chooses it, so SFT then DPO agree
     T = min(max_seq_len, net.cfg.block_size)
     encoded, n_cut = [], 0
     for p in pairs:
         prompt, chosen, rejected, cut = encode_pair(tok, style, p, T)
         encoded.append((prompt, chosen, rejected))
         n_cut += cut
-    pad_id = tok.pad_id if tok.pad_id is not None else (tok.eos_id if tok.eos_id is not None else 0)
+    pad_id = run.pad_id
     torch.manual_seed(train.seed)  # LoRA's A matrices: the same init on every process and (re)start
     summary_line = setup_method(net, method, lora, train_last, quantize)
     net.to(rt.device)
@@ -244,7 +242,6 @@ def dpo(
     batches = ShuffledBatches(len(train_idx), train.micro_batch_size,
                               lambda ids: make_batch([train_idx[i] for i in ids]),
                               seed=train.seed, rank=rt.rank, world_size=rt.world)
-    save_fn = finetune_saver(net, method, base_reference(model), loaded.path, lora, quantize)
     if rt.main:
         lens = [len(p) + max(len(c), len(r)) for p, c, r in encoded]
         print(f"pairs: {len(train_idx):,} train, {len(val_idx):,} val; prompt style {style.name}; "
@@ -252,21 +249,12 @@ def dpo(
               f"reference: {'the base model (adapters off)' if method == 'lora' else 'precomputed log-probs'}",
               flush=True)
         print(summary_line, flush=True)
-    trainer = Trainer(net, train, out, batches, loss_fn, evaluate=evaluate, save_fn=save_fn,
-                      trainable_only=(method == "lora"), runtime=rt)
-    result = trainer.fit()
-    if rt.main:
-        final = out_dir / "final"
-        publish_final(result["checkpoint"], final)
-        result["final"] = str(final)
-        summary = {k: (str(v) if isinstance(v, Path) else v) for k, v in result.items()}
-        from llmkit.checkpoint import atomic_write_json
-
-        atomic_write_json(out_dir / "summary.json", summary)
-        shown = ", ".join(f"{k} {result[k]:.4f}" for k in ("val_loss", "val_reward_margin", "val_pref_acc")
-                          if isinstance(result.get(k), float))
-        print(f"done: step {result['step']}{'; ' + shown if shown else ''}; model in {final}", flush=True)
-    return result
+    result = run.fit(train, batches, loss_fn, lora=lora if method == "lora" else None,
+                     quantize=None if quantize == "none" else quantize, evaluate=evaluate)
+    shown = ", ".join(f"{k} {result[k]:.4f}" for k in ("val_loss", "val_reward_margin", "val_pref_acc")
+                      if isinstance(result.get(k), float))
+    return run.finish(result, done=f"step {result['step']}{'; ' + shown if shown else ''}",
+                      next_steps=["llmkit chat {final}", "llmkit evaluate {final} --generate-data YOUR_HELD_OUT.json"])
 
 
 @torch.no_grad()
@@ -276,24 +264,15 @@ def _reference_logps(net, encoded, chunks: list[list[int]], pad_id, out_dir: Pat
     data and base saved them (a resumed run then uses exactly the same numbers), else computed
     with the untrained model, in the training precision, batch by batch as `chunks` lists the
     pair indices, and saved."""
-    from safetensors import SafetensorError, safe_open
-    from safetensors.torch import load_file
+    from llmkit.checkpoint import load_reference_logps, save_reference_logps
 
-    from llmkit.checkpoint import save_tensors
-
-    path = out_dir / REFERENCE_FILE
     key = _fingerprint(encoded, base, amp, chunks)
-    if path.exists() and train.resume != "none":
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                meta = f.metadata() or {}
-            if meta.get("fingerprint") == key:
-                ref = load_file(path)["reference_logps"].clone()  # not a view of the mmapped file
-                if rt.main:
-                    print(f"reference log-probs: reused {path}", flush=True)
-                return ref
-        except (OSError, ValueError, KeyError, RuntimeError, SafetensorError):  # unreadable: recompute
-            pass
+    if train.resume != "none":
+        ref = load_reference_logps(out_dir, key)
+        if ref is not None:
+            if rt.main:
+                print(f"reference log-probs: reused {out_dir / REFERENCE_FILE}", flush=True)
+            return ref
     was_training = net.training
     net.eval()
     ref = torch.empty(len(encoded), 2)
@@ -304,7 +283,6 @@ def _reference_logps(net, encoded, chunks: list[list[int]], pad_id, out_dir: Pat
         ref[chunk, 0], ref[chunk, 1] = lp[:len(chunk)], lp[len(chunk):]
     net.train(was_training)
     if rt.main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        save_tensors({"reference_logps": ref}, path, metadata={"fingerprint": key})
+        path = save_reference_logps(out_dir, ref, key)
         print(f"reference log-probs of {len(encoded):,} pairs computed and saved to {path}", flush=True)
     return ref

@@ -1,8 +1,8 @@
 """Instruction finetuning (supervised finetuning, SFT): full, LoRA / QLoRA or the last N blocks.
 
-A recipe over the one loop: `data.instruct` renders and masks the examples, `recipes.tuning`
-sets which weights train and how checkpoints are saved, `training.loop.Trainer` trains with
-`causal_lm_loss` on the masked labels (loss on the replies only). Evaluation is the
+A recipe on the scaffold (recipes/scaffold.py): `data.instruct` renders and masks the examples,
+`recipes.tuning` sets which weights train, the one loop trains with `causal_lm_loss` on the
+masked labels (loss on the replies only). Evaluation is the
 validation loss; each evaluation also prints a few greedy answers to held-out prompts and
 appends them to OUT/samples.jsonl, so the log shows what the loss numbers mean.
 """
@@ -19,7 +19,8 @@ import torch
 
 from llmkit.errors import LLMKitError
 from llmkit.lora import LoRAConfig
-from llmkit.training.loop import TrainConfig, Trainer, find_latest, setup_runtime
+from llmkit.recipes.scaffold import Run
+from llmkit.training.loop import TrainConfig
 from llmkit.training.losses import causal_lm_loss, mean_lm_loss, target_count
 
 # Peak learning rates. LoRA adapters start at zero and train a few hundred thousand weights:
@@ -29,32 +30,6 @@ from llmkit.training.losses import causal_lm_loss, mean_lm_loss, target_count
 # finetuning of LLaMA-7B).
 LORA_LR = 2e-4
 FULL_LR = 2e-5
-
-# Jinja versions of built-in styles, written into the finetuned model's folder when the base has
-# no chat template of its own, so that `llmkit chat OUT/final` (style "auto") prompts the model in
-# the format it was trained on. Each renders exactly as the built-in style (tests check this).
-_ALPACA_JINJA = (
-    "{% if messages and messages[0]['role'] == 'system' %}{{ messages[0]['content'] }}{% else %}"
-    "Below is an instruction that describes a task. Write a response that appropriately completes the request."
-    "{% endif %}{{ '\\n\\n' }}{% for m in messages %}{% if m['role'] == 'user' %}"
-    "{{ '### Instruction:\\n' + m['content'] + '\\n\\n' }}{% elif m['role'] == 'assistant' %}"
-    "{{ '### Response:\\n' + m['content'] + '\\n\\n' }}{% endif %}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '### Response:\\n' }}{% endif %}"
-)
-_CHATML_JINJA = (
-    "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
-)
-STYLE_TEMPLATES = {"alpaca": _ALPACA_JINJA, "chatml": _CHATML_JINJA}
-
-
-def style_template(style_name: str, add_bos: bool) -> Optional[str]:
-    """The Jinja chat template of a built-in style, or None if there is none. A template writes
-    its special tokens itself (encoded without BOS), so it starts with BOS where the tokenizer
-    would add one."""
-    t = STYLE_TEMPLATES.get(style_name)
-    return None if t is None else ("{{ bos_token }}" if add_bos else "") + t
-
 
 def finetune(
     model: str,
@@ -110,12 +85,11 @@ def finetune(
         train: training loop settings. --train.lr, when not given, is 2e-4 for lora and 2e-5
             for full and freeze.
     """
-    from llmkit.checkpoint import atomic_write_json, read_adapter_config, resolve_model_dir
+    from llmkit.checkpoint import atomic_write_json, resume_point
     from llmkit.data import instruct
     from llmkit.lora import weight_bytes
-    from llmkit.recipes.pretrain import publish_final
-    from llmkit.recipes.tuning import base_reference, check_method, finetune_saver, load_base, setup_method
-    from llmkit.tokenizer import Tokenizer
+    from llmkit.prompts import builtin_template, resolve_style
+    from llmkit.recipes.tuning import check_method, setup_method
 
     # --- check settings and read everything that can fail before loading the model ----------
     check_method(method, quantize)
@@ -130,25 +104,17 @@ def finetune(
         raise LLMKitError("give either --epochs or a --train budget (max_steps, max_tokens, max_time), not both")
     if epochs is not None and not epochs > 0:
         raise LLMKitError(f"epochs must be > 0, got {epochs}")
-    model_dir = resolve_model_dir(model)
-    if read_adapter_config(model_dir) is not None:
-        raise LLMKitError(f"{model}: a LoRA adapter; merge it first (llmkit merge-lora {model} --out DIR) "
-                          "and finetune the merged model")
-    tokenizer = Tokenizer.from_dir(model_dir)
-    style = instruct.resolve_prompt_style(tokenizer, prompt_style)
+    run = Run(model, out, train)
+    tokenizer = run.tokenizer
+    style = resolve_style(tokenizer, prompt_style)
     examples = instruct.load_examples(data)
     if val_data is not None:
         train_ex, val_ex = examples, instruct.load_examples(val_data)
     else:
         train_ex, val_ex = instruct.split_examples(examples, val_fraction, train.seed)
 
-    rt = setup_runtime(train)
-    torch.manual_seed(train.seed)  # LoRA's A matrices: the same init on every process
-    loaded = load_base(str(model_dir))
-    net, cfg = loaded.model, loaded.config
-    if tokenizer.vocab_size > cfg.vocab_size:
-        raise LLMKitError(f"{model_dir}: the tokenizer has {tokenizer.vocab_size} tokens but the model only "
-                          f"{cfg.vocab_size} embeddings")
+    net = run.load()  # the seed is set first: LoRA's A matrices are the same on every process
+    cfg, rt, model_dir = net.cfg, run.rt, run.model_dir
     T = max_seq_len or cfg.block_size
     if not 1 <= T <= cfg.block_size:
         raise LLMKitError(f"max_seq_len must be between 1 and the model's context ({cfg.block_size}), got {T}")
@@ -157,7 +123,7 @@ def finetune(
     # An example of n tokens gives n - 1 (input, target) pairs: T inputs need T + 1 tokens.
     train_enc, train_stats = instruct.encode_all(train_ex, style, tokenizer, T + 1, mask_prompt, truncation)
     val_enc, val_stats = instruct.encode_all(val_ex, style, tokenizer, T + 1, mask_prompt=True, truncation=truncation)
-    pad_id = next(i for i in (tokenizer.pad_id, tokenizer.eos_id, 0) if i is not None)
+    pad_id = run.pad_id
     batches = instruct.InstructBatches(train_enc, train.micro_batch_size, pad_id, seed=train.seed, packing=packing,
                                        seq_len=T, rank=rt.rank, world_size=rt.world)
     # Validation always on whole, unpacked examples with the prompt masked: the same number
@@ -179,7 +145,7 @@ def finetune(
     tc = dataclasses.replace(train, **changes) if changes else train
 
     out_dir = Path(out)
-    resuming = tc.resume != "none" and (find_latest(out_dir) if tc.resume == "auto" else Path(tc.resume)) is not None
+    resuming = resume_point(out_dir, tc.resume) is not None
     if rt.main:
         out_dir.mkdir(parents=True, exist_ok=True)
         print(f"model: {cfg.name} from {model_dir}; {method_line}", flush=True)
@@ -206,60 +172,47 @@ def finetune(
 
     def on_eval(step: int, m, metrics: dict) -> None:
         if step == 0 and metrics and not baseline_path.exists():
-            from llmkit.checkpoint import atomic_write_json
-
             atomic_write_json(baseline_path, metrics)
         if sample_set and rt.mode != "fsdp":  # an FSDP model is sharded: rank 0 alone cannot run it
             write_samples(m, tokenizer, style, sample_set, step, sample_tokens, out_dir / "samples.jsonl")
 
-    template = None
-    if not tokenizer.chat_template and style.name in STYLE_TEMPLATES:
-        template = style_template(style.name, tokenizer.add_bos and tokenizer.bos_id is not None)
-
-    def extra(d: Path) -> None:
-        if template is not None:  # see STYLE_TEMPLATES
-            from llmkit.checkpoint import atomic_write_text
-
-            atomic_write_text(d / "chat_template.jinja", template)
-
-    save_fn = finetune_saver(net, method, base_reference(model),
-                             loaded.path, lora, quantize, extra=extra)
+    # A base without a chat template of its own gets the tuned format's (see prompts.builtin_template),
+    # so that `auto` prompts the tuned model as it was trained.
+    template = None if tokenizer.chat_template else builtin_template(
+        style.name, tokenizer.add_bos and tokenizer.bos_id is not None)
+    extra_files = {"chat_template.jinja": template} if template is not None else None
     # MFU only for full finetuning: with frozen weights the backward pass skips their
     # gradients, so the 6N FLOPs/token of a full step would overstate the work.
-    trainer = Trainer(net, tc, out_dir, batches, causal_lm_loss, evaluate=evaluate if val_batches else None,
-                      on_eval=on_eval, save_fn=save_fn, trainable_only=(method == "lora"),
-                      flops_per_token=cfg.flops_per_token(T) if method == "full" else None, runtime=rt,
-                      weight_fn=target_count)  # answers differ in length: weigh tokens, not micro-batches
-    if not resuming and not tc.eval_every and val_batches:
-        trainer.run_eval()  # the loop evaluates at step 0 only with eval_every: the "before" numbers
-    result = trainer.fit()
-
-    if rt.main:
-        final = out_dir / "final"
-        publish_final(result["checkpoint"], final)
-        before = json.loads(baseline_path.read_text()) if baseline_path.exists() else {}
-        summary = {
-            "model": str(model), "method": method, "final": str(final), "prompt_style": style.name,
-            "params": n_params, "trainable_params": n_trainable, "trainable_percent": 100 * n_trainable / n_params,
-            "quantize": quantize, "weight_bytes_before": bytes_before, "weight_bytes_after": bytes_after,
-            "weight_bytes_saved": bytes_before - bytes_after if quantize else 0,
-            "lr": tc.lr, "steps": result["step"], "tokens": result["tokens"], "epochs": round(
-                result["step"] * tc.grad_accum / batches.steps_per_epoch, 3),
-            "step_time_s": trainer.elapsed / max(result["step"], 1),
-            "train_loss": result.get("loss"),
-            "val_loss_before": before.get("val_loss"), "val_ppl_before": before.get("val_ppl"),
-            "val_loss_after": result.get("val_loss"), "val_ppl_after": result.get("val_ppl"),
-            "train_examples": dataclasses.asdict(train_stats), "val_examples": dataclasses.asdict(val_stats),
-            "packing": packing, "mask_prompt": mask_prompt, "max_seq_len": T,
-        }
-        if method == "lora":
-            summary["adapter_bytes"] = sum(f.stat().st_size for f in final.glob("adapter*.safetensors"))
-        atomic_write_json(out_dir / "summary.json", summary)
-        if summary["val_loss_before"] is not None and summary["val_loss_after"] is not None:
-            print(f"val loss {summary['val_loss_before']:.4f} -> {summary['val_loss_after']:.4f}", flush=True)
-        print(f"done: step {result['step']}, {result['tokens']:,} trained tokens; model in {final}", flush=True)
-        result = {**result, "final": str(final), "summary": summary}
-    return result
+    result = run.fit(tc, batches, causal_lm_loss, lora=lora if method == "lora" else None, quantize=quantize,
+                     extra_files=extra_files, evaluate=evaluate if val_batches else None, on_eval=on_eval,
+                     flops_per_token=cfg.flops_per_token(T) if method == "full" else None,
+                     weight_fn=target_count,  # answers differ in length: weigh tokens, not micro-batches
+                     # the loop evaluates at step 0 only with eval_every: the "before" numbers
+                     eval_first=not resuming and not tc.eval_every and bool(val_batches))
+    if not rt.main:
+        return result
+    before = json.loads(baseline_path.read_text()) if baseline_path.exists() else {}
+    summary = {
+        "model": str(model), "method": method, "prompt_style": style.name,
+        "params": n_params, "trainable_params": n_trainable, "trainable_percent": 100 * n_trainable / n_params,
+        "quantize": quantize, "weight_bytes_before": bytes_before, "weight_bytes_after": bytes_after,
+        "weight_bytes_saved": bytes_before - bytes_after if quantize else 0,
+        "lr": tc.lr, "steps": result["step"], "tokens": result["tokens"], "epochs": round(
+            result["step"] * tc.grad_accum / batches.steps_per_epoch, 3),
+        "step_time_s": run.trainer.elapsed / max(result["step"], 1),
+        "train_loss": result.get("loss"),
+        "val_loss_before": before.get("val_loss"), "val_ppl_before": before.get("val_ppl"),
+        "val_loss_after": result.get("val_loss"), "val_ppl_after": result.get("val_ppl"),
+        "train_examples": dataclasses.asdict(train_stats), "val_examples": dataclasses.asdict(val_stats),
+        "packing": packing, "mask_prompt": mask_prompt, "max_seq_len": T,
+    }
+    if summary["val_loss_before"] is not None and summary["val_loss_after"] is not None:
+        print(f"val loss {summary['val_loss_before']:.4f} -> {summary['val_loss_after']:.4f}", flush=True)
+    if method == "lora":  # final/ will hold copies of the checkpoint's files
+        summary["adapter_bytes"] = sum(f.stat().st_size for f in Path(result["checkpoint"]).glob("adapter*.safetensors"))
+    return run.finish(result, summary, done=f"step {result['step']}, {result['tokens']:,} trained tokens",
+                      next_steps=["llmkit chat {final}", "llmkit serve {final}",
+                                  "llmkit evaluate {final} --generate-data YOUR_HELD_OUT.json"])
 
 
 def write_samples(model, tokenizer, style, sample_set, step: int, max_new_tokens: int, path: Path) -> list[dict]:

@@ -87,7 +87,9 @@ def quickstart(
     import torch
 
     from llmkit.data.prepare import prepare
+    from llmkit.model import Transformer
     from llmkit.recipes.pretrain import pretrain
+    from llmkit.recipes.scaffold import model_config
     from llmkit.tokenizer import Tokenizer, train_tokenizer
     from llmkit.training.loop import TrainConfig
 
@@ -107,10 +109,8 @@ def quickstart(
     if not (data / "manifest.json").exists():
         prepare(sources, tokenizer=str(tok_dir), out=str(data), seq_len=seq_len, val_fraction=0.02)
     tok = Tokenizer.from_dir(tok_dir)
-    from llmkit.recipes.pretrain import build_or_load
-
     torch.manual_seed(42)
-    untrained, _ = build_or_load(model, None, tok.vocab_size)
+    untrained = Transformer(model_config(model, vocab_size=tok.vocab_size))
     _samples(untrained.eval(), tok, "samples before training")
     train = TrainConfig(max_time=minutes * 60, micro_batch_size=batch_size, lr=lr, warmup_steps=50,
                         eval_every=100, log_every=10, save_every=200, tensorboard=True)

@@ -93,8 +93,9 @@ def serve(
         max_batch_size: requests decoded together (KV cache rows); more wait in a queue.
         max_seq_len: tokens per request, prompt + completion (default: the model's context).
             The KV cache holds max_batch_size x max_seq_len positions.
-        style: chat prompt format: "auto" (the model's chat template, or a style its vocabulary
-            suggests) or alpaca, chatml, llama3, llama2, mistral, phi3, gemma, plain.
+        style: chat prompt format: "auto" (the model's chat template, else a style its
+            vocabulary suggests, else alpaca) or alpaca, chatml, llama3, llama2, mistral, phi3,
+            gemma, plain.
         chat_template: a Jinja chat template file to use instead of the model's.
         model_name: the model id in /v1/models and in responses (default: the folder name).
         device: cpu, cuda, cuda:1, ...

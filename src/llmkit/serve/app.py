@@ -28,14 +28,26 @@ import uuid
 from contextlib import asynccontextmanager
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, AsyncIterator, Optional
+from typing import Any, AsyncIterator, Callable, Optional
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from llmkit.errors import LLMKitError
-from llmkit.generate import Completion, SamplingParams, Sequence, TokenLogprob, load_for_inference, resolve_style
+from llmkit.generate import (
+    COMMAND_DEFAULTS,
+    OPENAI_DEFAULTS,
+    Completion,
+    SamplingParams,
+    Sequence,
+    TokenLogprob,
+    load_for_inference,
+    prepare_for_decoding,
+    with_defaults,
+    with_style_stops,
+)
+from llmkit.prompts import resolve_style
 from llmkit.serve.engine import DoneEvent, Engine, EngineRequest, ErrorEvent, TokenEvent
 from llmkit.serve.protocol import (
     APIError,
@@ -43,6 +55,7 @@ from llmkit.serve.protocol import (
     CompletionRequest,
     DetokenizeRequest,
     PredictRequest,
+    StreamOptions,
     TokenizeRequest,
     parse,
     reject_unsupported,
@@ -108,13 +121,13 @@ class Service:
                              "completion). Please reduce the length of the prompt or of the completion.",
                         param=param, code="context_length_exceeded")
 
-    def params(self, req, max_new: int, extra_stop: tuple[str, ...] = (), **kw) -> SamplingParams:
-        stops = stop_strings(req.stop)
+    def params(self, req, max_new: int, **kw) -> SamplingParams:
+        """The SamplingParams of an OpenAI request (`kw`: more fields); omitted fields take
+        OpenAI's defaults (`OPENAI_DEFAULTS`)."""
         try:
-            return SamplingParams(
-                max_new_tokens=max_new, temperature=1.0 if req.temperature is None else req.temperature,
-                top_k=req.top_k, top_p=1.0 if req.top_p is None else req.top_p, seed=req.seed,
-                stop=stops + tuple(s for s in extra_stop if s not in stops), min_new_tokens=req.min_tokens or 0, **kw)
+            return with_defaults(OPENAI_DEFAULTS, max_new_tokens=max_new, temperature=req.temperature, top_k=req.top_k,
+                                 top_p=req.top_p, seed=req.seed, stop=stop_strings(req.stop),
+                                 min_new_tokens=req.min_tokens, **kw)
         except LLMKitError as e:
             raise APIError(400, str(e), code="invalid_value") from None
 
@@ -225,10 +238,6 @@ class Service:
         return {"prompt_tokens": p, "completion_tokens": n, "total_tokens": p + n}
 
 
-def _error_response(err: APIError) -> JSONResponse:
-    return JSONResponse(err.body(), status_code=err.status)
-
-
 def create_app(model, tokenizer=None, *, api_key: Optional[str] = None, max_batch_size: int = 16,
                max_seq_len: Optional[int] = None, style: Optional[str] = None, chat_template: Optional[str] = None,
                model_name: Optional[str] = None, device: str = "cpu", dtype: Optional[str] = None,
@@ -239,231 +248,240 @@ def create_app(model, tokenizer=None, *, api_key: Optional[str] = None, max_batc
     With `engine_thread` the engine runs in a background thread that starts and stops with the
     app (its lifespan); otherwise the caller runs `app.state.engine.run()` itself. `tokenizer`
     defaults to the one in the model's folder; `style`/`chat_template` choose the chat prompt
-    format (default: the model's own template, see `PromptStyle.for_model`).
+    format (default: the model's own template, see `llmkit.prompts.resolve_style`).
     """
     if isinstance(model, (str, Path)):
-        loaded, tok = load_for_inference(str(model), device, dtype)
+        loaded, _ = load_for_inference(str(model), device, dtype)
     else:
-        from llmkit.generate import prepare_for_decoding
-        from llmkit.tokenizer import Tokenizer
-
-        loaded, tok = model, None
+        loaded = model
         prepare_for_decoding(loaded.model)
-    tokenizer = tokenizer or tok or Tokenizer.from_dir(loaded.path)
+    tokenizer = tokenizer or loaded.tokenizer
     if max_seq_len is not None and max_seq_len < 2:
         raise LLMKitError(f"max_seq_len must be at least 2, got {max_seq_len}")
     chat_style = resolve_style(tokenizer, style, chat_template)
     engine = Engine(loaded.model, max_batch_size, max_seq_len)
     svc = Service(loaded, tokenizer, chat_style, engine, model_name or Path(loaded.path).name, api_key)
 
-    @asynccontextmanager
-    async def lifespan(app: FastAPI):
-        if engine_thread:
-            engine.start()
-        yield
-        if engine_thread:
-            engine.stop()
-
-    app = FastAPI(title="llmkit", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(title="llmkit", lifespan=_lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.service = svc
     app.state.engine = engine
-
-    @app.exception_handler(APIError)
-    async def _api_error(request: Request, exc: APIError):
-        return _error_response(exc)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request: Request, exc: StarletteHTTPException):
-        return _error_response(APIError(exc.status_code, str(exc.detail), code=None))
-
-    @app.exception_handler(Exception)
-    async def _internal_error(request: Request, exc: Exception):
-        traceback.print_exception(exc, file=sys.stderr)
-        return _error_response(APIError(500, "internal server error", type="server_error"))
-
-    # --- routes -------------------------------------------------------------------------------
-    @app.get("/health")
-    async def health():
-        return {"status": "ok"}
-
-    @app.get("/v1/models")
-    async def models(request: Request):
-        svc.check_key(request)
-        return {"object": "list", "data": [{"id": svc.model_name, "object": "model", "created": svc.created,
-                                            "owned_by": "llmkit", "max_model_len": engine.max_len}]}
-
-    @app.post("/v1/completions")
-    async def completions(request: Request):
-        svc.check_key(request)
-        req: CompletionRequest = parse(CompletionRequest, await request.body())
-        reject_unsupported(req)
-        prompts = svc.completion_prompts(req)
-        echo = bool(req.echo)
-        seqs = []
-        for ids, _ in prompts:
-            n = svc.max_new(req.max_tokens, len(ids), "prompt", default=16, allow_zero=echo)
-            params = svc.params(req, n, logprobs=req.logprobs,
-                                prompt_logprobs=req.logprobs if echo and req.logprobs is not None else None)
-            seqs.append(Sequence(ids, params, svc.tokenizer))
-        reqs, events = svc.submit(seqs, bool(req.stream))
-        cid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
-        head = {"id": cid, "object": "text_completion", "created": created, "model": svc.model_name}
-
-        def echo_text(i: int) -> str:
-            ids, text = prompts[i]
-            return text if text is not None else svc.tokenizer.decode(ids, skip_special=False)
-
-        if req.stream:
-            async def chunks() -> AsyncIterator[str]:
-                offsets: dict[int, int] = {}  # per choice: characters of token text sent so far
-                done: list[Completion] = []
-
-                def logprobs(i: int, entries: list[TokenLogprob], previous: Optional[dict]) -> dict:
-                    lp = svc.completion_logprobs(entries, offsets[i])
-                    offsets[i] += sum(len(t) for t in lp["tokens"])
-                    return lp if previous is None else {k: previous[k] + lp[k] for k in lp}
-
-                async for r, ev in _stream_events(reqs, events):
-                    i = r.index
-                    choice: dict[str, Any] = {"index": i, "text": "", "logprobs": None, "finish_reason": None}
-                    if i not in offsets:  # echo (and its logprobs) go with a choice's first chunk
-                        offsets[i] = 0 if echo else len(prompts[i][1] or "")
-                        if echo:
-                            choice["text"] = echo_text(i)
-                            if req.logprobs is not None and r.seq.prompt_logprobs is not None:
-                                choice["logprobs"] = logprobs(i, r.seq.prompt_logprobs, None)
-                    if isinstance(ev, TokenEvent):
-                        choice["text"] += ev.text
-                        if req.logprobs is not None and ev.logprob is not None:
-                            choice["logprobs"] = logprobs(i, [ev.logprob], choice["logprobs"])
-                        elif not choice["text"] and choice["logprobs"] is None:
-                            continue  # nothing to say yet (text held back)
-                    elif isinstance(ev, DoneEvent):
-                        choice["finish_reason"] = ev.completion.finish_reason
-                        done.append(ev.completion)
-                    yield _sse({**head, "choices": [choice]})
-                if req.stream_options is not None and req.stream_options.include_usage:
-                    yield _sse({**head, "choices": [], "usage": svc.usage(done)})
-                yield SSE_DONE
-
-            return _sse_response(chunks())
-
-        try:
-            results = await svc.collect(reqs, events, request)
-        except _ClientGone:
-            return Response(status_code=499)
-        choices = []
-        for i, c in enumerate(results):
-            text, logprobs = c.text, None
-            if echo:
-                text = echo_text(i) + text
-            if req.logprobs is not None:
-                entries = (c.prompt_logprobs or []) + (c.logprobs or [])
-                logprobs = svc.completion_logprobs(entries, 0 if echo else len(prompts[i][1] or ""))
-            choices.append({"index": i, "text": text, "logprobs": logprobs, "finish_reason": c.finish_reason})
-        return {**head, "choices": choices, "usage": svc.usage(results)}
-
-    @app.post("/v1/chat/completions")
-    async def chat_completions(request: Request):
-        svc.check_key(request)
-        req: ChatCompletionRequest = parse(ChatCompletionRequest, await request.body())
-        reject_unsupported(req)
-        ids = svc.chat_ids(req)
-        requested = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
-        n = svc.max_new(requested, len(ids), "messages", default=None)
-        want_logprobs = bool(req.logprobs)
-        if req.top_logprobs and not want_logprobs:
-            raise APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
-        params = svc.params(req, n, extra_stop=svc.style.stop_strings,
-                            logprobs=(req.top_logprobs or 0) if want_logprobs else None)
-        stop_ids = set(svc.tokenizer.eos_ids) | svc.style.stop_token_ids(svc.tokenizer)
-        reqs, events = svc.submit([Sequence(ids, params, svc.tokenizer, stop_ids)], bool(req.stream))
-        cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
-        head = {"id": cid, "object": "chat.completion.chunk" if req.stream else "chat.completion",
-                "created": created, "model": svc.model_name}
-
-        if req.stream:
-            async def chunks() -> AsyncIterator[str]:
-                first = {"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
-                         "finish_reason": None}
-                yield _sse({**head, "choices": [first]})
-                done: list[Completion] = []
-                async for _, ev in _stream_events(reqs, events):
-                    if isinstance(ev, TokenEvent):
-                        lp = svc.chat_logprobs([ev.logprob]) if want_logprobs and ev.logprob is not None else None
-                        if not ev.text and lp is None:
-                            continue
-                        choice = {"index": 0, "delta": {"content": ev.text}, "logprobs": lp, "finish_reason": None}
-                    else:
-                        done.append(ev.completion)
-                        choice = {"index": 0, "delta": {}, "logprobs": None,
-                                  "finish_reason": ev.completion.finish_reason}
-                    yield _sse({**head, "choices": [choice]})
-                if req.stream_options is not None and req.stream_options.include_usage:
-                    yield _sse({**head, "choices": [], "usage": svc.usage(done)})
-                yield SSE_DONE
-
-            return _sse_response(chunks())
-
-        try:
-            (c,) = await svc.collect(reqs, events, request)
-        except _ClientGone:
-            return Response(status_code=499)
-        choice = {"index": 0, "message": {"role": "assistant", "content": c.text},
-                  "logprobs": svc.chat_logprobs(c.logprobs or []) if want_logprobs else None,
-                  "finish_reason": c.finish_reason}
-        return {**head, "choices": [choice], "usage": svc.usage([c])}
-
-    @app.post("/predict")
-    async def predict(request: Request):
-        svc.check_key(request)
-        req: PredictRequest = parse(PredictRequest, await request.body())
-        try:
-            ids = svc.style.encode(svc.tokenizer, [{"role": "user", "content": req.prompt}])
-        except LLMKitError as e:
-            raise APIError(400, str(e), param="prompt") from None
-        svc.check_ids(ids, "prompt")
-        n = svc.max_new(req.max_new_tokens, len(ids), "prompt", default=128)
-        try:
-            params = SamplingParams(max_new_tokens=n, temperature=0.8 if req.temperature is None else req.temperature,
-                                    top_k=50 if req.top_k is None else req.top_k,
-                                    top_p=1.0 if req.top_p is None else req.top_p, seed=req.seed,
-                                    stop=svc.style.stop_strings)
-        except LLMKitError as e:
-            raise APIError(400, str(e)) from None
-        stop_ids = set(svc.tokenizer.eos_ids) | svc.style.stop_token_ids(svc.tokenizer)
-        reqs, events = svc.submit([Sequence(ids, params, svc.tokenizer, stop_ids)], stream=False)
-        try:
-            (c,) = await svc.collect(reqs, events, request)
-        except _ClientGone:
-            return Response(status_code=499)
-        return {"output": c.text}
-
-    @app.post("/tokenize")
-    async def tokenize(request: Request):
-        svc.check_key(request)
-        req: TokenizeRequest = parse(TokenizeRequest, await request.body())
-        ids = svc.tokenizer.encode(req.prompt, bos=None if req.add_special_tokens else False)
-        return {"tokens": ids, "count": len(ids), "max_model_len": engine.max_len}
-
-    @app.post("/detokenize")
-    async def detokenize(request: Request):
-        svc.check_key(request)
-        req: DetokenizeRequest = parse(DetokenizeRequest, await request.body())
-        svc.check_ids(req.tokens or [0], "tokens")
-        return {"prompt": svc.tokenizer.decode(req.tokens, skip_special=False)}
-
-    @app.get("/tokenizer_info")
-    async def tokenizer_info(request: Request):
-        svc.check_key(request)
-        t = svc.tokenizer
-        return {**{k: t.special_tokens.get(k) for k in ("bos_token", "eos_token", "pad_token", "unk_token")},
-                "chat_template": t.chat_template, "model_max_length": engine.max_len, "vocab_size": t.vocab_size,
-                "add_bos_token": t.add_bos, "tokenizer_class": "llmkit"}
-
+    app.state.engine_thread = engine_thread
+    app.add_exception_handler(APIError, _api_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _internal_error)
+    for path, route, method in ROUTES:
+        app.add_api_route(path, route, methods=[method])
     return app
 
 
+@asynccontextmanager
+async def _lifespan(app: FastAPI):
+    if app.state.engine_thread:
+        app.state.engine.start()
+    yield
+    if app.state.engine_thread:
+        app.state.engine.stop()
+
+
+# --- errors: OpenAI's error JSON --------------------------------------------------------------
+def _error_response(err: APIError) -> JSONResponse:
+    return JSONResponse(err.body(), status_code=err.status)
+
+
+async def _api_error(request: Request, exc: APIError):
+    return _error_response(exc)
+
+
+async def _http_error(request: Request, exc: StarletteHTTPException):
+    return _error_response(APIError(exc.status_code, str(exc.detail), code=None))
+
+
+async def _internal_error(request: Request, exc: Exception):
+    traceback.print_exception(exc, file=sys.stderr)
+    return _error_response(APIError(500, "internal server error", type="server_error"))
+
+
+# --- routes -----------------------------------------------------------------------------------
+def _service(request: Request) -> Service:
+    """The app's Service, once the request has shown the API key (when one is set)."""
+    svc: Service = request.app.state.service
+    svc.check_key(request)
+    return svc
+
+
+async def health():
+    return {"status": "ok"}
+
+
+async def models(request: Request):
+    svc = _service(request)
+    return {"object": "list", "data": [{"id": svc.model_name, "object": "model", "created": svc.created,
+                                        "owned_by": "llmkit", "max_model_len": svc.engine.max_len}]}
+
+
+async def completions(request: Request):
+    svc = _service(request)
+    req: CompletionRequest = parse(CompletionRequest, await request.body())
+    reject_unsupported(req)
+    prompts = svc.completion_prompts(req)
+    echo = bool(req.echo)
+    seqs = []
+    for ids, _ in prompts:
+        n = svc.max_new(req.max_tokens, len(ids), "prompt", default=OPENAI_DEFAULTS.max_new_tokens, allow_zero=echo)
+        params = svc.params(req, n, logprobs=req.logprobs,
+                            prompt_logprobs=req.logprobs if echo and req.logprobs is not None else None)
+        seqs.append(Sequence(ids, params, svc.tokenizer))
+    reqs, events = svc.submit(seqs, bool(req.stream))
+    cid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
+    head = {"id": cid, "object": "text_completion", "created": created, "model": svc.model_name}
+
+    def echo_text(i: int) -> str:
+        ids, text = prompts[i]
+        return text if text is not None else svc.tokenizer.decode(ids, skip_special=False)
+
+    if req.stream:
+        offsets: dict[int, int] = {}  # per choice: characters of token text sent so far
+
+        def logprobs(i: int, entries: list[TokenLogprob], previous: Optional[dict]) -> dict:
+            lp = svc.completion_logprobs(entries, offsets[i])
+            offsets[i] += sum(len(t) for t in lp["tokens"])
+            return lp if previous is None else {k: previous[k] + lp[k] for k in lp}
+
+        def chunk(r: EngineRequest, ev) -> Optional[dict]:
+            i = r.index
+            choice: dict[str, Any] = {"index": i, "text": "", "logprobs": None, "finish_reason": None}
+            if i not in offsets:  # echo (and its logprobs) go with a choice's first chunk
+                offsets[i] = 0 if echo else len(prompts[i][1] or "")
+                if echo:
+                    choice["text"] = echo_text(i)
+                    if req.logprobs is not None and r.seq.prompt_logprobs is not None:
+                        choice["logprobs"] = logprobs(i, r.seq.prompt_logprobs, None)
+            if isinstance(ev, TokenEvent):
+                choice["text"] += ev.text
+                if req.logprobs is not None and ev.logprob is not None:
+                    choice["logprobs"] = logprobs(i, [ev.logprob], choice["logprobs"])
+                elif not choice["text"] and choice["logprobs"] is None:
+                    return None  # nothing to say yet (text held back)
+            elif isinstance(ev, DoneEvent):
+                choice["finish_reason"] = ev.completion.finish_reason
+            return choice
+
+        return _sse_response(_sse_chunks(head, reqs, events, chunk, req.stream_options))
+
+    try:
+        results = await svc.collect(reqs, events, request)
+    except _ClientGone:
+        return Response(status_code=499)
+    choices = []
+    for i, c in enumerate(results):
+        text, logprobs = c.text, None
+        if echo:
+            text = echo_text(i) + text
+        if req.logprobs is not None:
+            entries = (c.prompt_logprobs or []) + (c.logprobs or [])
+            logprobs = svc.completion_logprobs(entries, 0 if echo else len(prompts[i][1] or ""))
+        choices.append({"index": i, "text": text, "logprobs": logprobs, "finish_reason": c.finish_reason})
+    return {**head, "choices": choices, "usage": svc.usage(results)}
+
+
+async def chat_completions(request: Request):
+    svc = _service(request)
+    req: ChatCompletionRequest = parse(ChatCompletionRequest, await request.body())
+    reject_unsupported(req)
+    ids = svc.chat_ids(req)
+    requested = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
+    n = svc.max_new(requested, len(ids), "messages", default=None)  # None: the rest of the context
+    want_logprobs = bool(req.logprobs)
+    if req.top_logprobs and not want_logprobs:
+        raise APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
+    params, stop_ids = with_style_stops(svc.params(req, n, logprobs=(req.top_logprobs or 0) if want_logprobs else None),
+                                        svc.style, svc.tokenizer)
+    reqs, events = svc.submit([Sequence(ids, params, svc.tokenizer, stop_ids)], bool(req.stream))
+    cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+    head = {"id": cid, "object": "chat.completion.chunk" if req.stream else "chat.completion",
+            "created": created, "model": svc.model_name}
+
+    if req.stream:
+        def chunk(r: EngineRequest, ev) -> Optional[dict]:
+            if isinstance(ev, TokenEvent):
+                lp = svc.chat_logprobs([ev.logprob]) if want_logprobs and ev.logprob is not None else None
+                if not ev.text and lp is None:
+                    return None
+                return {"index": 0, "delta": {"content": ev.text}, "logprobs": lp, "finish_reason": None}
+            return {"index": 0, "delta": {}, "logprobs": None, "finish_reason": ev.completion.finish_reason}
+
+        first = {"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
+        return _sse_response(_sse_chunks(head, reqs, events, chunk, req.stream_options, first=first))
+
+    try:
+        (c,) = await svc.collect(reqs, events, request)
+    except _ClientGone:
+        return Response(status_code=499)
+    choice = {"index": 0, "message": {"role": "assistant", "content": c.text},
+              "logprobs": svc.chat_logprobs(c.logprobs or []) if want_logprobs else None,
+              "finish_reason": c.finish_reason}
+    return {**head, "choices": [choice], "usage": svc.usage([c])}
+
+
+async def predict(request: Request):
+    svc = _service(request)
+    req: PredictRequest = parse(PredictRequest, await request.body())
+    try:
+        ids = svc.style.encode(svc.tokenizer, [{"role": "user", "content": req.prompt}])
+    except LLMKitError as e:
+        raise APIError(400, str(e), param="prompt") from None
+    svc.check_ids(ids, "prompt")
+    n = svc.max_new(req.max_new_tokens, len(ids), "prompt", default=COMMAND_DEFAULTS.max_new_tokens)
+    try:  # the defaults of `llmkit generate`, not OpenAI's: this is llmkit's own route
+        params, stop_ids = with_style_stops(
+            with_defaults(COMMAND_DEFAULTS, max_new_tokens=n, temperature=req.temperature, top_k=req.top_k,
+                          top_p=req.top_p, seed=req.seed), svc.style, svc.tokenizer)
+    except LLMKitError as e:
+        raise APIError(400, str(e)) from None
+    reqs, events = svc.submit([Sequence(ids, params, svc.tokenizer, stop_ids)], stream=False)
+    try:
+        (c,) = await svc.collect(reqs, events, request)
+    except _ClientGone:
+        return Response(status_code=499)
+    return {"output": c.text}
+
+
+async def tokenize(request: Request):
+    svc = _service(request)
+    req: TokenizeRequest = parse(TokenizeRequest, await request.body())
+    ids = svc.tokenizer.encode(req.prompt, bos=None if req.add_special_tokens else False)
+    return {"tokens": ids, "count": len(ids), "max_model_len": svc.engine.max_len}
+
+
+async def detokenize(request: Request):
+    svc = _service(request)
+    req: DetokenizeRequest = parse(DetokenizeRequest, await request.body())
+    svc.check_ids(req.tokens or [0], "tokens")
+    return {"prompt": svc.tokenizer.decode(req.tokens, skip_special=False)}
+
+
+async def tokenizer_info(request: Request):
+    svc = _service(request)
+    t = svc.tokenizer
+    return {**{k: t.special_tokens.get(k) for k in ("bos_token", "eos_token", "pad_token", "unk_token")},
+            "chat_template": t.chat_template, "model_max_length": svc.engine.max_len, "vocab_size": t.vocab_size,
+            "add_bos_token": t.add_bos, "tokenizer_class": "llmkit"}
+
+
+# (path, handler, HTTP method), registered by create_app in this order.
+ROUTES = [
+    ("/health", health, "GET"),
+    ("/v1/models", models, "GET"),
+    ("/v1/completions", completions, "POST"),
+    ("/v1/chat/completions", chat_completions, "POST"),
+    ("/predict", predict, "POST"),
+    ("/tokenize", tokenize, "POST"),
+    ("/detokenize", detokenize, "POST"),
+    ("/tokenizer_info", tokenizer_info, "GET"),
+]
+
+
+# --- streaming: server-sent events ------------------------------------------------------------
 async def _stream_events(reqs: list[EngineRequest], events: asyncio.Queue):
     """(request, event) pairs until every request is done. Leaving early (the client
     disconnected: the response task is cancelled or its generator closed) cancels them."""
@@ -480,6 +498,26 @@ async def _stream_events(reqs: list[EngineRequest], events: asyncio.Queue):
     finally:
         for r in reqs:
             r.cancel()
+
+
+async def _sse_chunks(head: dict, reqs: list[EngineRequest], events: asyncio.Queue,
+                      chunk: Callable[[EngineRequest, Any], Optional[dict]], options: Optional[StreamOptions],
+                      first: Optional[dict] = None) -> AsyncIterator[str]:
+    """The events of a streamed answer: `first` (a choice sent before any token), then
+    `chunk(request, event)` per engine event (None: nothing to send for it), the usage when
+    `options.include_usage` asks for it, and [DONE]."""
+    if first is not None:
+        yield _sse({**head, "choices": [first]})
+    done: list[Completion] = []
+    async for r, ev in _stream_events(reqs, events):
+        if isinstance(ev, DoneEvent):
+            done.append(ev.completion)
+        choice = chunk(r, ev)
+        if choice is not None:
+            yield _sse({**head, "choices": [choice]})
+    if options is not None and options.include_usage:
+        yield _sse({**head, "choices": [], "usage": Service.usage(done)})
+    yield SSE_DONE
 
 
 def _sse_response(chunks: AsyncIterator[str]) -> StreamingResponse:

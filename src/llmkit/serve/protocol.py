@@ -15,6 +15,8 @@ from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from llmkit.generate.sampling import OPENAI_DEFAULTS
+
 MAX_LOGPROBS = 20  # OpenAI allows top_logprobs up to 20 (completions: 5)
 
 
@@ -59,7 +61,7 @@ class _Sampling(_Request):
 
 class CompletionRequest(_Sampling):
     prompt: Union[str, list[str], list[int], list[list[int]]]
-    max_tokens: Optional[int] = 16
+    max_tokens: Optional[int] = OPENAI_DEFAULTS.max_new_tokens
     echo: Optional[bool] = False
     logprobs: Optional[int] = Field(None, ge=0, le=MAX_LOGPROBS)
     best_of: Optional[int] = None
@@ -79,7 +81,7 @@ class ChatMessage(_Request):
 
 class ChatCompletionRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_tokens: Optional[int] = None
+    max_tokens: Optional[int] = None  # the rest of the context (see OPENAI_DEFAULTS)
     max_completion_tokens: Optional[int] = None
     logprobs: Optional[bool] = False
     top_logprobs: Optional[int] = Field(None, ge=0, le=MAX_LOGPROBS)

@@ -8,17 +8,15 @@ parameters require grad, and what a checkpoint keeps (`trainable_only`). Single 
 Resumability is exact: a checkpoint holds the weights, the optimizer state, the step/token
 counters, the RNG state and the data position, and is taken only at optimizer-step
 boundaries, so an interrupted run that resumes reproduces the uninterrupted loss curve bit for
-bit on CPU. A checkpoint directory appears only once complete (written as `*.tmp`, renamed),
-and `latest` is switched atomically after it: a crash mid-save never leaves a broken latest.
+bit on CPU. The loop gathers that state; `checkpoint.py` writes and reads the files (a step
+directory appears only once complete, `latest` is switched after it, old ones are rotated).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
-import shutil
 import signal
 import time
 from dataclasses import asdict, dataclass
@@ -184,23 +182,6 @@ def device_peak_flops(device: torch.device, dtype: Optional[torch.dtype]) -> Opt
     return 2 * n**3 / best
 
 
-# --- checkpoints --------------------------------------------------------------------------------
-def _step_dir(root: Path, step: int) -> Path:
-    return root / f"step-{step:08d}"
-
-
-def find_latest(out_dir: str | Path) -> Optional[Path]:
-    root = Path(out_dir) / "checkpoints"
-    latest = root / "latest"
-    if latest.exists():
-        d = root / latest.read_text().strip()
-        if (d / "trainer_state.json").exists():
-            return d
-    done = sorted(p for p in root.glob("step-*") if p.is_dir() and not p.name.endswith(".tmp")
-                  and (p / "trainer_state.json").exists())
-    return done[-1] if done else None
-
-
 # --- the loop -----------------------------------------------------------------------------------
 LossFn = Callable[[torch.nn.Module, Any], dict]
 
@@ -292,9 +273,11 @@ class Trainer:
 
         return StateDictOptions(full_state_dict=True, cpu_offload=self.rt.mode != "none", **kw)
 
-    # -- checkpointing --
+    # -- checkpointing (the files are checkpoint.py's) --
     def save_checkpoint(self) -> Optional[Path]:
         from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+
+        from llmkit.checkpoint import save_training_checkpoint
 
         target = self.model if self.rt.mode == "fsdp" else self.raw_model
         sd = get_model_state_dict(target, options=self._state_options())
@@ -305,59 +288,34 @@ class Trainer:
         if self.trainable_only:
             keep = {n for n, p in self.raw_model.named_parameters() if p.requires_grad}
             sd = {k: v for k, v in sd.items() if k in keep}
-        root = self.out / "checkpoints"
-        final = _step_dir(root, self.step)
-        tmp = final.with_name(final.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        if self.save_fn is not None:
-            self.save_fn(tmp, sd)
-        else:
-            from llmkit.checkpoint import save_weights
-
-            save_weights(tmp, {k: v for k, v in sd.items()})
         rng = {"cpu": torch.get_rng_state()}
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state()
-        # Optimizer state and RNG are tensors, ints and floats: loadable with weights_only=True.
-        from llmkit.checkpoint import atomic_write, atomic_write_json, atomic_write_text
-
-        atomic_write(tmp / "optimizer.pt", lambda p: torch.save({"optimizer": osd, "rng": rng}, p))
         data_state = self.batches.state_dict() if hasattr(self.batches, "state_dict") else None
-        atomic_write_json(tmp / "trainer_state.json", {
-            "step": self.step, "tokens": self.tokens, "elapsed": self.elapsed, "data": data_state,
-            "config": asdict(self.cfg), "world": self.rt.world,
-        })
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        atomic_write_text(root / "latest", final.name + "\n")
-        if self.cfg.keep_last > 0:  # `final` counts as one of the kept
-            older = sorted(p for p in root.glob("step-*") if p.is_dir() and p != final and not p.name.endswith(".tmp"))
-            for old in older[: len(older) - (self.cfg.keep_last - 1)]:
-                shutil.rmtree(old, ignore_errors=True)
+        state = {"step": self.step, "tokens": self.tokens, "elapsed": self.elapsed, "data": data_state,
+                 "config": asdict(self.cfg), "world": self.rt.world}
+        path = save_training_checkpoint(self.out, self.step, sd, self.save_fn, osd, rng, state, self.cfg.keep_last)
         self._barrier()
-        return final
+        return path
 
     def load_checkpoint(self, path: Path) -> None:
         from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
 
-        from llmkit.checkpoint import load_weights
+        from llmkit.checkpoint import load_training_checkpoint
 
-        state = json.loads((path / "trainer_state.json").read_text())
-        sd = load_weights(path)
-        bundle = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
+        ckpt = load_training_checkpoint(path)
+        sd = ckpt.model
         target = self.model if self.rt.mode == "fsdp" else self.raw_model
-        opts = self._state_options(strict=False)
         missing = [n for n, p in self.raw_model.named_parameters() if p.requires_grad and n not in sd
                    and not (n == "lm_head.weight" and "embed.weight" in sd)]
         if missing:
             raise LLMKitError(f"{path}: checkpoint lacks trained parameters {missing[:3]}")
-        set_model_state_dict(target, sd, options=opts)
-        set_optimizer_state_dict(target, self.optimizer, bundle["optimizer"], options=self._state_options())
-        torch.set_rng_state(bundle["rng"]["cpu"])
-        if "cuda" in bundle["rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state(bundle["rng"]["cuda"])
+        set_model_state_dict(target, sd, options=self._state_options(strict=False))
+        set_optimizer_state_dict(target, self.optimizer, ckpt.optimizer, options=self._state_options())
+        torch.set_rng_state(ckpt.rng["cpu"])
+        if "cuda" in ckpt.rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state(ckpt.rng["cuda"])
+        state = ckpt.state
         self.step, self.tokens, self.elapsed = state["step"], state["tokens"], state["elapsed"]
         if state.get("data") is not None and hasattr(self.batches, "load_state_dict"):
             self.batches.load_state_dict(state["data"])
@@ -365,32 +323,52 @@ class Trainer:
             print(f"resumed from {path} at step {self.step}", flush=True)
 
     def _maybe_resume(self) -> None:
-        r = self.cfg.resume
-        if r == "none":
-            return
-        path = find_latest(self.out) if r == "auto" else Path(r)
-        if path is None:
-            return
-        if not (path / "trainer_state.json").exists():
-            raise LLMKitError(f"{path}: not a training checkpoint (no trainer_state.json)")
-        self.load_checkpoint(path)
+        from llmkit.checkpoint import resume_point
+
+        path = resume_point(self.out, self.cfg.resume)
+        if path is not None:
+            self.load_checkpoint(path)
 
     # -- distributed helpers --
     def _barrier(self) -> None:
         if self.rt.world > 1:
             dist.barrier()
 
-    def _loss_scales(self, micro_batches: list) -> list[float]:
+    @property
+    def _stat_dtype(self) -> torch.dtype:
+        # float64 counts tokens exactly (to 2**53); MPS has no float64.
+        return torch.float32 if self.rt.device.type == "mps" else torch.float64
+
+    def _loss_scales(self, micro_batches: list) -> list:
         """What each micro-batch's mean loss is multiplied by before backward. Gradients are
         summed over micro-batches and averaged over processes, so scale_i = w_i * world / W
         (W: the targets of all micro-batches of all processes) makes the step's gradient that of
-        the global target mean; without weights, 1 / grad_accum."""
+        the global target mean; without weights, 1 / grad_accum. The weights stay on the device
+        (one all-reduce of their sum under torchrun, no sync alone)."""
         n = len(micro_batches)
         if self.weight_fn is None:
             return [1.0 / n] * n
-        weights = [float(self.weight_fn(b)) for b in micro_batches]
-        total = self._mean(sum(weights)) * self.rt.world
-        return [w * self.rt.world / total if total > 0 else 0.0 for w in weights]
+        w = torch.stack([torch.as_tensor(self.weight_fn(b), device=self.rt.device).to(self._stat_dtype)
+                         for b in micro_batches])
+        total = w.sum()
+        if self.rt.world > 1:
+            dist.all_reduce(total)
+        scales = torch.where(total > 0, w * self.rt.world / total, torch.zeros_like(w))
+        return list(scales.float())
+
+    def _step_stats(self, loss_sum, tokens, grad_norm, extra: list, seconds: float) -> list[float]:
+        """[loss, tokens, grad norm, seconds, signalled, *extra] of the step just taken, in one
+        device-to-host transfer; under torchrun one all-reduce: loss, metrics, seconds and grad
+        norm averaged over processes, tokens summed, `signalled` true if any process got one."""
+        local = torch.tensor([seconds, float(self._signal is not None)], dtype=self._stat_dtype)
+        parts = [loss_sum, tokens, grad_norm, *local.to(self.rt.device), *extra]
+        stats = torch.stack([torch.as_tensor(x, device=self.rt.device).to(self._stat_dtype) for x in parts])
+        if self.rt.world == 1:
+            return stats.tolist()
+        dist.all_reduce(stats)
+        vals = stats.tolist()
+        w = self.rt.world
+        return [vals[0] / w, vals[1], vals[2] / w, vals[3] / w, vals[4] > 0, *(v / w for v in vals[5:])]
 
     def _mean(self, value: float) -> float:
         if self.rt.world == 1:
@@ -460,16 +438,20 @@ class Trainer:
             if self.step == 0 and c.eval_every and self.evaluate_fn is not None:
                 logger.log(self.step, self.run_eval(), tokens=self.tokens)
             t_last, tok_last = time.perf_counter(), self.tokens
-            while True:
-                if self._done(total):
-                    break
+            done = self._done(total)  # a resumed run may have met its budget already
+            while not done:
                 t0 = time.perf_counter()
                 lr = lr_at(self.step, c.lr, c.warmup_steps, total or self._estimate_total(tokens_per_step), c.min_lr_ratio)
                 for g in self.optimizer.param_groups:
                     g["lr"] = lr
-                # Losses and metrics stay tensors until the step is done: one device sync per
-                # step, not one per micro-batch (what matters on a GPU with grad accumulation).
-                loss_sum, step_tokens, extra = 0.0, 0, {}
+                # What a step reports (loss, tokens, grad norm, the loss_fn's metrics) stays on
+                # the device until the step is done and comes back in one transfer (under
+                # torchrun, one all-reduce): one device sync per step, not one per micro-batch
+                # or per number (what matters on a GPU with gradient accumulation).
+                dev = self.rt.device
+                loss_sum = torch.zeros((), device=dev)
+                step_tokens = torch.zeros((), dtype=self._stat_dtype, device=dev)
+                extra: dict[str, torch.Tensor] = {}
                 micro_batches = [self._local(next(self.batches)) for _ in range(c.grad_accum)]
                 scales = self._loss_scales(micro_batches)
                 for micro, batch in enumerate(micro_batches):
@@ -482,16 +464,17 @@ class Trainer:
                             out = self.loss_fn(self.model, batch)
                         # A micro-batch without targets has a NaN mean: it still runs backward
                         # (DDP's hooks expect every process to), with zero weight.
-                        loss = (out["loss"] if scales[micro] else out["loss"].nan_to_num(0.0)) * scales[micro]
+                        scale = scales[micro]
+                        raw = out["loss"]
+                        loss = (torch.where(scale > 0, raw, raw.nan_to_num(0.0)) if torch.is_tensor(scale)
+                                else raw if scale else raw.nan_to_num(0.0)) * scale
                         (self.scaler.scale(loss) if self.scaler else loss).backward()
-                    loss_sum = loss_sum + loss.detach()
-                    step_tokens += int(out.get("tokens", 0))
+                    loss_sum = loss_sum + loss.detach().float()
+                    step_tokens = step_tokens + out.get("tokens", 0)
                     for k, v in out.items():
                         if k not in ("loss", "tokens"):
-                            v = v.detach().float() if torch.is_tensor(v) else float(v)
+                            v = v.detach().float() if torch.is_tensor(v) else torch.tensor(float(v), device=dev)
                             extra[k] = extra.get(k, 0.0) + v / c.grad_accum
-                loss_sum = float(loss_sum)
-                extra = {k: float(v) for k, v in extra.items()}
                 if self.scaler:
                     self.scaler.unscale_(self.optimizer)
                 grad_norm = self._clip()
@@ -502,14 +485,16 @@ class Trainer:
                     self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
                 self.step += 1
-                step_tokens = step_tokens * self.rt.world
+                stats = self._step_stats(loss_sum, step_tokens, grad_norm, list(extra.values()),
+                                         time.perf_counter() - t0)
+                loss_val, step_tokens, grad_norm, dt, signalled = stats[:5]
+                step_tokens = int(step_tokens)
                 tokens_per_step = tokens_per_step or step_tokens
                 self.tokens += step_tokens
-                self.elapsed += time.perf_counter() - t0
-                loss_val = self._mean(loss_sum)
+                self.elapsed += dt
                 if not math.isfinite(loss_val):
                     raise LLMKitError(f"loss is {loss_val} at step {self.step}: lower the learning rate or check the data")
-                row = {"loss": loss_val, "lr": lr, "grad_norm": grad_norm, **{k: self._mean(v) for k, v in extra.items()}}
+                row = {"loss": loss_val, "lr": lr, "grad_norm": grad_norm, **dict(zip(extra, stats[5:]))}
                 self.history.append({"step": self.step, "loss": loss_val})
                 if self.step % c.log_every == 0 or self.step == 1:
                     now = time.perf_counter()
@@ -519,11 +504,14 @@ class Trainer:
                     if peak and self.flops_per_token:
                         row["mfu"] = self.flops_per_token * tps / (peak * self.rt.world)
                 logger.log(self.step, row, tokens=self.tokens)
-                if c.eval_every and self.step % c.eval_every == 0 and not self._done(total):
+                # Every process has the same step, tokens and (mean) elapsed time: they agree on
+                # `done` without another collective.
+                done = self._budget_met()
+                if c.eval_every and self.step % c.eval_every == 0 and not done:
                     logger.log(self.step, self.run_eval(), tokens=self.tokens)
-                if c.save_every and self.step % c.save_every == 0 and not self._done(total):
+                if c.save_every and self.step % c.save_every == 0 and not done:
                     self.save_checkpoint()
-                if self._any(self._signal is not None):
+                if signalled:
                     stop_reason = "signal"
                     break
             final_metrics = self.run_eval() if stop_reason == "budget" else {}
@@ -553,21 +541,25 @@ class Trainer:
         rate = self.step / self.elapsed if self.elapsed > 0 else 0
         return max(c.warmup_steps + 1, int(rate * (c.max_time or 0)) or c.warmup_steps + 1)
 
-    def _done(self, total: Optional[int]) -> bool:
+    def _budget_met(self) -> bool:
         c = self.cfg
-        done = bool((c.max_steps and self.step >= c.max_steps) or (c.max_tokens and self.tokens >= c.max_tokens)
+        return bool((c.max_steps and self.step >= c.max_steps) or (c.max_tokens and self.tokens >= c.max_tokens)
                     or (c.max_time and self.elapsed >= c.max_time))
-        return self._any(done)
 
-    def _clip(self) -> float:
+    def _done(self, total: Optional[int]) -> bool:
+        """Whether the budget is met, agreed by every process (elapsed times may differ)."""
+        return self._any(self._budget_met())
+
+    def _clip(self) -> torch.Tensor:
+        """Clip the gradients to grad_clip (0: only measure); the global norm, as a tensor."""
         params = [p for p in self.model.parameters() if p.grad is not None]
         if not params:
-            return 0.0
+            return torch.zeros((), device=self.rt.device)
         max_norm = self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf")
         norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
         if hasattr(norm, "full_tensor"):  # DTensor under FSDP2
             norm = norm.full_tensor()
-        return float(norm)
+        return norm
 
     def _on_signal(self, signum, frame) -> None:
         if self._signal is not None:  # a second Ctrl-C: stop now

@@ -14,12 +14,13 @@ def causal_lm_loss(model, batch) -> dict:
     x, y = batch[0], batch[1]
     logits = model(x)  # (B, T, vocab)
     loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), ignore_index=IGNORE_INDEX)
-    return {"loss": loss, "tokens": int((y != IGNORE_INDEX).sum())}
+    return {"loss": loss, "tokens": target_count(batch)}
 
 
-def target_count(batch) -> int:
-    """How many tokens of an (inputs, labels) batch carry loss: causal_lm_loss's weight."""
-    return int((batch[1] != IGNORE_INDEX).sum())
+def target_count(batch) -> torch.Tensor:
+    """How many tokens of an (inputs, labels) batch carry loss: causal_lm_loss's weight. A
+    tensor on the batch's device (counting never waits for the device)."""
+    return (batch[1] != IGNORE_INDEX).sum()
 
 
 @torch.no_grad()

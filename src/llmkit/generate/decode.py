@@ -1,4 +1,5 @@
-"""Text generation: prefill + cached decoding, sampling, stop handling, streaming, batching.
+"""Decoding: prefill + cached decoding, stop handling, streaming, batching (the token choice
+itself is `llmkit.generate.sampling`).
 
     prompt ids ──prefill (all but the last token)──> KV cache rows
     loop: last token of every row ──forward at the row's own position──> logits (B, vocab)
@@ -21,9 +22,6 @@ prompts of a batch have different lengths.
 
 from __future__ import annotations
 
-import dataclasses
-import math
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Iterator, Optional, Sequence as Seq
@@ -31,96 +29,15 @@ from typing import TYPE_CHECKING, Iterator, Optional, Sequence as Seq
 import torch
 
 from llmkit.errors import LLMKitError
+from llmkit.generate.sampling import SamplingParams, sample
 
 if TYPE_CHECKING:
+    from llmkit.prompts import PromptStyle
     from llmkit.tokenizer import Tokenizer
 
 # Prefill work per forward call: rows x tokens. Bounds the activations and the attention
 # scores of long or many prompts; the cache makes chunks exact (later chunks attend to it).
 PREFILL_CHUNK_TOKENS = 4096
-
-
-# --- parameters ---------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class SamplingParams:
-    """How tokens are picked and when a sequence stops.
-
-    temperature 0 is greedy decoding. top_k and top_p filter the distribution before sampling
-    (top-k first, then nucleus sampling, Holtzman et al. 2020); None/0 and 1.0 disable them.
-    `seed` makes sampling reproducible: each sequence draws from its own `torch.Generator`.
-    `stop` strings end the sequence and are cut from the text. `min_new_tokens` forbids the
-    stop tokens until that many tokens exist (as transformers' `min_new_tokens`).
-    `logprobs`: per generated token, its log-probability and the `logprobs` most likely
-    alternatives (0: the chosen token only). `prompt_logprobs`: the same for each prompt token
-    after the first. Log-probabilities are the model's own (before temperature and filtering).
-    """
-
-    max_new_tokens: int = 128
-    temperature: float = 0.0
-    top_k: Optional[int] = None
-    top_p: float = 1.0
-    seed: Optional[int] = None
-    stop: tuple[str, ...] = ()
-    min_new_tokens: int = 0
-    logprobs: Optional[int] = None
-    prompt_logprobs: Optional[int] = None
-
-    def __post_init__(self) -> None:
-        def bad(msg: str) -> None:
-            raise LLMKitError(msg)
-
-        def is_int(v) -> bool:
-            return isinstance(v, int) and not isinstance(v, bool)
-
-        if not is_int(self.max_new_tokens) or self.max_new_tokens < 0:
-            bad(f"max_new_tokens must be a non-negative integer, got {self.max_new_tokens!r}")
-        if not isinstance(self.temperature, (int, float)) or isinstance(self.temperature, bool) \
-                or not math.isfinite(self.temperature) or self.temperature < 0:
-            bad(f"temperature must be a finite number >= 0, got {self.temperature!r}")
-        if self.top_k is not None and (not is_int(self.top_k) or self.top_k < 0):
-            bad(f"top_k must be a positive integer (or 0/None to disable), got {self.top_k!r}")
-        if not isinstance(self.top_p, (int, float)) or isinstance(self.top_p, bool) or not 0 < self.top_p <= 1:
-            bad(f"top_p must be in (0, 1], got {self.top_p!r}")
-        if self.seed is not None and not is_int(self.seed):
-            bad(f"seed must be an integer, got {self.seed!r}")
-        if not is_int(self.min_new_tokens) or self.min_new_tokens < 0:
-            bad(f"min_new_tokens must be a non-negative integer, got {self.min_new_tokens!r}")
-        stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
-        if not all(isinstance(s, str) and s for s in stop):
-            bad(f"stop must be a list of non-empty strings, got {self.stop!r}")
-        object.__setattr__(self, "stop", stop)
-        for name in ("logprobs", "prompt_logprobs"):
-            v = getattr(self, name)
-            if v is not None and (not is_int(v) or v < 0):
-                bad(f"{name} must be a non-negative integer, got {v!r}")
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature == 0
-
-    def replace(self, **changes) -> "SamplingParams":
-        return dataclasses.replace(self, **changes)
-
-
-# --- sampling -----------------------------------------------------------------------------------
-def sample(logits: torch.Tensor, temperature: float = 1.0, top_k: Optional[int] = None, top_p: float = 1.0,
-           generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """Next token ids (B,) from logits (B, vocab): greedy when temperature is 0."""
-    if temperature == 0:
-        return logits.argmax(-1)
-    logits = logits.float() / temperature
-    if top_k and top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]  # (B, 1) the k-th largest
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p < 1.0:
-        # Keep the smallest set of most likely tokens whose probability reaches top_p: drop a
-        # token when the tokens ranked above it already hold top_p (the first always stays).
-        sorted_logits, order = logits.sort(dim=-1, descending=True)
-        probs = sorted_logits.softmax(-1)
-        drop = probs.cumsum(-1) - probs >= top_p
-        logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
-    probs = logits.softmax(-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
 # --- results ------------------------------------------------------------------------------------
@@ -404,6 +321,15 @@ def encode_prompt(tokenizer: "Tokenizer", prompt: "str | Seq[int]") -> list[int]
     return ids
 
 
+def with_style_stops(params: SamplingParams, style: "PromptStyle",
+                     tokenizer: "Tokenizer") -> tuple[SamplingParams, set[int]]:
+    """(params, stop ids) for a prompt rendered in a chat `style`: the style's stop strings join
+    `params.stop` (those not there yet) and its stop tokens join the tokenizer's EOS ids, since
+    a reply ends at whichever comes first."""
+    stop = params.stop + tuple(s for s in style.stop_strings if s not in params.stop)
+    return params.replace(stop=stop), set(tokenizer.eos_ids) | style.stop_token_ids(tokenizer)
+
+
 def _params(params: Optional[SamplingParams], overrides: dict) -> SamplingParams:
     params = params or SamplingParams()
     return params.replace(**overrides) if overrides else params
@@ -468,181 +394,3 @@ def stream(model, tokenizer: "Tokenizer", prompt: "str | Seq[int]", params: Opti
            *, stop_ids: Optional[set[int]] = None, **overrides) -> GenerationStream:
     """Like `generate`, but yields text as it is decoded: `for text in stream(...)`."""
     return GenerationStream(model, tokenizer, prompt, _params(params, overrides), stop_ids)
-
-
-# --- model preparation and loading for the commands ---------------------------------------------
-# Rows up to which float32 products take MatVecLinear's batched-kernel path (a serving batch
-# decodes one token per row): measured faster than F.linear for 1 to 16 rows, e.g. the
-# 50257 x 576 output matrix with 4 rows in 2.9 ms instead of 12.7.
-MATVEC_MAX_ROWS = 16
-
-
-class MatVecLinear(torch.nn.Linear):
-    """An nn.Linear, sharing the original's Parameters, whose products with one row (decoding
-    at batch 1) or a few rows (float32: up to MATVEC_MAX_ROWS, a serving batch) take the
-    fastest CPU kernel measured for them; other inputs use `F.linear` as before. Same values: only which kernel sums the products changes.
-
-    Measured on a 2-core AVX-512 CPU over the 211 matrices of a SmolLM2-135M-shaped model
-    (bench/bench_decode.py, BENCHMARKS.md "Decode speed"):
-    * float32: `F.linear(x, W)` with M = 1 goes to MKL's sgemm and streams the weights at
-      ~20 GB/s; `torch.bmm` of W viewed as `blocks` row blocks (blocks, n/blocks, k) against x
-      as a column goes to MKL's batched gemm, which reads them at ~36 GB/s (a plain `sum`
-      reads ~38 GB/s): ~1.8x faster products (the 50257 x 576 output matrix: 7.2 -> 3.5 ms).
-    * bfloat16: oneDNN (PyTorch's default for bf16 matmuls on CPU) is slow for one row (a
-      ~20 us floor per call); with oneDNN switched off for the call, PyTorch's own bf16
-      matrix-vector kernel (float32 accumulation) is ~1.6x faster over the model.
-    """
-
-    def __init__(self, linear: torch.nn.Linear):
-        torch.nn.Module.__init__(self)
-        self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.weight = linear.weight  # the same Parameter: ties and state_dict keys unchanged
-        self.bias = linear.bias
-        # Row blocks for bmm (the batched kernel needs >= 2 equal blocks): the smallest divisor
-        # of out_features; 0 (plain F.linear) when it has none below 64 (a prime, e.g.).
-        n = self.out_features
-        self.blocks = next((b for b in range(2, 65) if n % b == 0), 0)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.weight
-        rows = x.numel() // self.in_features
-        if rows > MATVEC_MAX_ROWS or w.device.type != "cpu" or not w.is_contiguous():
-            return torch.nn.functional.linear(x, w, self.bias)
-        if w.dtype == torch.bfloat16:
-            if rows > 1:  # oneDNN is the fastest bf16 kernel for several rows
-                return torch.nn.functional.linear(x, w, self.bias)
-            mkldnn = torch._C._get_mkldnn_enabled()
-            torch._C._set_mkldnn_enabled(False)
-            try:
-                return torch.nn.functional.linear(x, w, self.bias)
-            finally:
-                torch._C._set_mkldnn_enabled(mkldnn)
-        if w.dtype != torch.float32 or not self.blocks:
-            return torch.nn.functional.linear(x, w, self.bias)
-        b, k = self.blocks, self.in_features
-        # x as a (k, rows) matrix with strides (1, k): MKL takes the slow path if the unit
-        # dimension's stride is 1 (650 vs 60 us for a 1536 x 576 matrix and one row).
-        col = x.reshape(rows, k).t().expand(b, k, rows)  # (blocks, k, rows)
-        y = torch.bmm(w.view(b, -1, k), col)  # (blocks, n/blocks, rows)
-        y = y.permute(2, 0, 1).reshape(*x.shape[:-1], self.out_features)
-        return y if self.bias is None else y + self.bias
-
-
-def prepare_for_decoding(model) -> None:
-    """Make `model` faster for token-by-token decoding; values and results are unchanged.
-
-    Every plain nn.Linear (also one inside a LoRA wrapper; quantized layers are left alone)
-    becomes a `MatVecLinear` holding the same Parameters, so decoding products use the fastest
-    CPU kernel (see there); state_dict keys and tied weights are unchanged.
-    """
-    import torch.nn as nn
-
-    model.eval().requires_grad_(False)
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if type(child) is nn.Linear:
-                setattr(parent, name, MatVecLinear(child))
-
-
-def load_for_inference(model: str, device: str = "cpu", dtype: Optional[str] = None):
-    """(Loaded, Tokenizer) for the generate / chat / serve commands, model ready to decode."""
-    from llmkit.checkpoint import load_model
-    from llmkit.tokenizer import Tokenizer
-
-    loaded = load_model(model, device=device, dtype=dtype)
-    tokenizer = Tokenizer.from_dir(loaded.path)
-    if tokenizer.vocab_size > loaded.config.vocab_size:
-        raise LLMKitError(f"{loaded.path}: the tokenizer has {tokenizer.vocab_size} tokens but the model only "
-                          f"{loaded.config.vocab_size}")
-    prepare_for_decoding(loaded.model)
-    return loaded, tokenizer
-
-
-def resolve_style(tokenizer: "Tokenizer", style: Optional[str] = None, chat_template: Optional[str] = None):
-    """The prompt style for a command: a Jinja template file, a style name, or "auto" (the
-    model's own template or a style its vocabulary suggests)."""
-    from pathlib import Path
-
-    from llmkit.prompts import PromptStyle
-
-    if chat_template is not None and style is not None:
-        raise LLMKitError("give either --style or --chat_template, not both")
-    if chat_template is not None:
-        path = Path(chat_template)
-        if not path.is_file():
-            raise LLMKitError(f"chat template file '{chat_template}' does not exist")
-        return PromptStyle.from_template(path.read_text(encoding="utf-8"), tokenizer.special_tokens)
-    if style is None or style == "auto":
-        return PromptStyle.for_model(tokenizer)
-    return PromptStyle.from_name(style)
-
-
-def timing_line(seconds: float, n_tokens: int) -> str:
-    """`Time for inference: 3.08 sec total, 13.94 tokens/sec, 43 tokens`"""
-    rate = n_tokens / seconds if seconds > 0 else 0.0
-    return f"Time for inference: {seconds:.2f} sec total, {rate:.2f} tokens/sec, {n_tokens} tokens"
-
-
-def generate_cli(
-    model: str,
-    prompt: str,
-    max_new_tokens: int = 128,
-    temperature: float = 0.8,
-    top_k: Optional[int] = 50,
-    top_p: float = 1.0,
-    seed: Optional[int] = None,
-    stop: Optional[list[str]] = None,
-    style: Optional[str] = None,
-    chat_template: Optional[str] = None,
-    system: Optional[str] = None,
-    device: str = "cpu",
-    dtype: Optional[str] = None,
-) -> None:
-    """Generate a continuation of a prompt, streamed to stdout (timing on stderr).
-
-    Args:
-        model: an llmkit checkpoint directory, a Hugging Face model directory or a hub repo id
-            (with its tokenizer files).
-        prompt: the text to continue (or, with --style/--chat_template, the user message).
-        max_new_tokens: generate at most this many tokens (fewer if the context ends first).
-        temperature: 0 for greedy decoding; higher is more random.
-        top_k: sample among the k most likely tokens only (0 or null: all).
-        top_p: nucleus sampling: the smallest set of tokens holding this probability, in (0, 1].
-        seed: random seed, for reproducible sampling.
-        stop: strings that end the generation (cut from the output), e.g. '["\\n\\n"]'.
-        style: wrap the prompt as a chat message: "auto" (the model's chat template, or a style
-            its vocabulary suggests) or a style name (alpaca, chatml, llama3, llama2, mistral,
-            phi3, gemma, plain). Default: the prompt is used as is.
-        chat_template: a Jinja chat template file to wrap the prompt with (instead of --style).
-        system: system prompt (with --style or --chat_template).
-        device: cpu, cuda, cuda:1, mps...
-        dtype: float32 or bfloat16 (default: the checkpoint's).
-    """
-    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                            seed=seed, stop=tuple(stop or ()))
-    if system is not None and style is None and chat_template is None:
-        raise LLMKitError("--system needs --style or --chat_template (a plain prompt has no system part)")
-    loaded, tokenizer = load_for_inference(model, device, dtype)
-    stop_ids = set(tokenizer.eos_ids)
-    if style is None and chat_template is None:
-        ids = tokenizer.encode(prompt)
-    else:
-        chat_style = resolve_style(tokenizer, style, chat_template)
-        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-        ids = chat_style.encode(tokenizer, messages)
-        params = params.replace(stop=params.stop + tuple(s for s in chat_style.stop_strings if s not in params.stop))
-        stop_ids |= chat_style.stop_token_ids(tokenizer)
-    context = loaded.model.max_seq_len
-    if len(ids) >= context:
-        raise LLMKitError(f"the prompt is {len(ids)} tokens; the model's context is {context} tokens")
-    params = params.replace(max_new_tokens=min(params.max_new_tokens, context - len(ids)))
-    gen = stream(loaded.model, tokenizer, ids, params, stop_ids=stop_ids)
-    for text in gen:
-        sys.stdout.write(text)
-        sys.stdout.flush()
-    sys.stdout.write("\n")
-    sys.stdout.flush()
-    c = gen.completion
-    print(timing_line(c.total_time, len(c.token_ids)), file=sys.stderr)
-    print(f"Prompt: {len(ids)} tokens, time to first token {c.time_to_first_token:.2f} sec; "
-          f"finish reason: {c.finish_reason}", file=sys.stderr)

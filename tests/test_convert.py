@@ -1,11 +1,16 @@
-"""Logit parity with transformers for every supported family, both directions."""
+"""Hugging Face <-> llmkit conversion (src/llmkit/convert): logit parity with transformers for
+every supported family in both directions, and the `llmkit convert` round trip."""
+
+import json
 
 import pytest
 import torch
 
 from llmkit.checkpoint import load_model
-from llmkit.convert.hf import ARCHITECTURES, from_hf, to_hf
+from llmkit.checkpoint import from_hf, to_hf
+from llmkit.convert.hf import ARCHITECTURES
 from tests.conftest import TINY_HF
+from tests.helpers import cli_error, cli_run
 
 FAMILIES = sorted(TINY_HF)
 
@@ -15,6 +20,7 @@ def _ids(vocab=320, B=2, T=24, seed=1):
     return torch.randint(0, vocab, (B, T), generator=g)
 
 
+# --- parity with transformers -----------------------------------------------------------------------
 @pytest.mark.parametrize("family", FAMILIES)
 def test_from_hf_logits_match(family, hf_dir, tmp_path):
     src, hf_model = hf_dir(family)
@@ -59,3 +65,29 @@ def test_long_sequence_past_window(family, hf_dir):
     ids = _ids(T=100, B=1, seed=3)
     with torch.no_grad():
         torch.testing.assert_close(load_model(src).model(ids), hf_model(ids).logits)
+
+
+# --- the command line ---------------------------------------------------------------------------------
+def test_convert_round_trip_cli(hf_dir, tmp_path, capsys):
+    src, hf_model = hf_dir("qwen2")
+    native, back = tmp_path / "native", tmp_path / "back"
+    code, out, err = cli_run(capsys, ["convert", "from-hf", str(src), str(native)])
+    assert code == 0, err
+    assert json.loads((native / "config.json").read_text())["format"] == "llmkit"
+    code, out, err = cli_run(capsys, ["convert", "to-hf", str(native), str(back), "--dtype", "bfloat16"])
+    assert code == 0, err
+    from transformers import AutoModelForCausalLM
+
+    theirs = AutoModelForCausalLM.from_pretrained(back)
+    assert next(theirs.parameters()).dtype == torch.bfloat16
+    # HF -> llmkit -> HF gives back every tensor of the original, rounded to bfloat16.
+    ref, got = hf_model.state_dict(), theirs.state_dict()
+    assert got.keys() == ref.keys()
+    for k in ref:
+        assert got[k].dtype == torch.bfloat16 and torch.equal(got[k], ref[k].to(torch.bfloat16)), k
+
+
+def test_error_unsupported_architecture(capsys, tmp_path):
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text(json.dumps({"model_type": "bert", "vocab_size": 10}))
+    cli_error(capsys, ["convert", "from-hf", str(tmp_path / "m"), str(tmp_path / "o")], "config.json", "bert")

@@ -1,0 +1,97 @@
+"""CPU decode kernels: faster products for token-by-token decoding, same values.
+
+`prepare_for_decoding(model)` swaps every plain nn.Linear for a `MatVecLinear` sharing its
+Parameters; `load_for_inference` loads a checkpoint for the generate / chat / serve commands
+and prepares it so. Which kernel is fastest was measured (bench/bench_decode.py, BENCHMARKS.md
+"Decode speed"), not assumed.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+# Rows up to which float32 products take MatVecLinear's batched-kernel path (a serving batch
+# decodes one token per row): measured faster than F.linear for 1 to 16 rows, e.g. the
+# 50257 x 576 output matrix with 4 rows in 2.9 ms instead of 12.7.
+MATVEC_MAX_ROWS = 16
+
+
+class MatVecLinear(torch.nn.Linear):
+    """An nn.Linear, sharing the original's Parameters, whose products with one row (decoding
+    at batch 1) or a few rows (float32: up to MATVEC_MAX_ROWS, a serving batch) take the
+    fastest CPU kernel measured for them; other inputs use `F.linear` as before. Same values: only which kernel sums the products changes.
+
+    Measured on a 2-core AVX-512 CPU over the 211 matrices of a SmolLM2-135M-shaped model
+    (bench/bench_decode.py, BENCHMARKS.md "Decode speed"):
+    * float32: `F.linear(x, W)` with M = 1 goes to MKL's sgemm and streams the weights at
+      ~20 GB/s; `torch.bmm` of W viewed as `blocks` row blocks (blocks, n/blocks, k) against x
+      as a column goes to MKL's batched gemm, which reads them at ~36 GB/s (a plain `sum`
+      reads ~38 GB/s): ~1.8x faster products (the 50257 x 576 output matrix: 7.2 -> 3.5 ms).
+    * bfloat16: oneDNN (PyTorch's default for bf16 matmuls on CPU) is slow for one row (a
+      ~20 us floor per call); with oneDNN switched off for the call, PyTorch's own bf16
+      matrix-vector kernel (float32 accumulation) is ~1.6x faster over the model.
+    """
+
+    def __init__(self, linear: torch.nn.Linear):
+        torch.nn.Module.__init__(self)
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.weight = linear.weight  # the same Parameter: ties and state_dict keys unchanged
+        self.bias = linear.bias
+        # Row blocks for bmm (the batched kernel needs >= 2 equal blocks): the smallest divisor
+        # of out_features; 0 (plain F.linear) when it has none below 64 (a prime, e.g.).
+        n = self.out_features
+        self.blocks = next((b for b in range(2, 65) if n % b == 0), 0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight
+        rows = x.numel() // self.in_features
+        if rows > MATVEC_MAX_ROWS or w.device.type != "cpu" or not w.is_contiguous():
+            return torch.nn.functional.linear(x, w, self.bias)
+        if w.dtype == torch.bfloat16:
+            if rows > 1:  # oneDNN is the fastest bf16 kernel for several rows
+                return torch.nn.functional.linear(x, w, self.bias)
+            mkldnn = torch._C._get_mkldnn_enabled()
+            torch._C._set_mkldnn_enabled(False)
+            try:
+                return torch.nn.functional.linear(x, w, self.bias)
+            finally:
+                torch._C._set_mkldnn_enabled(mkldnn)
+        if w.dtype != torch.float32 or not self.blocks:
+            return torch.nn.functional.linear(x, w, self.bias)
+        b, k = self.blocks, self.in_features
+        # x as a (k, rows) matrix with strides (1, k): MKL takes the slow path if the unit
+        # dimension's stride is 1 (650 vs 60 us for a 1536 x 576 matrix and one row).
+        col = x.reshape(rows, k).t().expand(b, k, rows)  # (blocks, k, rows)
+        y = torch.bmm(w.view(b, -1, k), col)  # (blocks, n/blocks, rows)
+        y = y.permute(2, 0, 1).reshape(*x.shape[:-1], self.out_features)
+        return y if self.bias is None else y + self.bias
+
+
+def prepare_for_decoding(model) -> None:
+    """Make `model` faster for token-by-token decoding; values and results are unchanged.
+
+    Every plain nn.Linear (also one inside a LoRA wrapper; quantized layers are left alone)
+    becomes a `MatVecLinear` holding the same Parameters, so decoding products use the fastest
+    CPU kernel (see there); state_dict keys and tied weights are unchanged.
+    """
+    import torch.nn as nn
+
+    model.eval().requires_grad_(False)
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is nn.Linear:
+                setattr(parent, name, MatVecLinear(child))
+
+
+def load_for_inference(model: str, device: str = "cpu", dtype: Optional[str] = None):
+    """(Loaded, Tokenizer) for the generate / chat / serve commands: the one loader
+    (checkpoint.load_model, which also checks the tokenizer against the embeddings), then the
+    model made ready to decode."""
+    from llmkit.checkpoint import load_model
+
+    loaded = load_model(model, device=device, dtype=dtype)
+    tokenizer = loaded.tokenizer
+    prepare_for_decoding(loaded.model)
+    return loaded, tokenizer

@@ -1,0 +1,197 @@
+"""Builders the test files share (this module holds no tests), one copy each:
+
+- tiny tokenizers and model directories: `build_tokenizer` + `build_model_dir` (ChatML-style
+  specials, the generation / chat / finetuning tests) and `save_tokenizer` + `make_model_dir`
+  (<pad>/<s>/</s>, optional BOS, the evaluation tests);
+- LoRA adapters that differ from the base: `randomize_adapters`;
+- token shards from synthetic text: `make_token_shards`;
+- the CLI two ways: `run_cli` (a real `python -m llmkit` subprocess, for what needs its own
+  process: the entry point itself, signals, stdin, environment read at import) and, in this
+  process, `cli_run` / `cli_error` (`llmkit.cli.main` with pytest's `capsys`).
+
+The session-scoped fixtures over these builders (`tiny_model_dir`, `token_shards`) are in
+conftest.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import TINY_HF, make_hf_model
+
+# --- tiny tokenizer + model directory (ChatML-style specials) ------------------------------------
+TRAIN_TEXT = [
+    "The quick brown fox jumps over the lazy dog. Hello world! How are you today?",
+    "A language model predicts the next token; tokens are pieces of words such as the, and, ing.",
+    "Once upon a time there was a small model that learned to write short stories about foxes.",
+]
+SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+CHATML_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+def build_tokenizer(out_dir, chat_template=None, vocab_size=320, add_bos=False):
+    """Train a tiny byte-level BPE (specials: <|endoftext|> = BOS/pad, <|im_end|> = EOS) and save it."""
+    from tokenizers import Tokenizer as Backend
+    from tokenizers import decoders, models, pre_tokenizers, processors, trainers
+
+    from llmkit.tokenizer import Tokenizer
+
+    backend = Backend(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    backend.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=1, special_tokens=SPECIALS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    backend.train_from_iterator(TRAIN_TEXT * 4, trainer=trainer)
+    config = {"bos_token": "<|endoftext|>", "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>",
+              "add_bos_token": add_bos}
+    tok = Tokenizer(backend, config=config, chat_template=chat_template)
+    tok.save(out_dir)
+    return Tokenizer.from_dir(out_dir)
+
+
+def build_model_dir(out_dir, family="llama", chat_template=CHATML_TEMPLATE, seed=0, context=None) -> Path:
+    """A tiny random HF model of `family` with a matching tokenizer (vocab 320) in `out_dir`."""
+    out_dir = Path(out_dir)
+    if context is None:
+        model = make_hf_model(family, seed)
+    else:  # the same family with a longer context
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        torch.manual_seed(seed)
+        cfg = AutoConfig.for_model(family, **{**TINY_HF[family], "max_position_embeddings": context})
+        model = AutoModelForCausalLM.from_config(cfg)
+    model.save_pretrained(out_dir)
+    build_tokenizer(out_dir, chat_template)
+    return out_dir
+
+
+# --- tiny tokenizer + model directory (<pad>/<s>/</s>, for the evaluation tests) ------------------
+CORPUS = [
+    "The quick brown fox jumps over the lazy dog. " * 3,
+    "Question: what is the capital of France? Answer: Paris.",
+    "A cat sat on the mat and looked at the moon, then went to sleep.",
+    "Numbers: 1 2 3 4 5 6 7 8 9 10. Colours: red, green, blue, yellow.",
+] * 5
+
+
+def save_tokenizer(out: Path, vocab_size: int, bos: bool) -> None:
+    """Byte-level BPE with <pad>=0, <s>=1, </s>=2 (the tiny HF configs' ids). With `bos`, the
+    tokenizer.json post-processor prepends <s> (Llama's convention), otherwise nothing (GPT-2's)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<pad>", "<s>", "</s>"], min_frequency=1,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(CORPUS, trainer)
+    assert tok.get_vocab_size() == vocab_size
+    if bos:
+        tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B",
+                                                           special_tokens=[("<s>", 1)])
+    else:
+        tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    tok.save(str(out / "tokenizer.json"))
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<s>", "eos_token": "</s>",
+              "pad_token": "<pad>", "clean_up_tokenization_spaces": False}
+    (out / "tokenizer_config.json").write_text(json.dumps(config))
+
+
+def make_model_dir(root: Path, family: str = "llama", bos: bool = True, seed: int = 0,
+                   context: int | None = None) -> Path:
+    """A tiny HF model of `family` plus its tokenizer in root/<family>-<bos>-<seed>[-<context>].
+
+    `context` raises the context length (RoPE families only) for prompts longer than the tiny
+    configs' 128 tokens, e.g. a judge's grading prompt."""
+    d = Path(root) / (f"{family}-{'bos' if bos else 'nobos'}-{seed}" + (f"-{context}" if context else ""))
+    if not (d / "tokenizer.json").exists():
+        model = make_hf_model(family, seed)
+        if context:
+            model.config.max_position_embeddings = context
+        model.save_pretrained(d)
+        save_tokenizer(d, model.config.vocab_size, bos)
+    return d
+
+
+def randomize_adapters(model, seed: int = 1) -> None:
+    """Give every LoRALinear's B a random value: a fresh adapter (B = 0) is exactly the base,
+    so a trained-looking one is needed to tell adapted from unadapted outputs."""
+    from llmkit.lora import LoRALinear
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, LoRALinear):
+                m.lora_b.copy_(torch.randn(m.lora_b.shape, generator=g) * 0.1)
+
+
+# --- token shards from synthetic text ------------------------------------------------------------
+def make_token_shards(root: Path, words: list[str], n_docs: int, max_words: int, min_words: int = 60,
+                      vocab_size: int = 300, seq_len: int = 32, val_fraction: float = 0.1, seed: int = 0) -> Path:
+    """`n_docs` text files of random `words` (min_words..max_words each) in root/docs, a BPE
+    tokenizer trained on them (root/tok) and `llmkit data prepare` shards (root/data, returned)."""
+    from llmkit.data.prepare import prepare
+    from llmkit.tokenizer import train_tokenizer
+
+    root = Path(root)
+    docs = root / "docs"
+    docs.mkdir(parents=True)
+    rng = random.Random(seed)
+    for i in range(n_docs):
+        (docs / f"doc{i}.txt").write_text(" ".join(rng.choice(words) for _ in range(rng.randint(min_words, max_words))) + ".\n")
+    train_tokenizer([str(docs)], vocab_size=vocab_size, out=str(root / "tok"))
+    prepare([str(docs)], tokenizer=str(root / "tok"), out=str(root / "data"), seq_len=seq_len, val_fraction=val_fraction)
+    return root / "data"
+
+
+# --- the CLI --------------------------------------------------------------------------------------
+def run_cli(*args, env: dict | None = None, input: str | None = None, timeout: float = 300) -> tuple[int, str, str]:
+    """Run the real console entry point (`python -m llmkit ARGS`) in a subprocess, offline:
+    (exit code, stdout, stderr). For what needs its own process; otherwise use `cli_run`."""
+    e = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
+    p = subprocess.run([sys.executable, "-m", "llmkit", *map(str, args)], capture_output=True, text=True, env=e,
+                       timeout=timeout, input=input)
+    return p.returncode, p.stdout, p.stderr
+
+
+def cli_run(capsys, argv) -> tuple[int, str, str]:
+    """`llmkit ARGV` in this process (`llmkit.cli.main`): (exit code, stdout, stderr)."""
+    from llmkit.cli import main
+
+    capsys.readouterr()  # drop what earlier steps of the test printed
+    code = 0
+    try:
+        main([str(a) for a in argv])
+    except SystemExit as e:
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def cli_error(capsys, argv, *needles: str) -> str:
+    """`llmkit ARGV` in this process must fail as a user should see it: exit code 1 and, on
+    stderr, exactly one line `error: ...` (no traceback) containing every one of `needles`.
+    Returns that line."""
+    from llmkit.cli import main
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        main([str(a) for a in argv])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 1, err[-2000:]
+    assert err.startswith("error: ") and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    for n in needles:
+        assert n in err, err
+    return err

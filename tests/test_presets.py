@@ -1,0 +1,56 @@
+"""Named architecture presets (src/llmkit/presets): the parameter counts the model cards
+publish, every preset builds, and `llmkit models` lists them with their exact sizes."""
+
+import pytest
+import torch
+
+from llmkit.config import ModelConfig
+from llmkit.model import Transformer, count_params
+from tests.helpers import cli_run
+
+
+@pytest.mark.parametrize("name,expected", [
+    ("gpt2", 124_439_808), ("llama-3.2-1b", 1_235_814_400), ("qwen2.5-0.5b", 494_032_768),
+    ("smollm2-135m", 134_515_008), ("llama-3.1-8b", 8_030_261_248), ("mistral-7b-v0.3", 7_248_023_552),
+    ("qwen3-0.6b", 596_049_920), ("gemma-2-2b", 2_614_341_888), ("phi-3-mini-4k", 3_821_079_552),
+])
+def test_preset_parameter_counts(name, expected):
+    cfg = ModelConfig.from_name(name)
+    assert count_params(cfg) == expected
+    assert cfg.n_params_estimate() + _norm_and_bias_params(cfg) == expected
+
+
+def _norm_and_bias_params(cfg):
+    with torch.device("meta"):
+        m = Transformer(cfg)
+    return sum(p.numel() for n, p in m.named_parameters() if p.dim() == 1) + (
+        m.pos_embed.weight.numel() if m.pos_embed is not None else 0)
+
+
+def test_every_preset_builds_on_meta():
+    from llmkit.presets import PRESETS
+
+    for name in PRESETS:
+        cfg = ModelConfig.from_name(name)
+        assert count_params(cfg) > 0
+        # The count is the built model's, and the config's own estimate (matrices) plus the
+        # vectors (norms, biases) and learned positions accounts for every parameter.
+        with torch.device("meta"):
+            built = sum(p.numel() for p in Transformer(cfg).parameters())
+        assert count_params(cfg) == built == cfg.n_params_estimate() + _norm_and_bias_params(cfg), name
+
+
+def test_models_lists_presets_with_counts(capsys):
+    from llmkit.presets import PRESETS
+
+    code, out, err = cli_run(capsys, ["models"])
+    assert code == 0, err
+    assert "124,439,808" in out and "1,235,814,400" in out and "494,032,768" in out and "134,515,008" in out
+    # One row per preset, each with its exact count.
+    rows = {line.split()[0]: line for line in out.splitlines()[1:]}
+    assert list(rows) == list(PRESETS)
+    for name, line in rows.items():
+        assert f" {count_params(ModelConfig.from_name(name)):,} " in line, line
+    code, out, err = cli_run(capsys, ["models", "--family", "qwen"])
+    assert code == 0 and "qwen3-0.6b" in out and "gpt2" not in out
+    assert [line.split()[0] for line in out.splitlines()[1:]] == [n for n in PRESETS if "qwen" in n]
