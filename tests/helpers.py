@@ -9,8 +9,8 @@
   process: the entry point itself, signals, stdin, environment read at import) and, in this
   process, `cli_run` / `cli_error` (`llmkit.cli.main` with pytest's `capsys`).
 
-The session-scoped fixtures over these builders (`tiny_model_dir`, `token_shards`) are in
-conftest.py.
+The session-scoped fixture over `build_model_dir` (`tiny_model_dir`: each tiny model built once
+per session and shared read-only) is in conftest.py.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ from llmkit.data.instruct import (
     parse_record,
 )
 from llmkit.errors import LLMKitError
-from llmkit.prompts import Alpaca, ChatML, alpaca_prompt, resolve_style
+from llmkit.prompts import Alpaca, alpaca_prompt, resolve_style
 from llmkit.tokenizer import Tokenizer
 from llmkit.training.losses import IGNORE_INDEX
 from tests.conftest import run_two_ways, sigterm_at_call

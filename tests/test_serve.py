@@ -278,7 +278,14 @@ def test_serve_command_runs_until_interrupted(srv):
         port = s.getsockname()[1]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "LLMKIT_API_KEY": "k3y"}
     cmd = [sys.executable, "-m", "llmkit", "serve", str(srv.dir), "--port", str(port), "--max-batch-size", "2"]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # A pytest started in the background (`&`, nohup, some CI runners) ignores SIGINT, and an
+    # ignored signal stays ignored across exec: the server would never see the Ctrl-C below.
+    # A handled one is reset to the default in the child, where Python turns it into KeyboardInterrupt.
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    finally:
+        signal.signal(signal.SIGINT, old)
     try:
         url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 60
         while True:
@@ -296,5 +303,10 @@ def test_serve_command_runs_until_interrupted(srv):
         assert busy.returncode == 1 and busy.stderr.strip().startswith("error: cannot listen on 127.0.0.1:")
     finally:
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=30)
+        try:
+            out, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:  # never leave a server running behind the test
+            proc.kill()
+            out, err = proc.communicate()
+            raise
     assert proc.returncode == 0 and f"serving llama on http://127.0.0.1:{port}/v1" in err

@@ -41,7 +41,7 @@ from typing import Callable, Optional
 import torch
 
 from llmkit.config import ModelConfig
-from llmkit.errors import LLMKitError
+from llmkit.errors import LLMKitError, read_json
 
 WEIGHTS = "model.safetensors"
 WEIGHTS_INDEX = "model.safetensors.index.json"
@@ -359,12 +359,7 @@ def save_adapter(out_dir: str | Path, tensors: dict[str, torch.Tensor], meta: di
 
 def _read_json(path: Path):
     """The JSON value in `path`, None if there is no such file; a clear error if it is not JSON."""
-    if not path.exists():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise LLMKitError(f"{path}: not valid JSON ({e})") from None
+    return read_json(path) if path.exists() else None
 
 
 def read_adapter_config(model_dir: str | Path) -> Optional[dict]:

@@ -8,12 +8,11 @@ validated and diffed cheaply.
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from llmkit.errors import LLMKitError
+from llmkit.errors import LLMKitError, read_json
 
 
 @dataclass(frozen=True)
@@ -165,12 +164,7 @@ class ModelConfig:
     @classmethod
     def from_file(cls, path: str | Path) -> "ModelConfig":
         path = Path(path)
-        try:
-            d = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise LLMKitError(f"{path}: no such file") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise LLMKitError(f"{path}: not valid JSON ({e})") from None
+        d = read_json(path)
         try:
             return cls.from_dict(d)
         except LLMKitError as e:

@@ -31,7 +31,7 @@ from typing import Any, Iterable, Optional
 from tokenizers import AddedToken, decoders, models, pre_tokenizers, processors, trainers
 from tokenizers import Tokenizer as _Backend
 
-from llmkit.errors import LLMKitError
+from llmkit.errors import LLMKitError, read_json
 
 # Files `save` copies verbatim from the folder a tokenizer was loaded from.
 _SIDE_FILES = ("special_tokens_map.json", "generation_config.json", "chat_template.jinja")
@@ -41,10 +41,7 @@ _SPECIAL_KEYS = ("bos_token", "eos_token", "pad_token", "unk_token")
 def _read_json(path: Path) -> Optional[dict]:
     if not path.is_file():
         return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise LLMKitError(f"cannot read {path}: {e}") from None
+    data = read_json(path)
     if not isinstance(data, dict):
         raise LLMKitError(f"{path}: expected a JSON object, got {type(data).__name__}")
     return data

@@ -13,7 +13,6 @@ exactly:
 
 from __future__ import annotations
 
-import json
 import queue
 import threading
 from pathlib import Path
@@ -22,7 +21,7 @@ from typing import Iterator, Optional
 import numpy as np
 import torch
 
-from llmkit.errors import LLMKitError
+from llmkit.errors import LLMKitError, read_json
 
 MANIFEST = "manifest.json"
 
@@ -33,10 +32,7 @@ def load_manifest(path: str | Path) -> dict:
     mf = p if p.is_file() else p / MANIFEST
     if not mf.is_file():
         raise LLMKitError(f"'{p}' is not a prepared dataset (no {MANIFEST}; run `llmkit data prepare`)")
-    try:
-        manifest = json.loads(mf.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise LLMKitError(f"cannot read {mf}: {e}") from None
+    manifest = read_json(mf)
     if not isinstance(manifest, dict) or "splits" not in manifest or "dtype" not in manifest:
         raise LLMKitError(f"{mf} is not an llmkit token-shard manifest")
     return manifest

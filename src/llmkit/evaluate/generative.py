@@ -82,19 +82,17 @@ def build_prompts(tokenizer, examples: Sequence[dict],
     """(prompt ids per example, stop strings, stop token ids) for a prompt style.
 
     "alpaca": the Alpaca prompt llmkit's instruction finetuning trains on (`prompts.format_alpaca`).
-    "chat" (or "auto"): the model's own chat template, else a style its vocabulary suggests;
-    any built-in style name ("chatml", "llama3", ...) forces that style. The example's input,
-    if any, follows the instruction in the user message.
+    "chat" (or "auto"): `auto` of `prompts.resolve_style` (the model's own chat template, else a
+    style its vocabulary suggests, else alpaca); any built-in style name ("chatml", "llama3", ...)
+    forces that style. The example's input, if any, follows the instruction in the user message.
     """
-    from llmkit.prompts import PromptStyle, format_alpaca
+    from llmkit.prompts import PromptStyle, format_alpaca, resolve_style
 
     stop_ids = set(tokenizer.eos_ids)
     if prompt_style == "alpaca":
         style = PromptStyle.from_name("alpaca")
         ids = [tokenizer.encode(format_alpaca(ex)[0]) for ex in examples]
     else:
-        from llmkit.prompts import resolve_style
-
         style = resolve_style(tokenizer, None if prompt_style in ("chat", "auto") else prompt_style)
         ids = []
         for ex in examples:

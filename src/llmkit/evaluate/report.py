@@ -8,12 +8,11 @@ with different sections still line up row by row.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Iterable, Optional
 
-from llmkit.errors import LLMKitError
+from llmkit.errors import LLMKitError, read_json
 
 RESULTS_JSON = "results.json"
 RESULTS_MD = "results.md"
@@ -128,10 +127,7 @@ def load_result(path: str | Path) -> dict:
         p = p / RESULTS_JSON
     if not p.is_file():
         raise LLMKitError(f"{path}: no such results file (expected {RESULTS_JSON} or a folder holding one)")
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise LLMKitError(f"{p}: not a readable JSON results file ({e})") from None
+    data = read_json(p)
     if not isinstance(data, dict):
         raise LLMKitError(f"{p}: expected a JSON object")
     if data.get("format") != FORMAT:

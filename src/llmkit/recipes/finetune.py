@@ -219,15 +219,14 @@ def write_samples(model, tokenizer, style, sample_set, step: int, max_new_tokens
     """Greedy answers to the sample prompts: printed, and appended to `path` as JSON lines
     {step, prompt, response, reference}. Greedy decoding draws no random numbers, so samples
     do not change the training run (resume stays exact)."""
-    from llmkit.generate import generate_batch
+    from llmkit.generate import SamplingParams, generate_batch, with_style_stops
 
     was_training = model.training
     model.eval()
-    stop_ids = set(tokenizer.eos_ids) | style.stop_token_ids(tokenizer)
+    params, stop_ids = with_style_stops(SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0), style, tokenizer)
     try:
         with torch.no_grad():
-            done = generate_batch(model, tokenizer, [ids for _, ids in sample_set], max_new_tokens=max_new_tokens,
-                                  temperature=0.0, stop=tuple(style.stop_strings), stop_ids=stop_ids)
+            done = generate_batch(model, tokenizer, [ids for _, ids in sample_set], params, stop_ids=stop_ids)
     finally:
         model.train(was_training)
     rows = [{"step": step, "prompt": ex.prompt, "response": c.text.strip(), "reference": ex.reference}

@@ -1,0 +1,30 @@
+"""The built-in default (`llmkit quickstart`, src/llmkit/recipes/quickstart.py): corpus ->
+tokenizer -> shards -> samples -> pretraining -> samples, with nothing downloaded."""
+
+import json
+
+from llmkit.recipes.quickstart import PROMPTS, quickstart, stdlib_docstrings
+
+
+def test_stdlib_docstrings_are_a_real_corpus(tmp_path):
+    n_docs, n_bytes = stdlib_docstrings(tmp_path / "c.jsonl", max_bytes=100_000)
+    lines = (tmp_path / "c.jsonl").read_text().splitlines()
+    assert len(lines) == n_docs >= 3 and n_bytes >= 100_000
+    texts = [json.loads(x)["text"] for x in lines]
+    assert sum(len(t.encode()) for t in texts) == n_bytes and all(len(t) > 80 for t in texts)
+
+
+def test_quickstart_runs_the_cycle_on_a_small_corpus(tmp_path, capsys):
+    corpus = tmp_path / "corpus.txt"
+    words = "the model reads text and learns which word comes next in a sentence".split()
+    corpus.write_text("\n\n".join(" ".join(words[(i + j) % len(words)] for j in range(40)) for i in range(60)))
+    out = tmp_path / "qs"
+    result = quickstart(out=str(out), minutes=0.02, corpus=[str(corpus)], model="tiny-llama", vocab_size=300,
+                        seq_len=32, batch_size=4, lr=3e-3)
+    printed = capsys.readouterr().out
+    assert result["step"] >= 1 and result["final"] == str(out / "run" / "final")
+    for f in ("tokenizer/tokenizer.json", "data/manifest.json", "run/final/model.safetensors", "run/loss.png",
+              "run/summary.json"):
+        assert (out / f).exists(), f
+    assert printed.count("--- samples") == 2 and all(f"{p!r} -> {p}" in printed for p in PROMPTS)
+    assert f"llmkit serve {out / 'run' / 'final'}" in printed  # ends with the rest of the cycle
