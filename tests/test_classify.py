@@ -16,7 +16,6 @@ import torch
 import llmkit.recipes.classify as cl
 from llmkit.checkpoint import load_model, load_weights
 from llmkit.cli import main
-from llmkit.heads import attach_class_head, class_logits
 from llmkit.training.loop import TrainConfig
 from tests.conftest import run_two_ways, sigterm_at_call
 from tests.test_data_tables import write_table
@@ -61,19 +60,6 @@ def metrics(out: Path) -> dict:
 def losses(out: Path) -> dict[int, str]:
     with open(out / "metrics.csv") as f:
         return {int(r["step"]): r["value"] for r in csv.DictReader(f) if r["metric"] == "loss"}
-
-
-# --- the head -------------------------------------------------------------------------------------
-def test_right_padding_does_not_change_a_texts_logits(base):
-    net = load_model(base, dtype=torch.float32).model.eval()
-    torch.manual_seed(0)
-    attach_class_head(net, 3)
-    short, long = [5, 9, 30, 41], [7, 8, 9, 10, 11, 12, 13]
-    idx, last = cl.collate([short, long], pad_id=0)
-    with torch.no_grad():
-        both = class_logits(net, idx, last)
-        alone = class_logits(net, torch.tensor([short]), torch.tensor([3]))
-    assert both.shape == (2, 3) and torch.allclose(both[0], alone[0], atol=1e-6)
 
 
 # --- training -------------------------------------------------------------------------------------
