@@ -218,13 +218,13 @@ def test_training_checkpoints_rotate_and_resume_point(tmp_path):
     for step in (1, 2, 3):
         path = save_training_checkpoint(out, step, {"w": torch.full((2,), float(step))}, None,
                                         {"state": {}, "param_groups": []}, {"cpu": torch.get_rng_state()},
-                                        {"step": step, "tokens": 10 * step}, keep_last=2)
+                                        {"step": step, "tokens": 10 * step, "elapsed": 1.5}, keep_last=2)
         assert path == step_dir(out, step)
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["latest", "step-00000002", "step-00000003"]
     assert (out / "checkpoints" / "latest").read_text() == "step-00000003\n"
     assert resume_point(out, "auto") == find_latest(out) == step_dir(out, 3)
     ckpt = load_training_checkpoint(step_dir(out, 3))
-    assert ckpt.state == {"step": 3, "tokens": 30} and torch.equal(ckpt.model["w"], torch.full((2,), 3.0))
+    assert ckpt.state == {"step": 3, "tokens": 30, "elapsed": 1.5} and torch.equal(ckpt.model["w"], torch.full((2,), 3.0))
     assert torch.equal(ckpt.rng["cpu"], torch.get_rng_state())
     # `latest` pointing at a removed directory: the newest complete one is used instead.
     (out / "checkpoints" / "latest").write_text("step-00000009\n")
@@ -290,3 +290,122 @@ def test_the_loop_syncs_with_the_device_once_per_step(monkeypatch, tmp_path):
     trainer.fit()
     assert len(calls) == 3, calls  # one per step: the stats vector's tolist()
     assert {c[0] for c in calls} == {"tolist"}
+
+
+# --- damaged checkpoints, stale files, folders that must not run code ----------------------------------
+def _three_checkpoints(out):
+    from llmkit.checkpoint import save_training_checkpoint
+
+    for step in (1, 2, 3):
+        save_training_checkpoint(out, step, {"w": torch.full((2,), float(step))}, None, {"state": {}, "param_groups": []},
+                                 {"cpu": torch.get_rng_state()}, {"step": step, "tokens": step, "elapsed": 0.5},
+                                 keep_last=3)
+
+
+@pytest.mark.parametrize("damage", ["truncated optimizer", "garbled optimizer", "state not json",
+                                    "state lacks a key", "weights missing", "weights truncated"])
+def test_resume_falls_back_to_the_newest_intact_checkpoint(tmp_path, damage):
+    from llmkit.checkpoint import load_resume_checkpoint, step_dir
+
+    out = tmp_path / "run"
+    _three_checkpoints(out)
+    d = step_dir(out, 3)
+    if damage == "truncated optimizer":
+        data = (d / "optimizer.pt").read_bytes()
+        (d / "optimizer.pt").write_bytes(data[: len(data) // 2])
+    elif damage == "garbled optimizer":
+        (d / "optimizer.pt").write_bytes(b"\x80\x02garbage" * 10)
+    elif damage == "state not json":
+        (d / "trainer_state.json").write_text("{not json")
+    elif damage == "state lacks a key":
+        (d / "trainer_state.json").write_text(json.dumps({"step": 3, "elapsed": 1.0}))
+    elif damage == "weights missing":
+        (d / "model.safetensors").unlink()
+    else:
+        data = (d / "model.safetensors").read_bytes()
+        (d / "model.safetensors").write_bytes(data[:40])
+    warnings = []
+    path, ckpt = load_resume_checkpoint(out, "auto", warnings.append)
+    assert path == step_dir(out, 2) and ckpt.state["step"] == 2
+    assert len(warnings) == 1 and "step-00000003" in warnings[0] and "\n" not in warnings[0]
+    assert ("tokens" in warnings[0]) if damage == "state lacks a key" else True
+    # Every checkpoint damaged: a clear error, not a fresh start over the old run.
+    for s in (1, 2):
+        (step_dir(out, s) / "trainer_state.json").write_text("[]")
+    from llmkit.errors import LLMKitError
+
+    with pytest.raises(LLMKitError, match=r"no intact checkpoint .*\(3 damaged"):
+        load_resume_checkpoint(out, "auto")
+    assert load_resume_checkpoint(out, "none") is None
+    assert load_resume_checkpoint(tmp_path / "fresh", "auto") is None
+
+
+def test_stale_temporary_files_are_removed(tmp_path):
+    from llmkit.checkpoint import clean_stale_files, step_dir
+
+    out = tmp_path / "run"
+    _three_checkpoints(out)
+    (out / "checkpoints" / "step-00000004.tmp").mkdir()
+    (out / ".final.tmp").mkdir()
+    (out / ".summary.json.abc.tmp").write_text("half")
+    (step_dir(out, 3) / ".optimizer.pt.x1.tmp").write_text("half")
+    (out / "keep.txt").write_text("mine")
+    removed = clean_stale_files(out)
+    assert len(removed) == 4
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoints", "keep.txt"]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
+        "latest", "step-00000001", "step-00000002", "step-00000003"]
+
+
+def test_an_index_naming_files_outside_the_folder_is_refused(tmp_path, capsys):
+    from llmkit.errors import LLMKitError
+
+    secret = tmp_path / "secret.safetensors"
+    from llmkit.checkpoint import save_tensors
+
+    save_tensors({"x": torch.zeros(1)}, secret)
+    d = tmp_path / "m"
+    d.mkdir()
+    for target in ("../secret.safetensors", str(secret)):
+        (d / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"x": target}}))
+        with pytest.raises(LLMKitError, match="shard names must be files of"):
+            load_weights(d)
+
+
+def test_hf_config_missing_a_field_is_one_line_naming_it(tmp_path, capsys):
+    d = tmp_path / "m"
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps({"model_type": "llama", "hidden_size": 64, "vocab_size": 100}))
+    cli_error(capsys, ["convert", "from-hf", str(d), str(tmp_path / "o")], "config.json", "num_attention_heads")
+
+
+def test_a_tokenizer_folder_never_runs_its_own_code(tmp_path, monkeypatch):
+    """An `auto_map` + .py file in a SentencePiece-only folder: transformers is asked with
+    trust_remote_code=False, explicitly (so it never prompts), and the file never runs."""
+    import transformers
+
+    from llmkit.errors import LLMKitError
+    from llmkit.tokenizer import Tokenizer
+
+    d = tmp_path / "tok"
+    d.mkdir()
+    marker = tmp_path / "ran"
+    (d / "evil.py").write_text(f"open({str(marker)!r}, 'w').write('x')\nclass EvilTokenizer: pass\n")
+    (d / "tokenizer_config.json").write_text(json.dumps(
+        {"auto_map": {"AutoTokenizer": ["evil.EvilTokenizer", None]}, "tokenizer_class": "LlamaTokenizer"}))
+    (d / "tokenizer.model").write_bytes(b"not a real model")
+    with pytest.raises(LLMKitError, match="cannot convert"):
+        Tokenizer.from_dir(d)  # the real transformers: refuses the file, runs nothing
+    assert not marker.exists()
+    asked = []
+    real = transformers.AutoTokenizer.from_pretrained
+
+    def spy(*a, **k):
+        asked.append(k)
+        return real(*a, **k)
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", spy)
+    with pytest.raises(LLMKitError):
+        Tokenizer.from_dir(d)
+    assert asked and all(k.get("trust_remote_code") is False for k in asked)
+    assert not marker.exists()

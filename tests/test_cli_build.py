@@ -79,3 +79,44 @@ def test_argument_shortcuts_reach_the_functions_as_typed():
     assert opts["--train.resume"] == "auto" and opts["--train.max_steps"] == "5"
     out = rewrite(classify_predict, ["clf", "first text", "second text", "--batch-size", "4"])
     assert out[0] == "clf" and json.loads(out[out.index("--texts") + 1]) == ["first text", "second text"]
+
+
+def test_version(capsys):
+    from llmkit import __version__
+    from tests.helpers import cli_run
+
+    code, out, err = cli_run(capsys, ["--version"])
+    assert code == 0 and out == f"llmkit {__version__}\n" and err == ""
+
+
+def test_unknown_option_suggests_the_closest(capsys):
+    """argparse's `unrecognized arguments` plus the option meant: the command's own options,
+    its `--train.*` group and the loop settings without their prefix."""
+    err = cli_error(capsys, ["pretrain", "--model", "tiny-llama", "--data", "X", "--max_stpes", "5"],
+                    "unrecognized arguments: --max_stpes 5")
+    assert err == "error: llmkit pretrain: unrecognized arguments: --max_stpes 5 (did you mean --max_steps?)"
+    cli_error(capsys, ["pretrain", "--data", "X", "--train.max-stpes", "5"], "(did you mean --train.max_steps?)")
+    cli_error(capsys, ["finetune", "M", "D", "--quantise", "nf4"], "(did you mean --quantize?)")
+    cli_error(capsys, ["pretrain", "--data", "X", "--lrr", "3", "--foo", "1"], "(did you mean --lr for --lrr?)")
+    err = cli_error(capsys, ["pretrain", "--data", "X", "--zzzzzz", "3"], "unrecognized arguments: --zzzzzz 3")
+    assert "did you mean" not in err  # nothing close: no guess
+
+
+def test_unknown_command_suggests_the_closest(capsys):
+    cli_error(capsys, ["pretrian"], "unknown command 'pretrian' (did you mean 'pretrain'?)", "choose from:")
+    cli_error(capsys, ["data", "prepar"], "(did you mean 'prepare'?)")
+    assert "did you mean" not in cli_error(capsys, ["frobnicate"], "unknown command")
+
+
+def test_output_into_a_closed_pipe_is_quiet():
+    """`llmkit models | head -1`: no BrokenPipeError traceback when the reader stops early
+    (`true` reads nothing and exits at once, so the writes always meet a closed pipe)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    for reader in ("head -1", "true"):
+        for command in ("models", "--help"):
+            p = subprocess.run(["bash", "-c", f'"{sys.executable}" -m llmkit {command} | {reader}'],
+                               capture_output=True, text=True, timeout=300, env=env)
+            assert p.stderr == "", (command, reader, p.stderr[-2000:])
+            assert p.returncode == 0
+            if reader == "head -1":
+                assert len(p.stdout.splitlines()) == 1

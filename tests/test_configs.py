@@ -259,3 +259,25 @@ def test_readme_resized_preset_command(tiny_data, tmp_path):
     cfg = json.loads((out / "final" / "config.json").read_text())
     assert (cfg["n_layer"], cfg["n_embd"], cfg["n_kv_heads"], cfg["block_size"]) == (1, 64, 2, 64)
     assert cfg["rope_scaling"]["type"] == "llama3" and cfg["tie_embeddings"] is True  # still Llama 3.2
+
+
+def test_example_configs_point_at_data_that_exists_or_say_how_to_make_it():
+    """A config's data is either one of the shared public data sets (../shared/data/..., beside
+    the repository, which must then exist) or something the config's comments say how to make
+    (a `llmkit data prepare` / `llmkit finetune` command, or "your own")."""
+    shared = CONFIGS.parent.parent / "shared" / "data"
+    for path in CONFIG_FILES:
+        cfg = yaml.safe_load(path.read_text())
+        for key in ("data", "file", "val_data", "test_data"):
+            value = cfg.get(key)
+            if not isinstance(value, str):
+                continue
+            if value.startswith("../shared/data/"):
+                if shared.is_dir():  # a clone without shared/ beside it has only the names to check
+                    assert (CONFIGS.parent / value).exists(), f"{path.name}: {key} {value} does not exist"
+                assert value.split("/")[3] in {"instruct", "sms_spam", "sentiment", "text", "ner", "qa", "nli",
+                                                "summarization", "translation", "gpt2"}, value
+            else:
+                text = path.read_text()
+                assert "llmkit data prepare" in text or "llmkit finetune" in text or "your own" in text, \
+                    f"{path.name}: {key} {value} is neither shared data nor explained in the config's comments"

@@ -309,3 +309,24 @@ def test_tinyshakespeare_paragraphs(tok_dir, tmp_path):
     assert m["splits"]["train"]["docs"] > 7000 and m["splits"]["val"]["docs"] > 10
     total = m["splits"]["train"]["tokens"] + m["splits"]["val"]["tokens"]
     assert abs(m["splits"]["val"]["tokens"] / total - 0.01) < 0.002
+
+
+def test_preparation_shows_progress_against_the_input_size(tok_dir, tmp_path, capsys, monkeypatch):
+    """In a log file: periodic lines with the input's size as the total (gzip's uncompressed)."""
+    import gzip
+
+    from llmkit.data.prepare import input_bytes
+
+    monkeypatch.setenv("LLMKIT_PROGRESS_INTERVAL", "0")
+    plain, packed = tmp_path / "a.txt", tmp_path / "b.txt.gz"
+    text = "\n\n".join(docs(300, seed=3))
+    plain.write_text(text)
+    with gzip.open(packed, "wt") as f:
+        f.write(text)
+    assert input_bytes([plain, packed]) == 2 * len(text.encode())
+    prepare([str(plain), str(packed)], tokenizer=str(tok_dir), out=str(tmp_path / "o"), seq_len=16,
+            text_unit="paragraph", num_proc=1)
+    lines = [x for x in capsys.readouterr().err.splitlines() if x.startswith("tokenizing:")]
+    total = f"{round(2 * len(text.encode()) / 1e6, 1)}"
+    assert lines and all(f"/{total} MB (" in x and "ETA" in x for x in lines), lines
+    assert "(100%)" in lines[-1] and "docs=600" in lines[-1]

@@ -62,7 +62,7 @@ def test_tasks_and_perplexity_to_results_files_then_compare(setup, tmp_path, cap
     code, stdout, _ = cli_run(capsys, ["evaluate", "--compare", str(outs[0]), str(outs[1] / "results.json")])
     assert code == 0
     header = stdout.splitlines()[0]
-    assert setup["m1"].name in header and setup["m2"].name in header
+    assert [c.strip() for c in header.strip("|").split("|")][2:] == ["m1", "m2"]  # the runs' folders
     acc_row = next(line for line in stdout.splitlines() if line.startswith("| tiny_mc") and "| acc " in line)
     assert acc_row.count("|") == 5  # task, metric, two runs
 
@@ -73,11 +73,24 @@ def test_example_task_config_runs(setup, tmp_path, monkeypatch):
 
     monkeypatch.chdir(REPO)
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "cache"))
-    result = evaluate(str(setup["m1"]), tasks=["cloze_mini"], include_path=["configs/eval"], num_fewshot=2, limit=8)
+    result = evaluate(str(setup["m1"]), tasks=["cloze_mini"], include_path=["configs/eval"], num_fewshot=2, limit=8,
+                      out=str(tmp_path / "ev"))
     assert result["harness"]["n-samples"]["cloze_mini"]["effective"] == 8
     assert 0 <= result["tasks"]["cloze_mini"]["acc_norm"] <= 1
     acc_norm = result["tasks"]["cloze_mini"]["acc_norm"]
     assert acc_norm * 8 == pytest.approx(round(acc_norm * 8))  # a share of the 8 documents scored
+
+
+def test_results_are_written_without_out(setup, tmp_path, monkeypatch, capsys):
+    """No --out: results go to out/eval/MODELNAME-TIMESTAMP, as the README promises for every run."""
+    monkeypatch.chdir(tmp_path)
+    code, stdout, _ = cli_run(capsys, ["evaluate", str(setup["m1"]), "--perplexity", str(setup["text"])])
+    assert code == 0
+    (folder,) = (tmp_path / "out" / "eval").iterdir()
+    assert folder.name.startswith(setup["m1"].name + "-")
+    result = json.loads((folder / "results.json").read_text())
+    assert result["perplexity"]["overall"]["tokens"] > 128 and (folder / "results.md").exists()
+    assert f"results written to {Path('out') / 'eval' / folder.name / 'results.json'}" in stdout
 
 
 @pytest.mark.parametrize("case,message", [
@@ -135,3 +148,53 @@ def test_several_models_in_one_call(setup, tmp_path, capsys):
     assert tokens[0] == tokens[1] > 128  # one tokenizer, one text: each model scored the same tokens
     table = stdout[stdout.rindex("| task"):]
     assert setup["m1"].name in table.splitlines()[0] and setup["m2"].name in table.splitlines()[0]
+
+
+def test_compare_labels_columns_by_run(tmp_path, capsys):
+    """Two runs of the same model (say, two finetuning settings) get a column each, named by run."""
+    from llmkit.evaluate.report import write_results
+
+    for run, acc in (("lora-r8", 0.5), ("lora-r16", 0.75)):
+        write_results(tmp_path / run, {"format": "llmkit-eval", "model_name": "final", "model": "x/final",
+                                       "tasks": {"tiny_mc": {"acc": acc}}})
+    code, stdout, _ = cli_run(capsys, ["evaluate", "--compare", str(tmp_path / "lora-r8"), str(tmp_path / "lora-r16")])
+    assert code == 0
+    header = stdout.splitlines()[0]
+    assert [c.strip() for c in header.strip("|").split("|")] == ["task", "metric", "lora-r8", "lora-r16"]
+    row = next(x for x in stdout.splitlines() if x.startswith("| tiny_mc"))
+    assert "0.5" in row and "0.75" in row
+
+
+def test_a_hub_task_offline_fails_fast_in_one_line(setup, capsys, monkeypatch):
+    """A harness task whose data lives on the hub, with the hub unreachable: one line within
+    seconds (the hub is not retried for a minute)."""
+    import time
+
+    from llmkit import hub
+
+    calls = []
+    monkeypatch.setattr(hub, "reachable", lambda timeout=3.0: calls.append(timeout) or False)
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(setup["root"] / "empty-cache"))
+    t0 = time.monotonic()
+    err = cli_error(capsys, ["evaluate", str(setup["m1"]), "--tasks", "arc_easy", "--limit", "2"],
+                    "cannot load the data of task(s) arc_easy", "not reachable")
+    assert calls and time.monotonic() - t0 < 60, err
+
+
+def test_hub_reachable_is_false_offline_without_connecting(monkeypatch):
+    import socket
+
+    from llmkit import hub
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(socket, "create_connection", lambda *a, **k: pytest.fail("no connection attempt offline"))
+    assert hub.reachable() is False
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # discard port: refused at once
+    monkeypatch.setattr(socket, "create_connection", _refuse)
+    assert hub.reachable(timeout=1) is False
+
+
+def _refuse(address, timeout=None):
+    assert address == ("127.0.0.1", 9) and timeout == 1
+    raise ConnectionRefusedError("refused")

@@ -364,3 +364,26 @@ def test_learning_rate_default_follows_the_method_and_an_explicit_one_is_kept(ba
     # LoRA's default rate given explicitly to full finetuning is what the user asked for.
     main(args(base, data, tmp_path / "full", "--method", "full", "--train.lr", str(ft.LORA_LR), *quick))
     assert summary(tmp_path / "full")["lr"] == ft.LORA_LR
+
+
+def test_max_seq_len_zero_is_an_error_not_the_models_context(base, data, tmp_path, capsys):
+    out = tmp_path / "o"
+    cli_error(capsys, args(base, data, out, "--max_seq_len", "0", "--train.max_steps", "1"),
+              "max_seq_len must be between 1 and the model's context", "got 0")
+    assert not out.exists()
+
+
+def test_qlora_trainable_percent_is_the_same_on_the_console_and_in_the_summary(base, data, tmp_path, capsys):
+    """One denominator, the base model's parameters before quantization: the console line used
+    to count after it (the frozen nf4 weights are buffers then), 30.7% for summary.json's 8.1%."""
+    out = tmp_path / "nf4"
+    code, stdout, err = cli_run(capsys, args(base, data, out, "--method", "lora", "--quantize", "nf4",
+                                             "--train.max_steps", "1", "--train.eval_every", "0", "--samples", "0"))
+    assert code == 0, err[-2000:]
+    m = re.search(r"method lora: ([\d,]+) trainable of ([\d,]+) parameters \((\d+\.\d\d)%\)", stdout)
+    assert m, stdout
+    s = summary(out)
+    assert int(m.group(1).replace(",", "")) == s["trainable_params"]
+    assert int(m.group(2).replace(",", "")) == s["params"]
+    assert float(m.group(3)) == round(s["trainable_percent"], 2)
+    assert s["params"] == sum(p.numel() for p in load_model(base).model.parameters())  # the base's count

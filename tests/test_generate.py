@@ -316,3 +316,18 @@ def test_generate_cli_missing_tokenizer(tmp_path, capsys):
     make_hf_model("llama").save_pretrained(d)
     cli_error(capsys, ["generate", str(d), "--prompt", "Hi"], "no tokenizer files in", str(d))  # no traceback
     assert json.loads((d / "config.json").read_text())["model_type"] == "llama"
+
+
+def test_generate_on_a_classifier_says_to_use_classify_predict(tiny, tmp_path, capsys):
+    """A classifier's output layer scores labels: `generate` refuses it in one line, naming
+    the command that uses it, instead of decoding label ids as tokens."""
+    from llmkit.checkpoint import load_model, save_model
+    from llmkit.heads import attach_class_head
+
+    net = attach_class_head(load_model(tiny.dir, dtype=torch.float32).model, 2)
+    clf = save_model(tmp_path / "clf", net, tokenizer_dir=tiny.dir, extra={"classifier.json": {"labels": ["ham", "spam"]}})
+    assert load_model(clf).classifier is not None  # what the check reads
+    err = cli_error(capsys, ["generate", clf, "--prompt", "Hi", "--max_new_tokens", "3"],
+                    "llmkit classify predict", "classifier", "ham, spam")
+    assert str(clf) in err
+    assert capsys.readouterr().out == ""  # nothing was generated

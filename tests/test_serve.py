@@ -86,13 +86,13 @@ def test_chat_streamed_and_not_agree_with_generate(srv):
 
 
 def test_stop_strings_and_seed(srv):
-    full = srv.client.completions.create(prompt="Once upon a time", max_tokens=30, temperature=0, model="t")
+    full = srv.client.completions.create(prompt="Once upon a time", max_tokens=30, temperature=0, model="tiny")
     text = full.choices[0].text
     stop = text[5:8]
     cut = srv.client.completions.create(prompt="Once upon a time", max_tokens=30, temperature=0, stop=[stop, "zzz"],
-                                        model="t")
+                                        model="tiny")
     assert cut.choices[0].text == text[: text.index(stop)] and cut.choices[0].finish_reason == "stop"
-    a, b, c = (srv.client.completions.create(prompt="Hi", max_tokens=20, temperature=1.0, seed=s, model="t")
+    a, b, c = (srv.client.completions.create(prompt="Hi", max_tokens=20, temperature=1.0, seed=s, model="tiny")
                for s in (7, 7, 8))
     assert a.choices[0].text == b.choices[0].text != c.choices[0].text
 
@@ -100,9 +100,9 @@ def test_stop_strings_and_seed(srv):
 def test_prompt_forms_give_one_choice_per_prompt(srv):
     ids = srv.tok.encode("Hello world")
     for prompt, n in (("Hello world", 1), (["Hello world", "Bye"], 2), (ids, 1), ([ids, ids[:2], ids[1:]], 3)):
-        r = srv.client.completions.create(model="t", prompt=prompt, max_tokens=3, temperature=0)
+        r = srv.client.completions.create(model="tiny", prompt=prompt, max_tokens=3, temperature=0)
         assert [c.index for c in r.choices] == list(range(n))
-    r = srv.client.completions.create(model="t", prompt=["Hello world", "Hello world"], max_tokens=4, temperature=0)
+    r = srv.client.completions.create(model="tiny", prompt=["Hello world", "Hello world"], max_tokens=4, temperature=0)
     assert r.choices[0].text == r.choices[1].text
 
 
@@ -156,14 +156,14 @@ def test_completion_errors_are_openai_shaped(srv, body, status, param):
 def test_chat_errors_and_context_length(srv):
     long_prompt = "fox " * (CONTEXT + 10)
     with pytest.raises(openai.BadRequestError) as e:
-        srv.client.chat.completions.create(model="t", messages=[{"role": "user", "content": long_prompt}])
+        srv.client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": long_prompt}])
     assert e.value.status_code == 400 and e.value.code == "context_length_exceeded"
     assert "maximum context length is 1024 tokens" in e.value.message
     for bad in ([], [{"role": "wizard", "content": "x"}], [{"role": "user"}], [{"role": "user", "content": 5}]):
-        r = httpx.post(srv.url + "/v1/chat/completions", json={"model": "t", "messages": bad})
+        r = httpx.post(srv.url + "/v1/chat/completions", json={"model": "tiny", "messages": bad})
         assert r.status_code == 400 and r.json()["error"]["param"].startswith("messages"), bad
     with pytest.raises(openai.BadRequestError):
-        srv.client.completions.create(model="t", prompt="hi", max_tokens=-5)
+        srv.client.completions.create(model="tiny", prompt="hi", max_tokens=-5)
     r = httpx.get(srv.url + "/v1/nothing-here")
     assert r.status_code == 404 and "error" in r.json()
 
@@ -180,14 +180,14 @@ def test_api_key_required_when_set(srv):
         with pytest.raises(openai.AuthenticationError):
             openai.OpenAI(base_url=server.url + "/v1", api_key="wrong", max_retries=0).models.list()
         ok = openai.OpenAI(base_url=server.url + "/v1", api_key="s3cret", max_retries=0)
-        assert ok.completions.create(model="t", prompt="Hi", max_tokens=2).choices[0].finish_reason
+        assert ok.completions.create(model="llama", prompt="Hi", max_tokens=2).choices[0].finish_reason
 
 
 def test_disconnect_mid_stream_frees_the_slot(srv):
     engine = srv.engine
     assert wait_idle(engine) == 0
     cancelled = engine.stats["cancelled"]
-    body = {"model": "t", "prompt": "Hello", "max_tokens": CONTEXT - 10, "min_tokens": CONTEXT - 10,
+    body = {"model": "tiny", "prompt": "Hello", "max_tokens": CONTEXT - 10, "min_tokens": CONTEXT - 10,
             "temperature": 0, "stream": True}
     with httpx.Client(timeout=30) as client:
         with client.stream("POST", srv.url + "/v1/completions", json=body) as r:
@@ -199,7 +199,7 @@ def test_disconnect_mid_stream_frees_the_slot(srv):
     assert wait_idle(engine) == 0
     assert engine.stats["cancelled"] == cancelled + 1
     # ... and goes on serving: the next request gets exactly what generate gives.
-    after = srv.client.completions.create(model="t", prompt="Hi", max_tokens=3, temperature=0).choices[0]
+    after = srv.client.completions.create(model="tiny", prompt="Hi", max_tokens=3, temperature=0).choices[0]
     assert after.text == generate(srv.model, srv.tok, "Hi", max_new_tokens=3).text
 
 
@@ -208,11 +208,11 @@ def test_concurrent_requests_are_batched_and_equal_serial(srv):
     lengths = [8 + 3 * (i % 4) for i in range(12)]
 
     def ask(i):
-        r = srv.client.completions.create(model="t", prompt=prompts[i], max_tokens=lengths[i], temperature=0)
+        r = srv.client.completions.create(model="tiny", prompt=prompts[i], max_tokens=lengths[i], temperature=0)
         return r.choices[0].text
 
     def chat(i):
-        r = srv.client.chat.completions.create(model="t", messages=[{"role": "user", "content": prompts[i]}],
+        r = srv.client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": prompts[i]}],
                                                max_tokens=lengths[i], temperature=0)
         return r.choices[0].message.content
 
@@ -250,7 +250,7 @@ def test_server_survives_internal_errors(srv, monkeypatch):
     r = httpx.post(srv.url + "/v1/completions", json={"prompt": "Hi", "max_tokens": 4})
     assert r.status_code == 500 and r.json()["error"]["message"] == "internal server error"
     monkeypatch.undo()
-    assert srv.client.completions.create(model="t", prompt="Hi", max_tokens=4).choices[0].finish_reason
+    assert srv.client.completions.create(model="tiny", prompt="Hi", max_tokens=4).choices[0].finish_reason
     assert wait_idle(engine) == 0
 
 
@@ -297,7 +297,7 @@ def test_serve_command_runs_until_interrupted(srv):
                 time.sleep(0.2)
         assert httpx.get(url + "/v1/models").status_code == 401  # the key came from LLMKIT_API_KEY
         client = openai.OpenAI(base_url=url + "/v1", api_key="k3y", max_retries=0)
-        assert client.completions.create(model="t", prompt="Hi", max_tokens=3).usage.completion_tokens >= 1
+        assert client.completions.create(model="llama", prompt="Hi", max_tokens=3).usage.completion_tokens >= 1
         # A second server on the same port: a one-line error, exit code 1.
         busy = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
         assert busy.returncode == 1 and busy.stderr.strip().startswith("error: cannot listen on 127.0.0.1:")

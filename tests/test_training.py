@@ -168,3 +168,108 @@ def test_two_process_matches_one_process(prepared, tmp_path, mode):
     m1, m2 = load_model(single / "final").model, load_model(multi / "final").model
     for (n, p1), p2 in zip(m1.state_dict().items(), m2.state_dict().values()):
         torch.testing.assert_close(p1, p2, rtol=1e-3, atol=1e-4, msg=n)
+
+
+# --- settings are checked before anything is read, loaded or written -----------------------------
+BAD_SETTINGS = [
+    (["--max_steps", "-5"], "max_steps must be > 0"),
+    (["--max_steps", "0"], "max_steps must be > 0"),
+    (["--max_tokens", "-1"], "max_tokens must be > 0"),
+    (["--max_time", "0"], "max_time must be > 0"),
+    (["--min_lr_ratio", "-5"], "min_lr_ratio must be between 0 and 1"),
+    (["--min_lr_ratio", "1.5"], "min_lr_ratio must be between 0 and 1"),
+    (["--weight_decay", "-0.1"], "weight_decay must be >= 0"),
+    (["--warmup_steps", "-1"], "warmup_steps must be >= 0"),
+    (["--save_every", "-1"], "save_every must be >= 0"),
+    (["--eval_every", "-1"], "eval_every must be >= 0"),
+    (["--log_every", "0"], "log_every must be >= 1"),
+    (["--keep_last", "-1"], "keep_last must be >= 0"),
+    (["--grad_clip", "-1"], "grad_clip must be >= 0"),
+    (["--beta1", "1"], "beta1 must be in [0, 1)"),
+    (["--beta2", "-0.1"], "beta2 must be in [0, 1)"),
+    (["--peak_flops", "0"], "peak_flops must be > 0"),
+    (["--train.lr", "-1"], "lr must be a positive number"),
+    (["--micro_batch_size", "0"], "micro_batch_size must be >= 1"),
+]
+
+
+@pytest.mark.parametrize("extra,match", BAD_SETTINGS, ids=[" ".join(e) for e, _ in BAD_SETTINGS])
+def test_bad_loop_setting_is_one_line_before_anything_is_loaded(tmp_path, capsys, monkeypatch, extra, match):
+    """`--max_steps -5` used to exit 0 and publish an untrained model; `--min_lr_ratio -5`
+    trained with a negative rate. Now: one line, exit 1, before the data is read (here it does
+    not even exist) or the model is built, and nothing is written."""
+    import llmkit.recipes.scaffold as scaffold
+    from tests.helpers import cli_error
+
+    def no_load(*a, **k):
+        raise AssertionError("the model was loaded before the settings were checked")
+
+    monkeypatch.setattr(scaffold.Run, "load", no_load)
+    out = tmp_path / "out"
+    cli_error(capsys, ["pretrain", "--model", "tiny-llama", "--data", tmp_path / "X", "--out", out, *extra], match)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("command", [["finetune", "M", "D.json"], ["dpo", "M", "--data", "D.json"],
+                                     ["classify", "train", "M", "D.tsv"]])
+def test_every_training_command_checks_its_loop_settings_first(tmp_path, capsys, command):
+    """The same check for every recipe, before its model or data is looked at (neither exists)."""
+    from tests.helpers import cli_error
+
+    out = tmp_path / "out"
+    cli_error(capsys, [*command, "--out", out, "--min_lr_ratio", "-5"], "min_lr_ratio must be between 0 and 1")
+    cli_error(capsys, [*command, "--out", out, "--max_steps", "-5"], "max_steps must be > 0")
+    assert not out.exists()
+
+
+def test_validate_checks_ranges_and_leaves_unset_values_to_the_recipe():
+    from llmkit.errors import LLMKitError
+    from llmkit.training.loop import TrainConfig
+
+    TrainConfig(max_steps=1).validate()
+    TrainConfig(max_steps=1, warmup_steps=0, eval_every=0, save_every=0, keep_last=0, grad_clip=0,
+                weight_decay=0, min_lr_ratio=0, beta1=0).validate()  # 0 means off / only at the end
+    TrainConfig(max_steps=1, min_lr_ratio=1.0, peak_flops=1e12).validate()
+    # A recipe may pick lr (finetune: by method) and the budget (finetune: --epochs) itself:
+    # the early check lets them be unset, the Trainer's complete check does not.
+    early = TrainConfig(lr=None)
+    early.validate(complete=False)
+    with pytest.raises(LLMKitError, match="set a training budget"):
+        early.validate()
+    with pytest.raises(LLMKitError, match="lr must be a positive number"):
+        TrainConfig(lr=None, max_steps=5).validate()
+    for bad in (dict(max_steps=-5), dict(max_time=float("nan")), dict(min_lr_ratio=float("nan")),
+                dict(beta2=1.0), dict(log_every=0), dict(peak_flops=-1.0), dict(max_tokens=0)):
+        with pytest.raises(LLMKitError):
+            TrainConfig(**{"max_steps": 1, **bad}).validate(complete=False)
+
+
+# --- the default warmup scales with the run -------------------------------------------------------
+def test_auto_warmup_is_five_percent_of_the_run_capped_at_100_and_explicit_values_are_kept():
+    from llmkit.training.loop import TrainConfig
+
+    auto = TrainConfig()
+    assert auto.warmup_steps is None  # auto
+    assert [auto.warmup_for(n) for n in (1, 20, 30, 1000, 2000, 100_000)] == [1, 1, 2, 50, 100, 100]
+    assert auto.warmup_for(None) == 100  # length not known yet (a token or time budget)
+    for explicit in (0, 7, 100, 500):
+        assert [TrainConfig(warmup_steps=explicit).warmup_for(n) for n in (None, 20, 10_000)] == [explicit] * 3
+    # A 20-step run reaches its peak rate after its first step (a fixed 100 kept it at <= 20%).
+    lrs = [lr_at(s, 1.0, auto.warmup_for(20), 20) for s in range(20)]
+    assert lrs[0] == pytest.approx(1.0) and lrs[-1] < 0.2
+
+
+def test_short_run_with_the_default_warmup_reaches_the_peak_rate(prepared, tmp_path):
+    """`--max_steps 20` without --warmup_steps: the logged rate reaches --lr (it stayed below
+    a fifth of it with a fixed 100-step warmup) and the loss goes down."""
+    from llmkit.cli import main
+
+    out = tmp_path / "short"
+    main(["pretrain", "--data", str(prepared), "--out", str(out), "--model", "tiny-llama", "--train.precision", "fp32",
+          "--train.micro_batch_size", "4", "--train.lr", "3e-3", "--train.log_every", "1", "--train.tensorboard",
+          "false", "--max_steps", "20", "--eval_every", "0", "--save_every", "0"])
+    with open(out / "metrics.csv") as f:
+        lrs = {int(r["step"]): float(r["value"]) for r in csv.DictReader(f) if r["metric"] == "lr"}
+    assert max(lrs.values()) == pytest.approx(3e-3) and lrs[1] == pytest.approx(3e-3)
+    losses = _losses(out)
+    assert sum(losses[s] for s in range(16, 21)) < sum(losses[s] for s in range(1, 6)) - 0.5

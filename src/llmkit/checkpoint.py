@@ -241,8 +241,12 @@ def load_weights(model_dir: str | Path) -> dict[str, torch.Tensor]:
     if index.exists():
         try:
             files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        except (json.JSONDecodeError, KeyError, AttributeError) as e:
+        except (json.JSONDecodeError, KeyError, AttributeError, TypeError) as e:
             raise LLMKitError(f"{index}: not a valid safetensors index ({e})") from None
+        # A shard is a file of this folder: an index naming '../x' or '/etc/x' is refused.
+        bad = [f for f in files if not isinstance(f, str) or Path(f).name != f or f in ("", ".", "..")]
+        if bad:
+            raise LLMKitError(f"{index}: shard names must be files of {d}, got {bad[0]!r}")
     elif (d / WEIGHTS).exists():
         files = [WEIGHTS]
     elif (d / ADAPTER).exists():
@@ -639,17 +643,76 @@ class TrainingCheckpoint:
     state: dict  # trainer_state.json
 
 
+_STATE_KEYS = {"step": int, "tokens": int, "elapsed": (int, float)}
+
+
 def load_training_checkpoint(path: str | Path) -> TrainingCheckpoint:
+    """Everything a step checkpoint holds, each part checked: a damaged one (truncated or
+    garbled optimizer.pt, a trainer_state.json that is not JSON or lacks a key, missing or
+    corrupt weights) is an LLMKitError that says which file and what is wrong."""
     path = Path(path)
     try:
         state = json.loads((path / TRAINER_STATE).read_text())
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
         raise LLMKitError(f"{path / TRAINER_STATE}: cannot read the trainer state ({e})") from None
+    if not isinstance(state, dict):
+        raise LLMKitError(f"{path / TRAINER_STATE}: expected a JSON object")
+    for key, kind in _STATE_KEYS.items():
+        if not isinstance(state.get(key), kind) or isinstance(state.get(key), bool):
+            raise LLMKitError(f"{path / TRAINER_STATE}: no valid '{key}'")
     try:
         bundle = torch.load(path / OPTIMIZER_STATE, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated, corrupt or not ours
-        raise LLMKitError(f"{path / OPTIMIZER_STATE}: cannot read the optimizer state ({str(e).splitlines()[0]})") from None
-    return TrainingCheckpoint(load_weights(path), bundle["optimizer"], bundle["rng"], state)
+        optimizer, rng = bundle["optimizer"], bundle["rng"]
+    except Exception as e:  # missing, truncated, corrupt or not ours
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0].split(". ")[0]  # torch's first sentence
+        raise LLMKitError(f"{path / OPTIMIZER_STATE}: cannot read the optimizer state ({first})") from None
+    return TrainingCheckpoint(load_weights(path), optimizer, rng, state)
+
+
+def load_resume_checkpoint(out_dir: str | Path, resume: str,
+                           warn: Callable[[str], None] = lambda msg: None) -> Optional[tuple[Path, TrainingCheckpoint]]:
+    """(path, checkpoint) a run continues from, or None for a fresh start. "auto": the newest
+    intact step checkpoint of `out_dir`; a damaged one is reported through `warn` (one line:
+    which file, what is wrong) and the next older one is tried; when there are checkpoints but
+    none is intact, an LLMKitError. A directory given explicitly must be intact."""
+    if resume == "none":
+        return None
+    if resume != "auto":
+        path = resume_point(out_dir, resume)
+        return path, load_training_checkpoint(path)
+    root = Path(out_dir) / "checkpoints"
+    candidates = sorted((p for p in root.glob("step-*") if p.is_dir() and not p.name.endswith(".tmp")), reverse=True)
+    latest = find_latest(out_dir)
+    if latest is not None and latest in candidates:  # what `latest` names first
+        candidates.remove(latest)
+        candidates.insert(0, latest)
+    problems = []
+    for path in candidates:
+        try:
+            return path, load_training_checkpoint(path)
+        except LLMKitError as e:
+            problems.append(str(e))
+            warn(f"warning: skipping damaged checkpoint {path.name}: {e}")
+    if problems:
+        raise LLMKitError(f"no intact checkpoint in {root} ({len(problems)} damaged, newest: {problems[0]}); "
+                          "start over with --resume none or another --out")
+    return None
+
+
+def clean_stale_files(out_dir: str | Path) -> list[Path]:
+    """Remove what an interrupted write left behind in a run's directory: step-N.tmp
+    directories, `.final.tmp` / `.final.old`, and atomic writes' `.NAME.*.tmp` files."""
+    out = Path(out_dir)
+    stale = [p for p in (out / "checkpoints").glob("step-*.tmp")]
+    stale += [p for p in (out / ".final.tmp", out / ".final.old") if p.exists()]
+    for d in (out, out / "checkpoints", *(p for p in (out / "checkpoints").glob("step-*") if p.is_dir())):
+        stale += [p for p in d.glob(".*.tmp") if p.is_file()]
+    for p in stale:
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+    return stale
 
 
 def publish_final(ckpt: str | Path, final: str | Path) -> Path:

@@ -15,6 +15,7 @@ it, and tests/test_configs.py validates every example YAML through the same `par
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import inspect
 import os
@@ -120,20 +121,27 @@ def _train_shortcuts(fn: Callable, args: list[str]) -> list[str]:
     """Training loop settings without their group prefix: `--resume auto`, `--max_steps 100`,
     `--lr 1e-4` mean `--train.resume auto`, ... for commands that train (a `train` group),
     unless the command has a parameter of that name itself."""
-    import dataclasses
-    import typing
-
-    params = inspect.signature(fn).parameters
-    group = typing.get_type_hints(fn).get("train") if "train" in params else None
-    if not dataclasses.is_dataclass(group):
+    fields = _shortcut_fields(fn)
+    if not fields:
         return args
-    fields = {f.name for f in dataclasses.fields(group)} - set(params)
     out = []
     for a in args:
         if a.startswith("--") and a[2:].split("=", 1)[0] in fields:
             a = "--train." + a[2:]
         out.append(a)
     return out
+
+
+def _shortcut_fields(fn: Callable) -> set[str]:
+    """The loop settings `fn` takes without their `train.` prefix (see `_train_shortcuts`)."""
+    import dataclasses
+    import typing
+
+    params = inspect.signature(fn).parameters
+    group = typing.get_type_hints(fn).get("train") if "train" in params else None
+    if not dataclasses.is_dataclass(group):
+        return set()
+    return {f.name for f in dataclasses.fields(group)} - set(params)
 
 
 def _is_list(annotation) -> bool:
@@ -239,12 +247,18 @@ def _command(words: list[str]) -> tuple[Callable, str, list[str]]:
     table: dict = COMMANDS
     prog = "llmkit"
     while True:
+        if table is COMMANDS and words and words[0] in ("--version", "-V"):
+            from llmkit import __version__
+
+            raise _Usage(f"llmkit {__version__}")
         if not words or words[0] in ("-h", "--help"):
             raise _Usage(_usage(table, prog))
         name, words = words[0], words[1:]
         if name not in table:
             kind = "command" if table is COMMANDS else f"subcommand of '{prog.removeprefix('llmkit ')}'"
-            raise LLMKitError(f"unknown {kind} '{name}'; choose from: {', '.join(table)}")
+            close = difflib.get_close_matches(name, list(table), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise LLMKitError(f"unknown {kind} '{name}'{hint}; choose from: {', '.join(table)}")
         prog += " " + name
         target = table[name]
         if isinstance(target, dict):
@@ -254,7 +268,7 @@ def _command(words: list[str]) -> tuple[Callable, str, list[str]]:
 
 
 class _Usage(Exception):
-    """`llmkit` or `llmkit GROUP` without a command: print the command list."""
+    """`llmkit` or `llmkit GROUP` without a command: print the command list (or the version)."""
 
 
 def build_parser(fn: Callable, prog: str):
@@ -284,11 +298,48 @@ def parse(argv: list[str]) -> tuple[Callable, dict]:
     except Exception as e:  # jsonargparse's ArgumentError: one line, as every input error
         if isinstance(e, SystemExit):
             raise
-        raise LLMKitError(f"{prog}: {str(e).strip().splitlines()[0]}") from None
+        message = str(e).strip().splitlines()[0]
+        raise LLMKitError(f"{prog}: {message}{_did_you_mean(message, parser, fn)}") from None
     kwargs = parser.instantiate(ns)
     kwargs = {k: v for k, v in vars(kwargs).items() if k != "config"} if not isinstance(kwargs, dict) else kwargs
     kwargs.pop("config", None)
+    _check_train(kwargs)
     return fn, kwargs
+
+
+def _check_train(kwargs: dict) -> None:
+    """Validate a training command's loop settings before the command reads its data or loads
+    a model: `--max_steps -5` is a one-line error, not an untrained model in OUT/final. (Only
+    where a TrainConfig was built: its module is imported by then, and others pay nothing.)"""
+    loop = sys.modules.get("llmkit.training.loop")
+    if loop is None:
+        return
+    for value in kwargs.values():
+        if isinstance(value, loop.TrainConfig):
+            value.validate(complete=False)  # lr and the budget may be the recipe's to choose
+
+
+def _did_you_mean(message: str, parser, fn: Callable) -> str:
+    """` (did you mean --max_steps?)` for argparse's `unrecognized arguments: --max_stpes 5`:
+    the closest option of the command (its own, its groups' `--train.*`, and the loop settings
+    without their prefix), as git and pip suggest; "" when nothing is close."""
+    head, sep, tail = message.partition("unrecognized arguments:")
+    if not sep:
+        return ""
+    # Names without their "--": the shared prefix would make `--foo` look like `--out`.
+    names = {s[2:] for a in parser._actions for s in a.option_strings if s.startswith("--")}
+    names = (names | _shortcut_fields(fn)) - {"help", "print_config", "config"}
+    unknown = [w.split("=", 1)[0] for w in tail.split() if w.startswith("--")]  # the rest are values
+    hints = []
+    for key in unknown:
+        close = difflib.get_close_matches(key[2:], sorted(names), n=1)
+        if close:
+            hints.append((key, "--" + close[0]))
+    if not hints:
+        return ""
+    if len(unknown) == 1:
+        return f" (did you mean {hints[0][1]}?)"
+    return " (did you mean " + ", ".join(f"{c} for {k}" for k, c in hints) + "?)"
 
 
 def run(argv: list[str] | None = None) -> object:
@@ -306,6 +357,13 @@ def main(argv: list[str] | None = None) -> None:
     debug = os.environ.get("LLMKIT_DEBUG", "") not in ("", "0")
     try:
         run(argv)
+        sys.stdout.flush()  # a closed pipe shows here, inside the try, not at interpreter exit
+    except BrokenPipeError:
+        # The reader left (`llmkit models | head -1`): stop quietly. Python's docs (signal module,
+        # "Note on SIGPIPE"): point stdout at devnull, so the flush at exit cannot raise again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        sys.exit(1)  # what Python itself exits with on EPIPE
     except LLMKitError as e:
         if debug:
             raise

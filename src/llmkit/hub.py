@@ -55,3 +55,32 @@ def download(repo_id: str, out: Optional[str] = None, token: Optional[str] = Non
         raise LLMKitError(f"{repo_id}: the repository has no config.json (not a transformers model?)")
     print(f"downloaded {repo_id} to {path}", file=sys.stderr)
     return path
+
+
+def reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub can be reached: False at once with HF_HUB_OFFLINE=1, else a
+    TCP connection to the endpoint's host within `timeout` seconds (a closed network then costs
+    a few seconds, not the minute of retries a download library spends)."""
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return False
+    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    try:
+        with socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout):
+            return True
+    except OSError:
+        return False
+
+
+def go_offline() -> None:
+    """Make huggingface_hub and datasets (already imported or not) fail at once instead of
+    retrying a hub they cannot reach: what HF_HUB_OFFLINE=1 does at import time."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["HF_DATASETS_OFFLINE"] = "1"
+    for module, attr in (("huggingface_hub.constants", "HF_HUB_OFFLINE"), ("datasets.config", "HF_HUB_OFFLINE"),
+                         ("datasets.config", "HF_DATASETS_OFFLINE")):
+        mod = sys.modules.get(module)
+        if mod is not None and hasattr(mod, attr):
+            setattr(mod, attr, True)

@@ -112,7 +112,8 @@ def _load_backend(d: Path) -> _Backend:
             raise LLMKitError(f"{d} has only tokenizer.model (SentencePiece); "
                               "install transformers to convert it, or provide tokenizer.json") from None
         try:
-            return AutoTokenizer.from_pretrained(str(d)).backend_tokenizer
+            # Never the folder's own code: an `auto_map` + .py file is ignored, never prompted for.
+            return AutoTokenizer.from_pretrained(str(d), trust_remote_code=False).backend_tokenizer
         except Exception as e:
             raise LLMKitError(f"cannot convert {d / 'tokenizer.model'}: {e}") from None
     raise LLMKitError(f"no tokenizer files in {d} (expected tokenizer.json, vocab.json + merges.txt, "

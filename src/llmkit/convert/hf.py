@@ -359,13 +359,18 @@ def config_from_hf(hf: dict, name: Optional[str] = None) -> ModelConfig:
     if mt not in FAMILIES:
         raise LLMKitError(f"unsupported architecture model_type='{mt}' (supported: {', '.join(FAMILIES)})")
     family = FAMILIES[mt]
-    common = dict(name=name or hf.get("_name_or_path") or mt, hf_model_type=mt, vocab_size=hf["vocab_size"],
-                  tie_embeddings=hf.get("tie_word_embeddings", family.tie_default),
-                  extra={k: hf[k] for k in EXTRA_KEYS if hf.get(k) is not None})
-    c = (_gpt2_from_hf if mt == "gpt2" else _rope_family_from_hf)(hf, common)
-    c.update(family.fixed)
-    for read in family.read:
-        read(hf, c)
+    try:
+        common = dict(name=name or hf.get("_name_or_path") or mt, hf_model_type=mt, vocab_size=hf["vocab_size"],
+                      tie_embeddings=hf.get("tie_word_embeddings", family.tie_default),
+                      extra={k: hf[k] for k in EXTRA_KEYS if hf.get(k) is not None})
+        c = (_gpt2_from_hf if mt == "gpt2" else _rope_family_from_hf)(hf, common)
+        c.update(family.fixed)
+        for read in family.read:
+            read(hf, c)
+    except KeyError as e:  # a required field of this family is missing
+        raise LLMKitError(f"config.json lacks '{e.args[0]}', which a '{mt}' model needs") from None
+    except (TypeError, ValueError) as e:  # a field of the wrong type (e.g. a string for a size)
+        raise LLMKitError(f"config.json has a field of the wrong type for '{mt}' ({e})") from None
     return ModelConfig(**c)
 
 

@@ -35,7 +35,7 @@ from typing import Iterator, Optional
 
 import numpy as np
 
-from llmkit.data import TextUnit, claim_output_dir, iter_documents
+from llmkit.data import TextUnit, claim_output_dir, expand_sources, iter_documents
 from llmkit.errors import LLMKitError
 
 MANIFEST = "manifest.json"
@@ -81,6 +81,20 @@ def _init_worker(tokenizer_dir: str) -> None:
 
 def _worker_encode(texts: list[str], dtype: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return _encode_chunk(_worker_tok, texts, dtype)
+
+
+def input_bytes(files: list[Path]) -> int:
+    """Uncompressed size of the input files: a .gz file's size from its trailer (ISIZE, the
+    length mod 2**32, as gzip -l reads it), others' from the file system."""
+    total = 0
+    for f in files:
+        size = f.stat().st_size
+        if f.suffix.lower() == ".gz" and size >= 18:
+            with open(f, "rb") as fh:
+                fh.seek(-4, 2)
+                size = int.from_bytes(fh.read(4), "little")
+        total += size
+    return total
 
 
 def _chunks(docs: Iterator) -> Iterator[list[str]]:
@@ -258,8 +272,7 @@ def prepare(sources: list[str], tokenizer: str, out: str, seq_len: int = 1024, v
         shard_tokens: maximum tokens per shard file.
         overwrite: replace an existing prepared dataset in `out`.
     """
-    from tqdm import tqdm
-
+    from llmkit.progress import progress
     from llmkit.tokenizer import Tokenizer
 
     t0 = time.perf_counter()
@@ -291,16 +304,29 @@ def prepare(sources: list[str], tokenizer: str, out: str, seq_len: int = 1024, v
     tmp = out_dir / ".tokens.tmp"
     lengths: list[np.ndarray] = []
     keys: list[np.ndarray] = []
-    n_tokens = 0
+    n_tokens, n_docs = 0, 0
+    read = [0]  # bytes of text handed to the tokenizer so far
+
+    def counted(docs):
+        for d in docs:
+            read[0] += len(d.text.encode("utf-8"))
+            yield d
+
+    # The total is the input's size (uncompressed), so the bar has an ETA; the text is a little
+    # smaller than JSON or Parquet files (keys, escapes), so the bar is set full at the end.
+    total_mb = input_bytes([p for _, p in expand_sources(sources)]) / 1e6
     try:
-        with open(tmp, "wb") as f, tqdm(desc="tokenizing", unit=" docs", disable=None) as bar:
-            for ids, lens, chunk_keys in _tokenize(_chunks(docs), tok_dir, dtype, num_proc):
+        with open(tmp, "wb") as f, progress(total=round(total_mb, 1) or None, desc="tokenizing", unit="MB") as bar:
+            for ids, lens, chunk_keys in _tokenize(_chunks(counted(docs)), tok_dir, dtype, num_proc):
                 f.write(ids.tobytes())
                 lengths.append(lens)
                 keys.append(chunk_keys)
                 n_tokens += len(ids)
-                bar.update(len(lens))
-                bar.set_postfix(tokens=f"{n_tokens:,}", refresh=False)
+                n_docs += len(lens)
+                bar.update(max(0.0, min(read[0] / 1e6, bar.total or float("inf")) - bar.n))
+                bar.set_postfix(docs=f"{n_docs:,}", tokens=f"{n_tokens:,}", refresh=False)
+            if bar.total:
+                bar.update(bar.total - bar.n)
         if n_tokens == 0:
             raise LLMKitError(f"empty corpus: no text in {', '.join(map(str, sources))}")
         lens = np.concatenate(lengths)

@@ -91,7 +91,8 @@ def evaluate(
         compare_responses: a second responses file to compare against, instead of a model.
         compare: results files (or --out folders) of earlier runs to print side by side;
             nothing is evaluated.
-        out: folder for results.json, results.md (and responses.jsonl, judgments.jsonl).
+        out: folder for results.json, results.md (and responses.jsonl, judgments.jsonl); default
+            out/eval/MODELNAME-YYYYMMDD-HHMMSS (UTC), so every run keeps its results.
         device: "auto" (a GPU if there is one), "cpu", "cuda", "cuda:1", ...
         dtype: weights dtype: float32, bfloat16, float16 (default: as stored).
         truncate: cut prompts longer than the context from the left, as the harness's hf
@@ -135,6 +136,9 @@ def evaluate(
     }
     # One folder per model under --out when several are evaluated (numbered if names clash).
     names = [Path(str(m)).name for m in models]
+    if out is None:
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+        out = str(Path("out") / "eval" / f"{names[0] if len(names) == 1 else 'models'}-{stamp}")
     targets = [out] if len(models) <= 1 else \
         [out and str(Path(out) / (n if names.count(n) == 1 else f"{n}-{i + 1}")) for i, n in enumerate(names)]
     runs = []

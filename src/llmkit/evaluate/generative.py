@@ -118,9 +118,8 @@ def complete(model, tokenizer, prompts: Sequence[list[int]], max_new_tokens: int
 def generate_responses(model, tokenizer, examples: Sequence[dict], prompt_style: str = "alpaca",
                        max_new_tokens: int = 256, batch_size: int = 16, progress: bool = True) -> list[str]:
     """Greedy responses to every example, longest prompts first in batches of `batch_size`."""
-    from tqdm import tqdm
-
     from llmkit.generate import prepare_for_decoding
+    from llmkit.progress import progress as make_progress
 
     prompts, stop, stop_ids = build_prompts(tokenizer, examples, prompt_style)
     context = model.cfg.block_size
@@ -131,7 +130,7 @@ def generate_responses(model, tokenizer, examples: Sequence[dict], prompt_style:
     prepare_for_decoding(model)  # faster matrix-vector products; same values
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     out = [""] * len(prompts)
-    with tqdm(total=len(prompts), desc="generating", unit="resp", disable=None if progress else True) as bar:
+    with make_progress(total=len(prompts), desc="generating", unit="responses", enabled=progress) as bar:
         for start in range(0, len(order), batch_size):
             chunk = order[start:start + batch_size]
             texts = complete(model, tokenizer, [prompts[i] for i in chunk], max_new_tokens, stop, stop_ids)

@@ -467,6 +467,11 @@ def run_tasks(lm: "LLMKitLM", tasks: list[str], num_fewshot: Optional[int] = Non
         raise LLMKitError(f"--num-fewshot must be >= 0, got {num_fewshot}")
     if limit is not None and limit <= 0:
         raise LLMKitError(f"--limit must be positive, got {limit}")
+    from llmkit import hub
+
+    offline = not hub.reachable()
+    if offline:  # tasks whose data is cached or local still run; the others fail at once, in one line
+        hub.go_offline()
     try:
         results = lm_eval.simple_evaluate(
             model=lm, tasks=names, num_fewshot=num_fewshot, limit=limit, task_manager=tm,
@@ -481,7 +486,8 @@ def run_tasks(lm: "LLMKitLM", tasks: list[str], num_fewshot: Optional[int] = Non
         name = type(e).__name__
         if name in ("DatasetNotFoundError", "DataFilesNotFoundError", "EmptyDatasetError", "ConnectionError",
                     "HfHubHTTPError", "LocalEntryNotFoundError", "OfflineModeIsEnabled", "DatasetGenerationError"):
-            raise LLMKitError(f"cannot load the data of task(s) {', '.join(names)}: {name}: {_one_line(e)}") from None
+            why = " (the Hugging Face hub is not reachable: the data must be cached or local)" if offline else ""
+            raise LLMKitError(f"cannot load the data of task(s) {', '.join(names)}{why}: {name}: {_one_line(e)}") from None
         raise
     if results is None:
         raise LLMKitError("the harness returned no results")

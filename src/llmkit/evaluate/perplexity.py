@@ -77,7 +77,7 @@ def sliding_windows(n_tokens: int, max_length: int, stride: int) -> list[tuple[i
 def document_nlls(model, docs: list[list[int]], max_length: int, stride: int, batch_size: int = 8,
                   progress: bool = True) -> list[tuple[float, int]]:
     """(summed NLL in nats, scored tokens) per document of token ids."""
-    from tqdm import tqdm
+    from llmkit.progress import progress as make_progress
 
     dev = next(model.parameters()).device
     jobs = [(d, b, e, s) for d, ids in enumerate(docs) for b, e, s in sliding_windows(len(ids), max_length, stride)]
@@ -85,8 +85,8 @@ def document_nlls(model, docs: list[list[int]], max_length: int, stride: int, ba
     jobs.sort(key=lambda j: -(j[2] - j[1]))
     nll = [0.0] * len(docs)
     count = [0] * len(docs)
-    for start in tqdm(range(0, len(jobs), batch_size), desc="perplexity", unit="batch",
-                      disable=None if progress else True, leave=False):
+    bar = make_progress(total=len(jobs), desc="perplexity", unit="windows", enabled=progress, leave=False)
+    for start in range(0, len(jobs), batch_size):
         batch = jobs[start:start + batch_size]
         width = max(e - b for _, b, e, _ in batch)
         ids = torch.zeros(len(batch), width, dtype=torch.long)
@@ -101,6 +101,8 @@ def document_nlls(model, docs: list[list[int]], max_length: int, stride: int, ba
             logp, _ = token_logprobs(model, h[r, n - s - 1: n - 1], ids[r, n - s: n].to(dev))
             nll[d] -= float(logp.sum())
             count[d] += s
+        bar.update(len(batch))
+    bar.close()
     return list(zip(nll, count))
 
 

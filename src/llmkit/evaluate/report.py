@@ -142,12 +142,13 @@ def load_result(path: str | Path) -> dict:
 
 
 def compare_table(results: Iterable[dict]) -> str:
-    """Markdown table: one row per (task, metric) seen in any run, one column per run."""
+    """Markdown table: one row per (task, metric) seen in any run, one column per run, labelled
+    by the run: its results folder (e.g. eval/lora-r16) when read from disk, else its model."""
     runs = list(results)
     labels = []
     for i, r in enumerate(runs):
-        label = r.get("model_name") or Path(r.get("_path", f"run{i + 1}")).parent.name or f"run{i + 1}"
-        labels.append(label)
+        folder = Path(r["_path"]).parent.name if r.get("_path") else ""
+        labels.append(folder or r.get("model_name") or f"run{i + 1}")
     for i, label in enumerate(labels):  # disambiguate equal labels with their file paths
         if labels.count(label) > 1:
             labels[i] = f"{label} ({runs[i].get('_path', i + 1)})"

@@ -58,6 +58,10 @@ def generate_cli(
     if system is not None and style is None and chat_template is None:
         raise LLMKitError("--system needs --style or --chat_template (a plain prompt has no system part)")
     loaded, tokenizer = load_for_inference(model, device, dtype)
+    if loaded.classifier is not None:  # its output layer scores labels, not tokens: no text comes out
+        labels = ", ".join(map(str, loaded.classifier.get("labels", [])))
+        raise LLMKitError(f"{model} is a text classifier (labels: {labels}), not a language model: "
+                          f"label texts with `llmkit classify predict {model} \"TEXT\"`")
     if style is None and chat_template is None:
         ids, stop_ids = tokenizer.encode(prompt), set(tokenizer.eos_ids)
     else:

@@ -106,6 +106,7 @@ def classify_train(
     from llmkit.data.batches import ShuffledBatches
     from llmkit.recipes.tuning import check_method, setup_method
 
+    train.validate(complete=False)  # settings first: nothing is read before they are known good
     check_method(method, quantize)
     # Everything about the data is checked before the model is loaded.
     for name, f in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):

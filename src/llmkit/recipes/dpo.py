@@ -159,6 +159,7 @@ def dpo(
     from llmkit.recipes.tuning import check_method, setup_method
     from llmkit.training.loop import resolve_precision
 
+    train.validate(complete=False)  # settings first: nothing is read before they are known good
     check_method(method, quantize)
     if not (beta > 0 and math.isfinite(beta)):
         raise LLMKitError(f"beta must be a positive number, got {beta}")
@@ -265,6 +266,7 @@ def _reference_logps(net, encoded, chunks: list[list[int]], pad_id, out_dir: Pat
     with the untrained model, in the training precision, batch by batch as `chunks` lists the
     pair indices, and saved."""
     from llmkit.checkpoint import load_reference_logps, save_reference_logps
+    from llmkit.progress import progress
 
     key = _fingerprint(encoded, base, amp, chunks)
     if train.resume != "none":
@@ -276,11 +278,13 @@ def _reference_logps(net, encoded, chunks: list[list[int]], pad_id, out_dir: Pat
     was_training = net.training
     net.eval()
     ref = torch.empty(len(encoded), 2)
-    for chunk in chunks:
-        batch = collate_pairs([encoded[i] for i in chunk], pad_id)
-        with autocast():
-            lp = sequence_logps(net, batch["idx"].to(rt.device), batch["labels"].to(rt.device)).cpu()
-        ref[chunk, 0], ref[chunk, 1] = lp[:len(chunk)], lp[len(chunk):]
+    with progress(total=len(encoded), desc="reference log-probs", unit="pairs", enabled=rt.main) as bar:
+        for chunk in chunks:
+            batch = collate_pairs([encoded[i] for i in chunk], pad_id)
+            with autocast():
+                lp = sequence_logps(net, batch["idx"].to(rt.device), batch["labels"].to(rt.device)).cpu()
+            ref[chunk, 0], ref[chunk, 1] = lp[:len(chunk)], lp[len(chunk):]
+            bar.update(len(chunk))
     net.train(was_training)
     if rt.main:
         path = save_reference_logps(out_dir, ref, key)

@@ -115,7 +115,7 @@ def finetune(
 
     net = run.load()  # the seed is set first: LoRA's A matrices are the same on every process
     cfg, rt, model_dir = net.cfg, run.rt, run.model_dir
-    T = max_seq_len or cfg.block_size
+    T = cfg.block_size if max_seq_len is None else max_seq_len  # 0 is an error below, not "the context"
     if not 1 <= T <= cfg.block_size:
         raise LLMKitError(f"max_seq_len must be between 1 and the model's context ({cfg.block_size}), got {T}")
 

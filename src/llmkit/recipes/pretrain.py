@@ -33,6 +33,7 @@ def pretrain(
     """
     from llmkit.data.shards import TokenShards, WindowSampler, load_manifest
 
+    train.validate(complete=False)  # settings first: nothing is read before they are known good
     if data is None:
         raise LLMKitError("--data is required: a directory written by `llmkit data prepare`")
     manifest = load_manifest(data)

@@ -51,6 +51,22 @@ def stdlib_docstrings(out: Path, max_bytes: int = 4_000_000) -> tuple[int, int]:
     return n_docs, n_bytes
 
 
+def _finished_run(run_dir: Path, budget_s: float) -> Optional[dict]:
+    """The summary of a quickstart run in `run_dir` whose time budget is spent (so resuming it
+    would train 0 steps), or None (no run yet, or an interrupted one, which then continues)."""
+    from llmkit.checkpoint import SUMMARY, find_latest, load_training_checkpoint
+
+    latest = find_latest(run_dir)
+    if latest is None or not (run_dir / SUMMARY).exists() or not (run_dir / "final").is_dir():
+        return None
+    try:
+        state = load_training_checkpoint(latest).state
+        summary = json.loads((run_dir / SUMMARY).read_text())
+    except (LLMKitError, json.JSONDecodeError, OSError):
+        return None
+    return summary if state["elapsed"] >= budget_s else None
+
+
 def _samples(model, tokenizer, title: str) -> None:
     from llmkit.generate import generate
 
@@ -109,6 +125,11 @@ def quickstart(
     if not (data / "manifest.json").exists():
         prepare(sources, tokenizer=str(tok_dir), out=str(data), seq_len=seq_len, val_fraction=0.02)
     tok = Tokenizer.from_dir(tok_dir)
+    finished = _finished_run(o / "run", minutes * 60)
+    if finished is not None:
+        print(f"{o / 'run'} already holds a finished run ({finished['step']} steps, the {minutes:g}-minute budget "
+              f"spent); its model: {o / 'run' / 'final'}. To train again, pass another --out or remove {o}.")
+        return finished
     torch.manual_seed(42)
     untrained = Transformer(model_config(model, vocab_size=tok.vocab_size))
     _samples(untrained.eval(), tok, "samples before training")

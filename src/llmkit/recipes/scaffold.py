@@ -69,6 +69,7 @@ class Run:
     def __init__(self, model: str, out: str | Path, train: TrainConfig, tokenizer_dir: Optional[Path] = None):
         from llmkit.checkpoint import read_adapter_config, resolve_model_dir
 
+        train.validate(complete=False)  # every setting's range, before anything is read or loaded
         self.spec, self.out, self.train = model, Path(out), train
         self.new = is_new_model(model)
         self.model_dir: Optional[Path] = None if self.new else resolve_model_dir(model)

@@ -10,6 +10,7 @@ it with uvicorn in a background thread on a free port.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 import sys
@@ -20,7 +21,29 @@ from typing import Optional
 from llmkit.errors import LLMKitError
 from llmkit.serve.app import create_app
 
-__all__ = ["create_app", "serve", "ServerThread"]
+__all__ = ["create_app", "serve", "ServerThread", "exposure_warning"]
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` only accepts connections from this machine: localhost, 127.0.0.0/8, ::1
+    (also IPv4-mapped, ::ffff:127.0.0.1). Any other name may resolve to a public address."""
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        ip = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return ip.is_loopback or (mapped is not None and mapped.is_loopback)
+
+
+def exposure_warning(host: str, api_key: Optional[str]) -> Optional[str]:
+    """The warning `serve` prints when it listens beyond this machine with no API key, else None."""
+    if api_key or is_loopback(host):
+        return None
+    return (f"warning: listening on {host or 'every interface'} without an API key: anyone who can reach this "
+            "port can use the model (and the machine's compute). Set --api-key or LLMKIT_API_KEY, or keep "
+            "--host 127.0.0.1.")
 
 
 class ServerThread:
@@ -79,6 +102,7 @@ def serve(
     model_name: Optional[str] = None,
     device: str = "cpu",
     dtype: Optional[str] = None,
+    max_request_mb: float = 8.0,
 ) -> None:
     """Serve a model over an OpenAI-compatible HTTP API (completions, chat completions).
 
@@ -86,7 +110,8 @@ def serve(
         model: an llmkit checkpoint directory, a Hugging Face model directory or a hub repo id
             (with its tokenizer files).
         host: address to listen on. The default accepts local connections only; use 0.0.0.0
-            to listen on every interface (then set an API key).
+            to listen on every interface (then set an API key: without one, a warning says
+            that anyone who can reach the port can use the model).
         port: TCP port.
         api_key: require `Authorization: Bearer KEY` on every route but /health. Default: the
             LLMKIT_API_KEY environment variable if set (keeps the key out of the process list).
@@ -100,14 +125,21 @@ def serve(
         model_name: the model id in /v1/models and in responses (default: the folder name).
         device: cpu, cuda, cuda:1, ...
         dtype: float32 or bfloat16 (default: the checkpoint's).
+        max_request_mb: largest request body accepted, in MiB; larger ones get HTTP 413 before
+            they are read in full (8 MiB holds a batch of 16 prompts of 32k token ids).
     """
     if not 0 <= port <= 65535:
         raise LLMKitError(f"port must be in 0..65535, got {port}")
+    if not max_request_mb > 0:
+        raise LLMKitError(f"max_request_mb must be positive, got {max_request_mb}")
     if api_key is None:
         api_key = os.environ.get("LLMKIT_API_KEY") or None
     app = create_app(model, api_key=api_key, max_batch_size=max_batch_size, max_seq_len=max_seq_len, style=style,
                      chat_template=chat_template, model_name=model_name, device=device, dtype=dtype,
-                     engine_thread=False)
+                     engine_thread=False, max_request_bytes=max(1, int(max_request_mb * 2**20)))
+    warning = exposure_warning(host, api_key)
+    if warning:
+        print(warning, file=sys.stderr)
     engine = app.state.engine
     try:
         server = ServerThread(app, host, port, log_level="info")

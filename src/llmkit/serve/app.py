@@ -13,7 +13,30 @@ Routes (all but /health need the API key when one is set: `Authorization: Bearer
                                  vLLM-style tokenizer endpoints; lm-eval's remote tokenizer uses
                                  them, so evaluation needs no local copy of the tokenizer
 
+/predict is llmkit's own route, with the sampling defaults of `llmkit generate` (temperature
+0.8, top-k 50, 256 new tokens at most; see `COMMAND_DEFAULTS`). Its body's fields:
+
+    prompt          str, required: sent as one user message through the chat template
+    max_new_tokens  int >= 1; default: 256, or what the context leaves (400 past the context)
+    max_tokens      the same, under OpenAI's name (both given: they must agree)
+    temperature     float >= 0 (0: greedy)
+    top_k           int >= 0 (0: off)
+    top_p           float in (0, 1]
+    seed            int (64-bit): reproducible sampling
+
 Streaming answers are server-sent events (`data: {json}\\n\\n`, ending with `data: [DONE]`).
+
+Errors are OpenAI's JSON (`{"error": {"message", "type", "param", "code"}}`), as vLLM's server
+and OpenAI answer them: 400 for a bad request (malformed or too deeply nested JSON, a wrong
+field, `min_tokens` above `max_tokens`, a seed outside 64 bits), 401 for a missing key, 404
+`model_not_found` for a `model` this server does not serve (the served name, the folder name
+and the MODEL argument as given are accepted; an omitted model means this one), 413 for a
+body over `max_request_bytes` (checked on Content-Length first, then counted while the body
+arrives, so chunked uploads are cut off too), 415 for a body that is not JSON (a Content-Type
+other than application/json; none at all is read as JSON).
+
+Tokenizing and detokenizing long texts run in a worker thread (`asyncio.to_thread`), so one
+megabyte-sized prompt does not stop the event loop from answering everyone else meanwhile.
 """
 
 from __future__ import annotations
@@ -50,6 +73,7 @@ from llmkit.generate import (
 from llmkit.prompts import resolve_style
 from llmkit.serve.engine import DoneEvent, Engine, EngineRequest, ErrorEvent, TokenEvent
 from llmkit.serve.protocol import (
+    DEFAULT_MAX_REQUEST_BYTES,
     APIError,
     ChatCompletionRequest,
     CompletionRequest,
@@ -63,6 +87,9 @@ from llmkit.serve.protocol import (
 )
 
 SSE_DONE = "data: [DONE]\n\n"
+# Texts (characters) and token lists longer than this are (de)tokenized in a worker thread;
+# shorter ones take well under a millisecond, less than the hand-over to a thread.
+OFF_LOOP_AT = 16384
 
 
 def _sse(obj: dict) -> str:
@@ -76,9 +103,12 @@ class _ClientGone(Exception):
 class Service:
     """What the routes share: model, tokenizer, prompt style, engine, settings."""
 
-    def __init__(self, loaded, tokenizer, style, engine: Engine, model_name: str, api_key: Optional[str]):
+    def __init__(self, loaded, tokenizer, style, engine: Engine, model_name: str, api_key: Optional[str],
+                 aliases: tuple[str, ...] = (), max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES):
         self.loaded, self.tokenizer, self.style, self.engine = loaded, tokenizer, style, engine
         self.model_name, self.api_key = model_name, api_key
+        self.model_names = frozenset((model_name, *aliases))  # what a request's `model` may say
+        self.max_request_bytes = max_request_bytes
         self.created = int(time.time())
         self.token_str = lru_cache(maxsize=65536)(lambda tid: tokenizer.decode([tid], skip_special=False))
 
@@ -91,6 +121,57 @@ class Service:
         if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), self.api_key.encode()):
             raise APIError(401, "Incorrect or missing API key (send 'Authorization: Bearer <key>')",
                            code="invalid_api_key")
+
+    def check_model(self, model: Optional[str]) -> None:
+        """404 model_not_found, as at OpenAI, unless `model` names this server's model (or is
+        omitted, as vLLM allows)."""
+        if model is not None and model not in self.model_names and model.rstrip("/") not in self.model_names:
+            raise APIError(404, f"The model `{model}` does not exist (this server serves `{self.model_name}`)",
+                           param="model", code="model_not_found")
+
+    async def read_json(self, request: Request, model: type):
+        """The request body parsed into `model`: 415 unless it is JSON, 413 past
+        max_request_bytes (Content-Length is checked before anything is read; a chunked body is
+        counted as it arrives and cut off at the limit, so memory never holds more)."""
+        ctype = request.headers.get("content-type")
+        if ctype is not None:
+            mime = ctype.split(";", 1)[0].strip().lower()
+            if mime != "application/json" and not mime.endswith("+json"):
+                raise APIError(415, f"Content-Type must be application/json, got '{ctype}'",
+                               code="unsupported_media_type")
+        limit = self.max_request_bytes
+        length = request.headers.get("content-length")
+        if length is not None:
+            if not length.strip().isdigit():
+                raise APIError(400, f"invalid Content-Length header: '{length}'")
+            if int(length) > limit:
+                raise self.too_large(int(length))
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise self.too_large(None)
+            chunks.append(chunk)
+        return parse(model, b"".join(chunks))
+
+    def too_large(self, size: Optional[int]) -> APIError:
+        limit = self.max_request_bytes
+        got = f"{size} bytes" if size is not None else f"more than {limit} bytes"
+        return APIError(413, f"Request body too large ({got}); the limit is {limit} bytes ({limit / 2**20:g} MiB, "
+                             "set by `llmkit serve --max-request-mb`)", code="request_too_large")
+
+    async def encode(self, text: str, bos: Optional[bool] = None) -> list[int]:
+        """tokenizer.encode, in a worker thread for long texts (see OFF_LOOP_AT). encode_batch
+        gives the same ids faster (no offsets) and releases the GIL while the Rust backend works."""
+        if len(text) < OFF_LOOP_AT:
+            return self.tokenizer.encode(text, bos=bos)
+        return (await asyncio.to_thread(self.tokenizer.encode_batch, [text], bos))[0]
+
+    async def decode(self, ids: list[int]) -> str:
+        """tokenizer.decode (special tokens kept), in a worker thread for long token lists."""
+        if len(ids) < OFF_LOOP_AT:
+            return self.tokenizer.decode(ids, skip_special=False)
+        return await asyncio.to_thread(self.tokenizer.decode, ids, False)
 
     def check_ids(self, ids: list[int], param: str) -> None:
         if not ids:
@@ -124,6 +205,9 @@ class Service:
     def params(self, req, max_new: int, **kw) -> SamplingParams:
         """The SamplingParams of an OpenAI request (`kw`: more fields); omitted fields take
         OpenAI's defaults (`OPENAI_DEFAULTS`)."""
+        if req.min_tokens is not None and req.min_tokens > max_new:  # as vLLM answers it
+            raise APIError(400, f"min_tokens ({req.min_tokens}) must not exceed max_tokens ({max_new})",
+                           param="min_tokens", code="invalid_value")
         try:
             return with_defaults(OPENAI_DEFAULTS, max_new_tokens=max_new, temperature=req.temperature, top_k=req.top_k,
                                  top_p=req.top_p, seed=req.seed, stop=stop_strings(req.stop),
@@ -131,7 +215,7 @@ class Service:
         except LLMKitError as e:
             raise APIError(400, str(e), code="invalid_value") from None
 
-    def chat_ids(self, req: ChatCompletionRequest) -> list[int]:
+    async def chat_ids(self, req: ChatCompletionRequest) -> list[int]:
         messages = []
         for i, m in enumerate(req.messages):
             role = "system" if m.role == "developer" else m.role
@@ -143,13 +227,16 @@ class Service:
             content = m.content if isinstance(m.content, str) else "".join(p.text for p in m.content)
             messages.append({"role": role, "content": content})
         try:
-            ids = self.style.encode(self.tokenizer, messages)
+            if sum(len(m["content"]) for m in messages) < OFF_LOOP_AT:
+                ids = self.style.encode(self.tokenizer, messages)
+            else:  # rendering and tokenizing a long conversation: off the event loop
+                ids = await asyncio.to_thread(self.style.encode, self.tokenizer, messages)
         except LLMKitError as e:  # the template refused the conversation (raise_exception)
             raise APIError(400, str(e), param="messages") from None
         self.check_ids(ids, "messages")
         return ids
 
-    def completion_prompts(self, req: CompletionRequest) -> list[tuple[list[int], Optional[str]]]:
+    async def completion_prompts(self, req: CompletionRequest) -> list[tuple[list[int], Optional[str]]]:
         """(ids, text) per prompt; text is the string given, or None for token ids."""
         p = req.prompt
         if isinstance(p, str):
@@ -162,7 +249,7 @@ class Service:
             items = list(p)
         out = []
         for x in items:
-            ids = self.tokenizer.encode(x) if isinstance(x, str) else list(x)
+            ids = await self.encode(x) if isinstance(x, str) else list(x)
             self.check_ids(ids, "prompt")
             out.append((ids, x if isinstance(x, str) else None))
         return out
@@ -241,7 +328,7 @@ class Service:
 def create_app(model, tokenizer=None, *, api_key: Optional[str] = None, max_batch_size: int = 16,
                max_seq_len: Optional[int] = None, style: Optional[str] = None, chat_template: Optional[str] = None,
                model_name: Optional[str] = None, device: str = "cpu", dtype: Optional[str] = None,
-               engine_thread: bool = True) -> FastAPI:
+               engine_thread: bool = True, max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES) -> FastAPI:
     """The FastAPI app serving `model`: a MODEL spec (path or hub id) or a `checkpoint.Loaded`
     (whose model is then prepared for decoding in place: eval mode, no gradients).
 
@@ -249,7 +336,13 @@ def create_app(model, tokenizer=None, *, api_key: Optional[str] = None, max_batc
     app (its lifespan); otherwise the caller runs `app.state.engine.run()` itself. `tokenizer`
     defaults to the one in the model's folder; `style`/`chat_template` choose the chat prompt
     format (default: the model's own template, see `llmkit.prompts.resolve_style`).
+
+    Requests may name the model as `model_name` (default: the folder name), the folder name or
+    the MODEL spec as given; any other `model` is a 404. Bodies over `max_request_bytes` (default
+    8 MiB) are a 413.
     """
+    if max_request_bytes < 1:
+        raise LLMKitError(f"max_request_bytes must be at least 1, got {max_request_bytes}")
     if isinstance(model, (str, Path)):
         loaded, _ = load_for_inference(str(model), device, dtype)
     else:
@@ -260,7 +353,12 @@ def create_app(model, tokenizer=None, *, api_key: Optional[str] = None, max_batc
         raise LLMKitError(f"max_seq_len must be at least 2, got {max_seq_len}")
     chat_style = resolve_style(tokenizer, style, chat_template)
     engine = Engine(loaded.model, max_batch_size, max_seq_len)
-    svc = Service(loaded, tokenizer, chat_style, engine, model_name or Path(loaded.path).name, api_key)
+    folder = Path(loaded.path)
+    aliases = [folder.name, str(folder)]
+    if isinstance(model, (str, Path)):  # the path or hub id as typed, with or without a final slash
+        aliases += [str(model), str(model).rstrip("/")]
+    svc = Service(loaded, tokenizer, chat_style, engine, model_name or folder.name, api_key, tuple(aliases),
+                  max_request_bytes)
 
     app = FastAPI(title="llmkit", lifespan=_lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.service = svc
@@ -285,7 +383,10 @@ async def _lifespan(app: FastAPI):
 
 # --- errors: OpenAI's error JSON --------------------------------------------------------------
 def _error_response(err: APIError) -> JSONResponse:
-    return JSONResponse(err.body(), status_code=err.status)
+    # After a 413 the rest of the body is not worth reading: close the connection instead of
+    # receiving (and discarding) it all. httpx still reads the answer (tested, 100 MB upload).
+    headers = {"Connection": "close"} if err.status == 413 else None
+    return JSONResponse(err.body(), status_code=err.status, headers=headers)
 
 
 async def _api_error(request: Request, exc: APIError):
@@ -321,9 +422,10 @@ async def models(request: Request):
 
 async def completions(request: Request):
     svc = _service(request)
-    req: CompletionRequest = parse(CompletionRequest, await request.body())
+    req: CompletionRequest = await svc.read_json(request, CompletionRequest)
+    svc.check_model(req.model)
     reject_unsupported(req)
-    prompts = svc.completion_prompts(req)
+    prompts = await svc.completion_prompts(req)
     echo = bool(req.echo)
     seqs = []
     for ids, _ in prompts:
@@ -335,9 +437,15 @@ async def completions(request: Request):
     cid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
     head = {"id": cid, "object": "text_completion", "created": created, "model": svc.model_name}
 
+    echoed: dict[int, str] = {}  # token-id prompts, decoded (off the loop when long) for echo
+    if echo:
+        for i, (ids, text) in enumerate(prompts):
+            if text is None:
+                echoed[i] = await svc.decode(ids)
+
     def echo_text(i: int) -> str:
-        ids, text = prompts[i]
-        return text if text is not None else svc.tokenizer.decode(ids, skip_special=False)
+        text = prompts[i][1]
+        return text if text is not None else echoed[i]
 
     if req.stream:
         offsets: dict[int, int] = {}  # per choice: characters of token text sent so far
@@ -381,14 +489,18 @@ async def completions(request: Request):
             entries = (c.prompt_logprobs or []) + (c.logprobs or [])
             logprobs = svc.completion_logprobs(entries, 0 if echo else len(prompts[i][1] or ""))
         choices.append({"index": i, "text": text, "logprobs": logprobs, "finish_reason": c.finish_reason})
-    return {**head, "choices": choices, "usage": svc.usage(results)}
+    # A JSONResponse skips FastAPI's jsonable_encoder, a Python walk over every value on the
+    # event loop (~2 s for the million token ids of a 4 MB /tokenize answer; echoed logprobs of
+    # a batch of long prompts are as many values).
+    return JSONResponse({**head, "choices": choices, "usage": svc.usage(results)})
 
 
 async def chat_completions(request: Request):
     svc = _service(request)
-    req: ChatCompletionRequest = parse(ChatCompletionRequest, await request.body())
+    req: ChatCompletionRequest = await svc.read_json(request, ChatCompletionRequest)
+    svc.check_model(req.model)
     reject_unsupported(req)
-    ids = svc.chat_ids(req)
+    ids = await svc.chat_ids(req)
     requested = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
     n = svc.max_new(requested, len(ids), "messages", default=None)  # None: the rest of the context
     want_logprobs = bool(req.logprobs)
@@ -425,13 +537,21 @@ async def chat_completions(request: Request):
 
 async def predict(request: Request):
     svc = _service(request)
-    req: PredictRequest = parse(PredictRequest, await request.body())
+    req: PredictRequest = await svc.read_json(request, PredictRequest)
+    if req.max_tokens is not None and req.max_new_tokens not in (None, req.max_tokens):
+        raise APIError(400, f"max_tokens ({req.max_tokens}) and max_new_tokens ({req.max_new_tokens}) disagree: "
+                            "send one of them", param="max_tokens", code="invalid_value")
+    requested = req.max_new_tokens if req.max_new_tokens is not None else req.max_tokens
+    messages = [{"role": "user", "content": req.prompt}]
     try:
-        ids = svc.style.encode(svc.tokenizer, [{"role": "user", "content": req.prompt}])
+        if len(req.prompt) < OFF_LOOP_AT:
+            ids = svc.style.encode(svc.tokenizer, messages)
+        else:
+            ids = await asyncio.to_thread(svc.style.encode, svc.tokenizer, messages)
     except LLMKitError as e:
         raise APIError(400, str(e), param="prompt") from None
     svc.check_ids(ids, "prompt")
-    n = svc.max_new(req.max_new_tokens, len(ids), "prompt", default=COMMAND_DEFAULTS.max_new_tokens)
+    n = svc.max_new(requested, len(ids), "prompt", default=COMMAND_DEFAULTS.max_new_tokens)
     try:  # the defaults of `llmkit generate`, not OpenAI's: this is llmkit's own route
         params, stop_ids = with_style_stops(
             with_defaults(COMMAND_DEFAULTS, max_new_tokens=n, temperature=req.temperature, top_k=req.top_k,
@@ -448,16 +568,16 @@ async def predict(request: Request):
 
 async def tokenize(request: Request):
     svc = _service(request)
-    req: TokenizeRequest = parse(TokenizeRequest, await request.body())
-    ids = svc.tokenizer.encode(req.prompt, bos=None if req.add_special_tokens else False)
-    return {"tokens": ids, "count": len(ids), "max_model_len": svc.engine.max_len}
+    req: TokenizeRequest = await svc.read_json(request, TokenizeRequest)
+    ids = await svc.encode(req.prompt, bos=None if req.add_special_tokens else False)
+    return JSONResponse({"tokens": ids, "count": len(ids), "max_model_len": svc.engine.max_len})  # see completions
 
 
 async def detokenize(request: Request):
     svc = _service(request)
-    req: DetokenizeRequest = parse(DetokenizeRequest, await request.body())
+    req: DetokenizeRequest = await svc.read_json(request, DetokenizeRequest)
     svc.check_ids(req.tokens or [0], "tokens")
-    return {"prompt": svc.tokenizer.decode(req.tokens, skip_special=False)}
+    return {"prompt": await svc.decode(req.tokens)}
 
 
 async def tokenizer_info(request: Request):

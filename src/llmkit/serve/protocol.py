@@ -18,6 +18,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from llmkit.generate.sampling import OPENAI_DEFAULTS
 
 MAX_LOGPROBS = 20  # OpenAI allows top_logprobs up to 20 (completions: 5)
+# Seeds are 64-bit signed integers, as in vLLM (torch.Generator takes no more than 64 bits).
+SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1
+# Request bodies above this are answered 413 before they are read in full (`llmkit serve
+# --max-request-mb`). 8 MiB holds a batch of 16 prompts of 32k token ids as JSON (~7 bytes per
+# id) or a few million characters of text, far more than any context llmkit serves.
+DEFAULT_MAX_REQUEST_BYTES = 8 * 2**20
 
 
 class APIError(Exception):
@@ -51,7 +57,7 @@ class _Sampling(_Request):
     stream: Optional[bool] = False
     stream_options: Optional[StreamOptions] = None
     stop: Optional[Union[str, list[str]]] = None
-    seed: Optional[int] = None
+    seed: Optional[int] = Field(None, ge=SEED_MIN, le=SEED_MAX)
     min_tokens: Optional[int] = Field(None, ge=0)  # extension (vLLM): forbid the stop tokens until then
     presence_penalty: Optional[float] = None
     frequency_penalty: Optional[float] = None
@@ -93,10 +99,11 @@ class ChatCompletionRequest(_Sampling):
 class PredictRequest(_Request):
     prompt: str
     max_new_tokens: Optional[int] = Field(None, ge=1)
+    max_tokens: Optional[int] = Field(None, ge=1)  # the OpenAI name of max_new_tokens
     temperature: Optional[float] = Field(None, ge=0)
     top_k: Optional[int] = Field(None, ge=0)
     top_p: Optional[float] = Field(None, gt=0, le=1)
-    seed: Optional[int] = None
+    seed: Optional[int] = Field(None, ge=SEED_MIN, le=SEED_MAX)
 
 
 class TokenizeRequest(_Request):
@@ -109,15 +116,22 @@ class DetokenizeRequest(_Request):
 
 
 def parse(model: type[BaseModel], raw: bytes) -> Any:
-    """Decode a JSON body into `model`; malformed JSON or wrong fields are a 400."""
+    """Decode a JSON body into `model`; malformed JSON or wrong fields are a 400.
+
+    Nesting deeper than the interpreter's recursion limit (`[[[[...]]]]`, a few bytes per
+    level) makes json.loads raise RecursionError: that is the client's fault too, a 400."""
     try:
         data = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise APIError(400, f"request body is not valid JSON: {e}", code="invalid_json") from None
+    except RecursionError:
+        raise APIError(400, "request body is nested too deeply", code="invalid_json") from None
     if not isinstance(data, dict):
         raise APIError(400, "request body must be a JSON object", code="invalid_json")
     try:
         return model.model_validate(data)
+    except RecursionError:
+        raise APIError(400, "request body is nested too deeply", code="invalid_json") from None
     except ValidationError as e:
         errors = e.errors()
         loc = errors[0]["loc"]

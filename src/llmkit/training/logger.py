@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import math
 import sys
 from pathlib import Path
@@ -12,9 +13,16 @@ from typing import Optional
 class MetricsLogger:
     """Writes every logged row to out/metrics.csv (long format: step, tokens, name, value, so
     that metrics logged at different cadences share one file) and TensorBoard, and shows the
-    latest values on a progress bar. Only the main process logs."""
+    latest values on a progress bar (a terminal) or in periodic lines (a log file; see
+    llmkit.progress). Only the main process logs.
 
-    def __init__(self, out: Path, enabled: bool = True, tensorboard: bool = True, total: Optional[int] = None):
+    `total` and `unit` are the run's budget (steps, tokens or seconds): the bar's total and ETA.
+    `resume_step`: the step a resumed run continues from; rows after it (logged by the
+    interrupted run after its last checkpoint) are dropped, so every step appears once. A fresh
+    run (0) starts a new file."""
+
+    def __init__(self, out: Path, enabled: bool = True, tensorboard: bool = True, total: Optional[float] = None,
+                 unit: str = "step", resume_step: int = 0):
         self.out, self.enabled = Path(out), enabled
         self.rows: list[tuple[int, int, str, float]] = []
         self.tb = None
@@ -23,23 +31,34 @@ class MetricsLogger:
             return
         self.out.mkdir(parents=True, exist_ok=True)
         path = self.out / "metrics.csv"
-        new = not path.exists()
+        header = ["step", "tokens", "metric", "value"]
+        kept = []
+        if resume_step > 0 and path.exists():
+            with open(path, newline="") as f:
+                kept = [r for r in csv.reader(f)][1:]
+            kept = [r for r in kept if r and r[0].isdigit() and int(r[0]) <= resume_step]
+        from llmkit.checkpoint import atomic_write_text
+
+        buf = io.StringIO()
+        csv.writer(buf).writerows([header] + kept)
+        atomic_write_text(path, buf.getvalue())
         self._file = open(path, "a", newline="")
         self._csv = csv.writer(self._file)
-        if new:
-            self._csv.writerow(["step", "tokens", "metric", "value"])
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self.tb = SummaryWriter(str(self.out / "tb"))
+                # purge_step: events after the resumed step (from the interrupted run) are dropped.
+                self.tb = SummaryWriter(str(self.out / "tb"), purge_step=resume_step or None)
             except Exception as e:  # tensorboard missing or broken: keep training, say so once
                 print(f"TensorBoard logging off ({e.__class__.__name__}: {e})", file=sys.stderr)
-        from tqdm.auto import tqdm
+        from llmkit.progress import progress
 
-        self.bar = tqdm(total=total, unit="step", dynamic_ncols=True, file=sys.stderr)
+        self.bar = progress(total=total, desc="training", unit=unit)
 
-    def log(self, step: int, metrics: dict, tokens: int = 0) -> None:
+    def log(self, step: int, metrics: dict, tokens: int = 0, done: Optional[float] = None) -> None:
+        """Log `metrics` at `step`; `done` is how much of the budget is spent (in the bar's unit;
+        default: the step)."""
         if not self.enabled or not metrics:
             return
         for k, v in metrics.items():
@@ -50,13 +69,16 @@ class MetricsLogger:
                 self.tb.add_scalar(k, v, step)
         self._file.flush()
         if self.bar is not None:
-            if self.bar.n < step:
-                self.bar.update(step - self.bar.n)
+            done = step if done is None else done
+            if self.bar.total:
+                done = min(done, self.bar.total)
+            if self.bar.n < done:
+                self.bar.update(done - self.bar.n)
             shown = {k: _fmt(v) for k, v in metrics.items() if k in ("loss", "lr", "tokens_per_sec", "mfu", "val_loss")}
             if "val_loss" in metrics or any(k.startswith("val_") for k in metrics):
                 self.bar.write(f"step {step}: " + ", ".join(f"{k} {_fmt(v)}" for k, v in metrics.items()))
             elif shown:
-                self.bar.set_postfix(shown, refresh=False)
+                self.bar.set_postfix({"step": step, **shown} if self.bar.unit != "step" else shown, refresh=False)
 
     def close(self) -> None:
         if not self.enabled:

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import contextlib
 import math
+import numbers
 import os
 import signal
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,6 +30,11 @@ import torch.distributed as dist
 
 from llmkit.errors import LLMKitError
 from llmkit.training.optim import lr_at, make_optimizer
+
+
+# The auto warmup (TrainConfig.warmup_for): this fraction of the run's steps, capped.
+AUTO_WARMUP_RATIO = 0.05
+AUTO_WARMUP_MAX = 100
 
 
 @dataclass
@@ -43,7 +50,8 @@ class TrainConfig:
         grad_accum: micro-batches per optimizer step (global batch = micro * accum * processes).
         lr: peak learning rate (a recipe may leave it unset to pick one by method).
         min_lr_ratio: cosine decay ends at this fraction of the peak.
-        warmup_steps: linear warmup steps.
+        warmup_steps: linear warmup steps (default: auto, 5% of the run's steps, at least 1 and at
+            most 100; see warmup_for).
         weight_decay: AdamW decay, applied to matrices only.
         beta1: AdamW beta1.
         beta2: AdamW beta2.
@@ -54,7 +62,7 @@ class TrainConfig:
         eval_every: evaluate every N steps (0 = only at the end).
         log_every: log every N steps.
         save_every: checkpoint every N steps (0 = only at the end and on a signal).
-        keep_last: step checkpoints to keep.
+        keep_last: step checkpoints to keep (0 = all).
         seed: seed for the model init, data order and dropout.
         resume: auto (latest checkpoint in out_dir, if any), none, or a checkpoint directory.
         distributed: auto, none, ddp or fsdp (under torchrun; auto = ddp with >1 process).
@@ -70,7 +78,7 @@ class TrainConfig:
     grad_accum: int = 1
     lr: Optional[float] = 3e-4
     min_lr_ratio: float = 0.1
-    warmup_steps: int = 100
+    warmup_steps: Optional[int] = None  # auto: warmup_for(total steps)
     weight_decay: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.95
@@ -89,18 +97,62 @@ class TrainConfig:
     peak_flops: Optional[float] = None
     tensorboard: bool = True
 
-    def validate(self) -> None:
-        if not (self.max_steps or self.max_tokens or self.max_time):
+    def warmup_for(self, total_steps: Optional[int]) -> int:
+        """The warmup of a run of `total_steps` optimizer steps: `warmup_steps` when given, else
+        (auto) 5% of the run, at least 1 step and at most AUTO_WARMUP_MAX, the warmup-ratio rule
+        of Hugging Face's `TrainingArguments.warmup_ratio` (ceil(ratio * total)) with the
+        100-step cap of litgpt's default: a 20-step run warms up for 1 step instead of spending
+        its whole budget below the peak rate (a fixed 100 did), a 10k-step run for 100. When the
+        length is not known yet (a token or time budget before the first step), the cap."""
+        if self.warmup_steps is not None:
+            return self.warmup_steps
+        if not total_steps or total_steps < 1:
+            return AUTO_WARMUP_MAX
+        return min(AUTO_WARMUP_MAX, max(1, math.ceil(AUTO_WARMUP_RATIO * total_steps)))
+
+    def validate(self, complete: bool = True) -> None:
+        """Raise LLMKitError (one line) on the first bad setting. `complete=False` is the check
+        a recipe (or the CLI) runs before it reads any data or loads a model: every value's
+        range, but lr and the budget may still be unset (a recipe may pick them, e.g. finetune's
+        lr by method and its budget from --epochs); the Trainer runs the complete check."""
+        if complete and not (self.max_steps or self.max_tokens or self.max_time):
             raise LLMKitError("set a training budget: max_steps, max_tokens or max_time")
+        # None = unset; a budget that is set must be positive (`--max_steps -5` or 0 would train
+        # nothing and still publish the untrained model as OUT/final).
+        for name in ("max_steps", "max_tokens", "max_time"):
+            v = getattr(self, name)
+            if v is not None and not (_is_number(v) and v > 0):
+                raise LLMKitError(f"{name} must be > 0 (or unset), got {v}")
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
             raise LLMKitError(f"precision must be auto, fp32, bf16 or fp16, got '{self.precision}'")
         if self.distributed not in ("auto", "none", "ddp", "fsdp"):
             raise LLMKitError(f"distributed must be auto, none, ddp or fsdp, got '{self.distributed}'")
-        if self.lr is None or not self.lr > 0:
+        if (complete or self.lr is not None) and not (_is_number(self.lr) and self.lr > 0):
             raise LLMKitError(f"lr must be a positive number, got {self.lr}")
-        for name in ("micro_batch_size", "grad_accum"):
-            if getattr(self, name) < 1:
-                raise LLMKitError(f"{name} must be >= 1")
+        for name in ("micro_batch_size", "grad_accum", "log_every"):
+            if not (_is_number(getattr(self, name)) and getattr(self, name) >= 1):
+                raise LLMKitError(f"{name} must be >= 1, got {getattr(self, name)}")
+        # 0 has a meaning for these (no warmup, no decay, no clipping, checkpoints or
+        # evaluations only at the end, keep every checkpoint); below 0 has none.
+        for name in ("warmup_steps", "weight_decay", "grad_clip", "eval_every", "save_every", "keep_last"):
+            v = getattr(self, name)
+            if name == "warmup_steps" and v is None:  # auto: see warmup_for
+                continue
+            if not (_is_number(v) and v >= 0):
+                raise LLMKitError(f"{name} must be >= 0, got {v}")
+        if not (_is_number(self.min_lr_ratio) and 0 <= self.min_lr_ratio <= 1):
+            raise LLMKitError(f"min_lr_ratio must be between 0 and 1, got {self.min_lr_ratio}")
+        for name in ("beta1", "beta2"):  # AdamW's (torch.optim.AdamW rejects others at step 0)
+            v = getattr(self, name)
+            if not (_is_number(v) and 0 <= v < 1):
+                raise LLMKitError(f"{name} must be in [0, 1), got {v}")
+        if self.peak_flops is not None and not (_is_number(self.peak_flops) and self.peak_flops > 0):
+            raise LLMKitError(f"peak_flops must be > 0 (or unset), got {self.peak_flops}")
+
+
+def _is_number(v) -> bool:
+    """A real, finite number (not a bool, not NaN: `nan > 0` is False but so is `nan <= 0`)."""
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
 
 
 # --- devices, precision, processes --------------------------------------------------------------
@@ -298,12 +350,14 @@ class Trainer:
         self._barrier()
         return path
 
-    def load_checkpoint(self, path: Path) -> None:
+    def load_checkpoint(self, path: Path, ckpt=None) -> None:
+        """Restore weights, optimizer, RNG, counters and data position from a step checkpoint
+        (`ckpt`: its loaded contents, when the caller has read them already)."""
         from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
 
         from llmkit.checkpoint import load_training_checkpoint
 
-        ckpt = load_training_checkpoint(path)
+        ckpt = ckpt if ckpt is not None else load_training_checkpoint(path)
         sd = ckpt.model
         target = self.model if self.rt.mode == "fsdp" else self.raw_model
         missing = [n for n, p in self.raw_model.named_parameters() if p.requires_grad and n not in sd
@@ -323,11 +377,21 @@ class Trainer:
             print(f"resumed from {path} at step {self.step}", flush=True)
 
     def _maybe_resume(self) -> None:
-        from llmkit.checkpoint import resume_point
+        """Continue from the newest intact checkpoint (`--resume auto`; damaged ones are skipped
+        with a warning), after clearing what an interrupted write left behind."""
+        from llmkit.checkpoint import clean_stale_files, load_resume_checkpoint
 
-        path = resume_point(self.out, self.cfg.resume)
-        if path is not None:
-            self.load_checkpoint(path)
+        if self.rt.main:
+            clean_stale_files(self.out)
+        self._barrier()
+
+        def warn(msg: str) -> None:
+            if self.rt.main:
+                print(msg, file=sys.stderr, flush=True)
+
+        found = load_resume_checkpoint(self.out, self.cfg.resume, warn)
+        if found is not None:
+            self.load_checkpoint(*found)
 
     # -- distributed helpers --
     def _barrier(self) -> None:
@@ -426,7 +490,11 @@ class Trainer:
         c = self.cfg
         torch.manual_seed(c.seed + self.rt.rank)
         self._maybe_resume()
-        logger = MetricsLogger(self.out, enabled=self.rt.main, tensorboard=c.tensorboard, total=c.max_steps)
+        total_, unit = ((c.max_steps, "step") if c.max_steps else (c.max_tokens, "tok") if c.max_tokens
+                        else (c.max_time, "s"))
+        logger = MetricsLogger(self.out, enabled=self.rt.main, tensorboard=c.tensorboard, total=total_, unit=unit,
+                               resume_step=self.step)
+        self._progress_unit = unit
         peak = c.peak_flops or (device_peak_flops(self.rt.device, self.amp_dtype) if self.flops_per_token else None)
         old_handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         total = self._total_steps()
@@ -441,7 +509,8 @@ class Trainer:
             done = self._done(total)  # a resumed run may have met its budget already
             while not done:
                 t0 = time.perf_counter()
-                lr = lr_at(self.step, c.lr, c.warmup_steps, total or self._estimate_total(tokens_per_step), c.min_lr_ratio)
+                n_total = total or self._estimate_total(tokens_per_step)
+                lr = lr_at(self.step, c.lr, c.warmup_for(n_total), n_total, c.min_lr_ratio)
                 for g in self.optimizer.param_groups:
                     g["lr"] = lr
                 # What a step reports (loss, tokens, grad norm, the loss_fn's metrics) stays on
@@ -503,7 +572,7 @@ class Trainer:
                     row["tokens_per_sec"] = tps
                     if peak and self.flops_per_token:
                         row["mfu"] = self.flops_per_token * tps / (peak * self.rt.world)
-                logger.log(self.step, row, tokens=self.tokens)
+                logger.log(self.step, row, tokens=self.tokens, done=self._spent())
                 # Every process has the same step, tokens and (mean) elapsed time: they agree on
                 # `done` without another collective.
                 done = self._budget_met()
@@ -536,10 +605,16 @@ class Trainer:
         if c.max_tokens and tokens_per_step:
             return max(1, math.ceil(c.max_tokens / tokens_per_step))
         if c.max_tokens:  # before the first step: from the nominal batch shape
-            return max(1, c.warmup_steps + 1)
+            return max(1, c.warmup_for(None) + 1)
         # Time budget only: decay over the steps the elapsed rate predicts.
         rate = self.step / self.elapsed if self.elapsed > 0 else 0
-        return max(c.warmup_steps + 1, int(rate * (c.max_time or 0)) or c.warmup_steps + 1)
+        warmup = c.warmup_for(None)
+        return max(warmup + 1, int(rate * (c.max_time or 0)) or warmup + 1)
+
+    def _spent(self) -> float:
+        """How much of the budget is spent, in the progress bar's unit (steps, tokens or seconds)."""
+        unit = getattr(self, "_progress_unit", "step")
+        return self.step if unit == "step" else self.tokens if unit == "tok" else self.elapsed
 
     def _budget_met(self) -> bool:
         c = self.cfg
