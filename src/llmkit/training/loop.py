@@ -490,11 +490,12 @@ class Trainer:
         c = self.cfg
         torch.manual_seed(c.seed + self.rt.rank)
         self._maybe_resume()
-        total_, unit = ((c.max_steps, "step") if c.max_steps else (c.max_tokens, "tok") if c.max_tokens
+        # The progress bar counts the budget the run has: steps, tokens or seconds.
+        budget, unit = ((c.max_steps, "step") if c.max_steps else (c.max_tokens, "tok") if c.max_tokens
                         else (c.max_time, "s"))
-        logger = MetricsLogger(self.out, enabled=self.rt.main, tensorboard=c.tensorboard, total=total_, unit=unit,
-                               resume_step=self.step)
         self._progress_unit = unit
+        logger = MetricsLogger(self.out, enabled=self.rt.main, tensorboard=c.tensorboard, total=budget, unit=unit,
+                               resume_step=self.step)
         peak = c.peak_flops or (device_peak_flops(self.rt.device, self.amp_dtype) if self.flops_per_token else None)
         old_handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         total = self._total_steps()
