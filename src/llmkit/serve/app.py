@@ -420,11 +420,18 @@ async def models(request: Request):
                                         "owned_by": "llmkit", "max_model_len": svc.engine.max_len}]}
 
 
-async def completions(request: Request):
+async def _openai_request(request: Request, model_cls):
+    """(Service, validated body) of an OpenAI route: API key, content type and size, JSON,
+    the request's model, fields llmkit does not support."""
     svc = _service(request)
-    req: CompletionRequest = await svc.read_json(request, CompletionRequest)
+    req = await svc.read_json(request, model_cls)
     svc.check_model(req.model)
     reject_unsupported(req)
+    return svc, req
+
+
+async def completions(request: Request):
+    svc, req = await _openai_request(request, CompletionRequest)
     prompts = await svc.completion_prompts(req)
     echo = bool(req.echo)
     seqs = []
@@ -496,10 +503,7 @@ async def completions(request: Request):
 
 
 async def chat_completions(request: Request):
-    svc = _service(request)
-    req: ChatCompletionRequest = await svc.read_json(request, ChatCompletionRequest)
-    svc.check_model(req.model)
-    reject_unsupported(req)
+    svc, req = await _openai_request(request, ChatCompletionRequest)
     ids = await svc.chat_ids(req)
     requested = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
     n = svc.max_new(requested, len(ids), "messages", default=None)  # None: the rest of the context
