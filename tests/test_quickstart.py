@@ -28,6 +28,7 @@ def test_quickstart_runs_the_cycle_on_a_small_corpus(tmp_path, capsys):
         assert (out / f).exists(), f
     assert printed.count("--- samples") == 2 and all(f"{p!r} -> {p}" in printed for p in PROMPTS)
     assert f"llmkit serve {out / 'run' / 'final'}" in printed  # ends with the rest of the cycle
+    assert printed.count("next steps") == 1 and printed.rstrip().endswith("http://127.0.0.1:8000/v1")
     # Run again on the finished run: said, not silently 0 more steps with the old samples relabelled.
     before = (out / "run" / "metrics.csv").read_text()
     again = quickstart(out=str(out), minutes=0.02, corpus=[str(corpus)], model="tiny-llama", vocab_size=300,

@@ -1,4 +1,4 @@
-"""Tokenizers: load Hugging Face tokenizer folders, train byte-level BPE, stream-decode.
+"""Tokenizers: load Hugging Face tokenizer folders, train byte-level BPE or WordPiece, stream-decode.
 
 `Tokenizer` wraps a `tokenizers.Tokenizer` (the Rust library behind HF's fast tokenizers) and
 adds what the rest of llmkit needs and the raw library does not know about: special tokens and
@@ -15,7 +15,9 @@ Supported folder layouts, tried in this order:
 
 Special tokens are never added by the backend's post-processor: `encode` always asks the backend
 for the plain ids and adds BOS/EOS itself, so a tokenizer whose `tokenizer.json` template already
-prepends BOS (Llama) cannot end up with two.
+prepends BOS (Llama) cannot end up with two. The same goes for BERT-style encoders: when the
+template wraps a text as `[CLS] text [SEP]`, `encode` adds the two itself (`add_cls_sep`), which
+gives exactly the ids of HF's `tokenizer(text)["input_ids"]`.
 
 Decoding never applies transformers' legacy `clean_up_tokenization_spaces` (" ." -> "."): that
 is lossy, and `decode(encode(text)) == text` is an invariant the data pipeline relies on.
@@ -35,7 +37,12 @@ from llmkit.errors import LLMKitError, read_json
 
 # Files `save` copies verbatim from the folder a tokenizer was loaded from.
 _SIDE_FILES = ("special_tokens_map.json", "generation_config.json", "chat_template.jinja")
-_SPECIAL_KEYS = ("bos_token", "eos_token", "pad_token", "unk_token")
+_SPECIAL_KEYS = ("bos_token", "eos_token", "pad_token", "unk_token", "cls_token", "sep_token", "mask_token")
+# BERT's special tokens, in the order of its vocab.txt ([PAD] = 0); `train_tokenizer(kind="wordpiece")`
+# reserves them as ids 0..4.
+BERT_SPECIAL_TOKENS = {"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]", "sep_token": "[SEP]",
+                       "mask_token": "[MASK]"}
+TOKENIZER_KINDS = ("bpe", "wordpiece")
 
 
 def _read_json(path: Path) -> Optional[dict]:
@@ -173,6 +180,10 @@ class Tokenizer:
         self.bos_id: Optional[int] = resolve("bos_token")
         self.eos_id: Optional[int] = resolve("eos_token")
         self.pad_id: Optional[int] = resolve("pad_token")
+        # Encoder (BERT) specials; None for decoder tokenizers.
+        self.cls_id: Optional[int] = resolve("cls_token")
+        self.sep_id: Optional[int] = resolve("sep_token")
+        self.mask_id: Optional[int] = resolve("mask_token")
         # Stop tokens: chat models list several (Llama 3.1: <|end_of_text|>, <|eom_id|>, <|eot_id|>).
         self.eos_ids: set[int] = set(_id_list(gen.get("eos_token_id")))
         if self.eos_id is not None:
@@ -189,6 +200,8 @@ class Tokenizer:
             self.add_bos: bool = self.config["add_bos_token"]
         else:
             self.add_bos = self._post_processor_adds_bos()
+        # [CLS] ... [SEP]: whatever the backend's template does (BERT's does, as in HF).
+        self.add_cls_sep: bool = self._post_processor_adds_cls_sep()
         self.chat_template = chat_template
 
     # --- loading ------------------------------------------------------------------------------
@@ -225,6 +238,13 @@ class Tokenizer:
         plain = self.backend.encode("a", add_special_tokens=False).ids
         return len(with_specials) > len(plain) and with_specials[0] == self.bos_id and plain[:1] != [self.bos_id]
 
+    def _post_processor_adds_cls_sep(self) -> bool:
+        if self.cls_id is None or self.sep_id is None:
+            return False
+        with_specials = self.backend.encode("a", add_special_tokens=True).ids
+        plain = self.backend.encode("a", add_special_tokens=False).ids
+        return with_specials == [self.cls_id] + plain + [self.sep_id]
+
     # --- properties ---------------------------------------------------------------------------
     @property
     def vocab_size(self) -> int:
@@ -235,11 +255,14 @@ class Tokenizer:
         return self.backend.token_to_id(token)
 
     def __repr__(self) -> str:
+        extra = f", cls_id={self.cls_id}, sep_id={self.sep_id}, mask_id={self.mask_id}" if self.add_cls_sep else ""
         return (f"Tokenizer(vocab_size={self.vocab_size}, bos_id={self.bos_id}, eos_id={self.eos_id}, "
-                f"pad_id={self.pad_id}, add_bos={self.add_bos})")
+                f"pad_id={self.pad_id}, add_bos={self.add_bos}{extra})")
 
     # --- encode / decode ----------------------------------------------------------------------
     def _wrap(self, ids: list[int], bos: Optional[bool], eos: bool) -> list[int]:
+        if self.add_cls_sep and bos is not False:  # BERT: [CLS] text [SEP], as HF's template adds them
+            ids = [self.cls_id] + ids + [self.sep_id]
         if (self.add_bos if bos is None else bos) and self.bos_id is not None:
             ids = [self.bos_id] + ids
         if eos:
@@ -251,7 +274,9 @@ class Tokenizer:
     def encode(self, text: str, bos: Optional[bool] = None, eos: bool = False) -> list[int]:
         """Token ids of `text`; BOS when `bos` (None: `self.add_bos`), EOS when `eos`.
 
-        Special-token strings inside `text` (e.g. "<|endoftext|>") map to their ids, as in HF.
+        For a BERT-style tokenizer (`add_cls_sep`) the text is `[CLS] text [SEP]` unless `bos` is
+        False (the bare pieces). Special-token strings inside `text` (e.g. "<|endoftext|>") map
+        to their ids, as in HF.
         """
         return self._wrap(self.backend.encode(text, add_special_tokens=False).ids, bos, eos)
 
@@ -260,6 +285,16 @@ class Tokenizer:
         fast = getattr(self.backend, "encode_batch_fast", None)  # tokenizers >= 0.21: skips offsets
         encodings = (fast or self.backend.encode_batch)(list(texts), add_special_tokens=False)
         return [self._wrap(e.ids, bos, eos) for e in encodings]
+
+    def encode_pair(self, text: str, text_pair: str) -> tuple[list[int], list[int]]:
+        """(ids, token_type_ids) of a sentence pair, `[CLS] A [SEP] B [SEP]` with types 0...0 1...1,
+        as HF's `tokenizer(text, text_pair)` gives for BERT. Needs [CLS]/[SEP] (`add_cls_sep`)."""
+        if not self.add_cls_sep:
+            raise LLMKitError("pair encoding needs a BERT-style tokenizer whose template adds [CLS]/[SEP]")
+        a = self.backend.encode(text, add_special_tokens=False).ids
+        b = self.backend.encode(text_pair, add_special_tokens=False).ids
+        ids = [self.cls_id] + a + [self.sep_id] + b + [self.sep_id]
+        return ids, [0] * (len(a) + 2) + [1] * (len(b) + 1)
 
     def decode(self, ids: Iterable[int], skip_special: bool = True) -> str:
         if hasattr(ids, "tolist"):  # numpy arrays and torch tensors

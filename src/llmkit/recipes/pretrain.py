@@ -31,6 +31,20 @@ def pretrain(
         model_overrides: preset fields to change, e.g. --model.n_layer 4 --model.n_embd 256.
         train: training loop settings (--train.max_steps, --train.lr, ...).
     """
+    run, result = pretraining_run(model, data, out, seq_len, eval_batches, model_overrides, train)
+    return run.finish(result, done=f"step {result['step']}, {result['tokens']:,} tokens", next_steps=NEXT_STEPS)
+
+
+NEXT_STEPS = ['llmkit generate {final} --prompt "..."',
+              "llmkit evaluate {final} --perplexity YOUR_TEXT.txt",
+              "llmkit finetune {final} --data YOUR_ALPACA.json --method lora --out out/finetune",
+              "llmkit serve {final}    # OpenAI-compatible API on http://127.0.0.1:8000/v1"]
+
+
+def pretraining_run(model: str, data: Optional[str], out: str, seq_len: Optional[int], eval_batches: int,
+                    model_overrides: Optional[dict], train: TrainConfig) -> tuple[Run, dict]:
+    """`pretrain` up to the end of training: (the run, the loop's result), not yet finished
+    (the caller publishes final/ with `run.finish`; quickstart prints its samples first)."""
     from llmkit.data.shards import TokenShards, WindowSampler, load_manifest
 
     train.validate(complete=False)  # settings first: nothing is read before they are known good
@@ -58,9 +72,4 @@ def pretrain(
     if rt.main:
         print(f"model: {cfg.name}, {n_params:,} parameters, {cfg.n_layer} layers, d_model {cfg.n_embd}; "
               f"data: {len(train_shards):,} train tokens, seq_len {T}", flush=True)
-    result = run.fit(train, batches, causal_lm_loss, evaluate=evaluate, flops_per_token=cfg.flops_per_token(T))
-    return run.finish(result, done=f"step {result['step']}, {result['tokens']:,} tokens", next_steps=[
-        'llmkit generate {final} --prompt "..."',
-        "llmkit evaluate {final} --perplexity YOUR_TEXT.txt",
-        "llmkit finetune {final} --data YOUR_ALPACA.json --method lora --out out/finetune",
-    ])
+    return run, run.fit(train, batches, causal_lm_loss, evaluate=evaluate, flops_per_token=cfg.flops_per_token(T))

@@ -104,7 +104,7 @@ def quickstart(
 
     from llmkit.data.prepare import prepare
     from llmkit.model import Transformer
-    from llmkit.recipes.pretrain import pretrain
+    from llmkit.recipes.pretrain import NEXT_STEPS, pretraining_run
     from llmkit.recipes.scaffold import model_config
     from llmkit.tokenizer import Tokenizer, train_tokenizer
     from llmkit.training.loop import TrainConfig
@@ -135,17 +135,14 @@ def quickstart(
     _samples(untrained.eval(), tok, "samples before training")
     train = TrainConfig(max_time=minutes * 60, micro_batch_size=batch_size, lr=lr, warmup_steps=50,
                         eval_every=100, log_every=10, save_every=200, tensorboard=True)
-    result = pretrain(model=model, data=str(data), out=str(o / "run"), seq_len=seq_len, train=train)
+    run, result = pretraining_run(model, str(data), str(o / "run"), seq_len, 16, None, train)
+    result = run.finish(result, done=f"step {result['step']}, {result['tokens']:,} tokens")  # next steps: below
     from llmkit.checkpoint import load_model
 
     trained = load_model(result["final"]).model
     _samples(trained, tok, f"samples after {result['step']} steps ({minutes:g} min)")
     print(f"validation loss: {result.get('val_loss', float('nan')):.3f} (ppl {result.get('val_ppl', float('nan')):.1f}); "
           f"loss curve: {o / 'run' / 'loss.png'}; model: {result['final']}")
-    final = result["final"]
     print("next steps (the rest of the cycle, on this model):\n"
-          f"  llmkit generate {final} --prompt \"Return the\"\n"
-          f"  llmkit evaluate {final} --perplexity YOUR_TEXT.txt\n"
-          f"  llmkit finetune {final} --data YOUR_ALPACA.json --method lora --out out/finetune\n"
-          f"  llmkit serve {final}    # OpenAI-compatible API on http://127.0.0.1:8000/v1")
+          + "\n".join("  " + c.format(final=result["final"]).replace('"..."', '"Return the"') for c in NEXT_STEPS))
     return result
