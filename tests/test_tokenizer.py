@@ -13,7 +13,7 @@ from tokenizers import decoders, models, normalizers, pre_tokenizers, processors
 
 from llmkit.errors import LLMKitError
 from llmkit.tokenizer import StreamDecoder, Tokenizer, train_tokenizer
-from tests.helpers import cli_error
+from tests.helpers import cli_error, cli_run
 
 GPT2_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "gpt2"
 SAMPLES = [
@@ -121,6 +121,121 @@ def test_train_errors(tmp_path, capsys):
     with pytest.raises(LLMKitError, match="no such file"):
         train_tokenizer([str(tmp_path / "missing.txt")], out=str(tmp_path / "o"))
     cli_error(capsys, ["tokenizer", "train", str(tmp_path / "missing.txt"), "--out", str(tmp_path / "o")], "missing.txt")
+
+
+# --- WordPiece (BERT) -----------------------------------------------------------------------------
+WP_SAMPLES = [
+    "The KING, Café naïve Ærø über!",  # casing and accents
+    "Résumé of the queen; (yes) -- no?!",  # punctuation is split off
+    "kator melan 日本 😀 § qzx",  # characters never seen -> [UNK]
+    "  spaces\tand\nnew lines  ",
+    "",
+]
+
+
+def wordpiece_corpus(n_lines: int = 400, seed: int = 0) -> str:
+    """Sentences over ~160 made-up words built from shared syllables (so "##" pieces are learned),
+    with capitals, accented words and punctuation."""
+    rng = random.Random(seed)
+    syllables = ["ka", "to", "ri", "mel", "an", "por", "ing", "ed", "un", "ver", "sta", "ble", "tion", "qu", "li", "ne"]
+    words = ["the", "of", "and", "a", "king", "queen", "Café", "naïve", "Résumé", "Ærø", "über", "night", "SWORD"]
+    words += ["".join(rng.choice(syllables) for _ in range(rng.randint(1, 4))) for _ in range(150)]
+    lines = []
+    for _ in range(n_lines):
+        sentence = " ".join(rng.choice(words) for _ in range(rng.randint(4, 12))).capitalize()
+        lines.append(sentence + rng.choice([".", "!", "?", ",", ";", " (yes)", " -- no"]))
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture(scope="module")
+def wordpiece(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("wp")
+    (d / "corpus.txt").write_text(wordpiece_corpus(), encoding="utf-8")
+    train_tokenizer([str(d / "corpus.txt")], vocab_size=400, out=str(d / "out"), kind="wordpiece")
+    return d / "out"
+
+
+def test_wordpiece_matches_transformers(wordpiece):
+    from transformers import AutoTokenizer, BertTokenizerFast
+
+    tok = Tokenizer.from_dir(wordpiece)
+    hf = AutoTokenizer.from_pretrained(str(wordpiece))
+    assert isinstance(hf, BertTokenizerFast)
+    assert 300 < tok.vocab_size <= 400
+    for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]):  # BERT's order: [PAD] = 0
+        assert tok.token_to_id(t) == hf.convert_tokens_to_ids(t) == i
+    assert (tok.pad_id, tok.cls_id, tok.sep_id, tok.mask_id) == (0, 2, 3, 4)
+    assert (hf.pad_token_id, hf.cls_token_id, hf.sep_token_id, hf.mask_token_id, hf.unk_token_id) == (0, 2, 3, 4, 1)
+    assert tok.special_tokens == {"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]",
+                                  "sep_token": "[SEP]", "mask_token": "[MASK]"}
+    assert tok.bos_id is None and tok.eos_id is None and tok.eos_ids == set() and not tok.add_bos
+    assert tok.add_cls_sep and hf.model_max_length == 512
+    assert any(t.startswith("##") for t in tok.backend.get_vocab())
+    for text in WP_SAMPLES:
+        ids = tok.encode(text)
+        assert ids == hf(text)["input_ids"], text
+        assert ids[0] == 2 and ids[-1] == 3 and ids.count(2) == ids.count(3) == 1
+        assert tok.encode(text, bos=False) == ids[1:-1]
+        assert tok.decode(ids) == hf.decode(ids, skip_special_tokens=True)
+        assert tok.decode(ids, skip_special=False) == hf.decode(ids)
+    assert tok.encode_batch(WP_SAMPLES) == [tok.encode(t) for t in WP_SAMPLES]
+    # Lower-cased, accents stripped, WordPiece's spacing; unseen characters are [UNK].
+    assert tok.decode(tok.encode("The KING, Café naïve!")) == "the king, cafe naive!"
+    assert 1 in tok.encode("日本 😀")
+    pieces = hf.convert_ids_to_tokens(tok.encode("kator melan", bos=False))
+    assert any(p.startswith("##") for p in pieces) and tok.decode(tok.encode("kator melan")) == "kator melan"
+    # Sentence pairs: [CLS] A [SEP] B [SEP], token type ids 0...0 1...1.
+    pair = hf("the king speaks", "a queen!")
+    ids, types = tok.encode_pair("the king speaks", "a queen!")
+    assert ids == pair["input_ids"] and types == pair["token_type_ids"]
+    assert types == [0] * (ids.index(3) + 1) + [1] * (len(ids) - ids.index(3) - 1) and 1 in types
+    with pytest.raises(LLMKitError, match="EOS"):
+        tok.encode("a", eos=True)
+    # Saving again keeps it a BERT tokenizer for both loaders.
+    again = Tokenizer.from_dir(tok.save(wordpiece.parent / "saved"))
+    assert json.loads((wordpiece.parent / "saved" / "tokenizer_config.json").read_text())["tokenizer_class"] \
+        == "BertTokenizerFast"
+    assert [again.encode(t) for t in WP_SAMPLES] == [tok.encode(t) for t in WP_SAMPLES]
+
+
+def test_wordpiece_files(wordpiece):
+    cfg = json.loads((wordpiece / "tokenizer_config.json").read_text(encoding="utf-8"))
+    assert cfg["tokenizer_class"] == "BertTokenizerFast" and cfg["do_lower_case"] is True
+    assert cfg["model_max_length"] == 512
+    smap = json.loads((wordpiece / "special_tokens_map.json").read_text(encoding="utf-8"))
+    assert smap == {"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]", "sep_token": "[SEP]",
+                    "mask_token": "[MASK]"}
+    for key, value in smap.items():
+        assert cfg[key] == value
+
+
+def test_bpe_has_no_encoder_specials(trained):
+    tok = Tokenizer.from_dir(trained)
+    assert tok.cls_id is None and tok.sep_id is None and tok.mask_id is None and not tok.add_cls_sep
+    with pytest.raises(LLMKitError, match="pair"):
+        tok.encode_pair("a", "b")
+
+
+def test_wordpiece_cli_cased(tmp_path, capsys):
+    from transformers import AutoTokenizer
+
+    (tmp_path / "corpus.txt").write_text(wordpiece_corpus(seed=1), encoding="utf-8")
+    out = tmp_path / "cased"
+    code, stdout, err = cli_run(capsys, ["tokenizer", "train", tmp_path / "corpus.txt", "--kind", "wordpiece",
+                                         "--vocab-size", "350", "--lowercase", "false", "--out", out])
+    assert code == 0, err
+    assert "WordPiece" in stdout and str(out) in stdout
+    tok = Tokenizer.from_dir(out)
+    hf = AutoTokenizer.from_pretrained(str(out))
+    assert tok.vocab_size <= 350 and hf.do_lower_case is False
+    for text in WP_SAMPLES:
+        assert tok.encode(text) == hf(text)["input_ids"], text
+        assert tok.decode(tok.encode(text)) == hf.decode(hf(text)["input_ids"], skip_special_tokens=True)
+    assert tok.decode(tok.encode("Café naïve über")) == "Café naïve über"  # case and accents kept
+    cli_error(capsys, ["tokenizer", "train", tmp_path / "corpus.txt", "--kind", "sentencepiece", "--out", out],
+              "sentencepiece", "bpe", "wordpiece")
+    with pytest.raises(LLMKitError, match="too small"):
+        train_tokenizer([str(tmp_path / "corpus.txt")], vocab_size=5, out=str(tmp_path / "o"), kind="wordpiece")
 
 
 # --- folder layouts --------------------------------------------------------------------------------

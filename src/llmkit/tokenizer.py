@@ -30,7 +30,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
-from tokenizers import AddedToken, decoders, models, pre_tokenizers, processors, trainers
+from tokenizers import AddedToken, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from tokenizers import Tokenizer as _Backend
 
 from llmkit.errors import LLMKitError, read_json
@@ -374,12 +374,18 @@ class StreamDecoder:
 
 
 def train_tokenizer(files: list[str], vocab_size: int = 8192, out: str = "tokenizer", min_frequency: int = 2,
-                    special_tokens: Optional[list[str]] = None, text_field: str = "text") -> None:
-    """Train a byte-level BPE tokenizer on text files.
+                    special_tokens: Optional[list[str]] = None, text_field: str = "text", kind: str = "bpe",
+                    lowercase: bool = True) -> None:
+    """Train a byte-level BPE (decoders) or a WordPiece (BERT-style encoders) tokenizer on text files.
 
-    The GPT-2 recipe (Radford et al. 2019, sec. 2.2): BPE over UTF-8 bytes after the GPT-2 regex
-    pre-tokenizer, so any text round-trips without an unknown token. The result loads with
-    `Tokenizer.from_dir` and with `transformers.AutoTokenizer.from_pretrained(out)`.
+    bpe: the GPT-2 recipe (Radford et al. 2019, sec. 2.2): BPE over UTF-8 bytes after the GPT-2
+    regex pre-tokenizer, so any text round-trips without an unknown token.
+    wordpiece: the BERT recipe (Devlin et al. 2019; HF's `BertTokenizerFast` pipeline): BERT's
+    normalizer (clean-up, CJK characters split, optional lower-casing with accent stripping),
+    split on whitespace and punctuation, WordPiece with "##" continuation pieces and [UNK] for
+    unseen characters, and the `[CLS] A [SEP] B [SEP]` template with token type ids.
+    The result loads with `Tokenizer.from_dir` and with `transformers.AutoTokenizer.from_pretrained(out)`
+    (for wordpiece, as a `BertTokenizerFast`).
 
     Args:
         files: text files (.txt/.md, one document per file), JSONL/JSON/Parquet files, or folders
@@ -387,30 +393,53 @@ def train_tokenizer(files: list[str], vocab_size: int = 8192, out: str = "tokeni
         vocab_size: size of the vocabulary, the 256 byte tokens and the special tokens included.
         out: folder to write tokenizer.json and tokenizer_config.json to.
         min_frequency: a pair must occur this often to be merged.
-        special_tokens: special tokens to reserve (ids 0, 1, ...). The first is the document
-            separator, used as BOS, EOS and padding; default ["<|endoftext|>"].
+        special_tokens: special tokens to reserve (ids 0, 1, ...). bpe: the first is the document
+            separator, used as BOS, EOS and padding; default ["<|endoftext|>"]. wordpiece: extra
+            tokens reserved after [PAD], [UNK], [CLS], [SEP], [MASK] (always ids 0..4).
         text_field: field holding the text in JSONL/JSON/Parquet sources.
+        kind: "bpe" (byte-level BPE) or "wordpiece" (BERT).
+        lowercase: wordpiece only: lower-case and strip accents, as BERT uncased does (false:
+            keep both, as BERT cased). Ignored for bpe, which keeps every byte.
     """
     from tqdm import tqdm
 
     from llmkit.data import iter_documents
 
-    specials = list(special_tokens) if special_tokens else ["<|endoftext|>"]
+    if kind not in TOKENIZER_KINDS:
+        raise LLMKitError(f"unknown tokenizer kind {kind!r}: expected one of {', '.join(TOKENIZER_KINDS)}")
+    wordpiece = kind == "wordpiece"
+    if wordpiece:
+        specials = list(BERT_SPECIAL_TOKENS.values()) + list(special_tokens or [])
+    else:
+        specials = list(special_tokens) if special_tokens else ["<|endoftext|>"]
     if len(set(specials)) != len(specials):
         raise LLMKitError(f"duplicate special tokens: {specials}")
-    minimum = 256 + len(specials)
+    # WordPiece's alphabet is the corpus's characters, so only the specials set a floor.
+    minimum = len(specials) + 1 if wordpiece else 256 + len(specials)
     if vocab_size < minimum:
-        raise LLMKitError(f"vocab_size {vocab_size} is too small: the 256 byte tokens and "
+        what = "" if wordpiece else "the 256 byte tokens and "
+        raise LLMKitError(f"vocab_size {vocab_size} is too small: {what}"
                           f"{len(specials)} special token(s) need at least {minimum}")
     if min_frequency < 1:
         raise LLMKitError(f"min_frequency must be >= 1, got {min_frequency}")
 
-    backend = _Backend(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    backend.post_processor = processors.ByteLevel(trim_offsets=False)
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=specials,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=True)
+    if wordpiece:
+        # HF's BertTokenizerFast pipeline; strip_accents=None follows `lowercase`, as in BERT.
+        backend = _Backend(models.WordPiece(unk_token=BERT_SPECIAL_TOKENS["unk_token"], continuing_subword_prefix="##"))
+        backend.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True,
+                                                        strip_accents=None, lowercase=lowercase)
+        backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        backend.decoder = decoders.WordPiece(prefix="##")
+        trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
+                                            special_tokens=specials, continuing_subword_prefix="##",
+                                            show_progress=True)
+    else:
+        backend = _Backend(models.BPE())
+        backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        backend.decoder = decoders.ByteLevel()
+        backend.post_processor = processors.ByteLevel(trim_offsets=False)
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=specials,
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=True)
 
     n_docs = 0
 
@@ -425,9 +454,27 @@ def train_tokenizer(files: list[str], vocab_size: int = 8192, out: str = "tokeni
     if n_docs == 0:
         raise LLMKitError(f"no text found in {', '.join(files)}")
 
+    if wordpiece:
+        _finish_wordpiece(backend, out, lowercase, n_docs)
+        return
+
     sep = specials[0]
     pad = next((t for t in specials if t in ("<pad>", "<|pad|>", "[PAD]")), sep)
     config = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": sep, "eos_token": sep, "pad_token": pad}
     tok = Tokenizer(backend, config=config)
     tok.save(out)
     print(f"trained byte-level BPE on {n_docs} document(s): {tok.vocab_size} tokens -> {out}")
+
+
+def _finish_wordpiece(backend: _Backend, out: str, lowercase: bool, n_docs: int) -> None:
+    """Add BERT's template and write the folder as transformers' BertTokenizerFast saves it."""
+    cls, sep = BERT_SPECIAL_TOKENS["cls_token"], BERT_SPECIAL_TOKENS["sep_token"]
+    backend.post_processor = processors.TemplateProcessing(
+        single=f"{cls} $A {sep}", pair=f"{cls} $A {sep} $B:1 {sep}:1",
+        special_tokens=[(cls, backend.token_to_id(cls)), (sep, backend.token_to_id(sep))])
+    config = {"tokenizer_class": "BertTokenizerFast", "do_lower_case": lowercase, "strip_accents": None,
+              "tokenize_chinese_chars": True, **BERT_SPECIAL_TOKENS, "model_max_length": 512}
+    tok = Tokenizer(backend, config=config)
+    path = tok.save(out)
+    (path / "special_tokens_map.json").write_text(json.dumps(BERT_SPECIAL_TOKENS, indent=2) + "\n", encoding="utf-8")
+    print(f"trained WordPiece on {n_docs} document(s): {tok.vocab_size} tokens -> {out}")

@@ -145,11 +145,14 @@ class Service:
             if not length.strip().isdigit():
                 raise APIError(400, f"invalid Content-Length header: '{length}'")
             if int(length) > limit:
+                await _drain(request.stream())
                 raise self.too_large(int(length))
         chunks, size = [], 0
-        async for chunk in request.stream():
+        stream = request.stream()
+        async for chunk in stream:
             size += len(chunk)
             if size > limit:
+                await _drain(stream)
                 raise self.too_large(None)
             chunks.append(chunk)
         return parse(model, b"".join(chunks))
@@ -325,6 +328,27 @@ class Service:
         return {"prompt_tokens": p, "completion_tokens": n, "total_tokens": p + n}
 
 
+# What a refused body may still be read (and thrown away) for: closing a connection with unread
+# data in its receive buffer sends a TCP reset, and a client still uploading then loses the 413
+# response itself ("peer closed connection"). Draining a bounded amount first lets it read the
+# answer; past the bound (a huge or slow upload) the connection is closed anyway. Memory stays
+# flat: chunks are dropped as they arrive.
+DRAIN_MAX_BYTES = 256 * 2**20
+DRAIN_MAX_SECONDS = 5.0
+
+
+async def _drain(stream, max_bytes: int = DRAIN_MAX_BYTES, max_seconds: float = DRAIN_MAX_SECONDS) -> None:
+    loop = asyncio.get_running_loop()
+    deadline, n = loop.time() + max_seconds, 0
+    try:
+        async for chunk in stream:
+            n += len(chunk)
+            if n > max_bytes or loop.time() > deadline:
+                return
+    except Exception:  # the client went away, or the body is already consumed: nothing to drain
+        return
+
+
 def create_app(model, tokenizer=None, *, api_key: Optional[str] = None, max_batch_size: int = 16,
                max_seq_len: Optional[int] = None, style: Optional[str] = None, chat_template: Optional[str] = None,
                model_name: Optional[str] = None, device: str = "cpu", dtype: Optional[str] = None,
@@ -383,8 +407,8 @@ async def _lifespan(app: FastAPI):
 
 # --- errors: OpenAI's error JSON --------------------------------------------------------------
 def _error_response(err: APIError) -> JSONResponse:
-    # After a 413 the rest of the body is not worth reading: close the connection instead of
-    # receiving (and discarding) it all. httpx still reads the answer (tested, 100 MB upload).
+    # After a 413 the connection is closed: the refused body was drained only up to a bound (see
+    # `_drain`), so what is left of it must not be read as the next request.
     headers = {"Connection": "close"} if err.status == 413 else None
     return JSONResponse(err.body(), status_code=err.status, headers=headers)
 
