@@ -13,10 +13,10 @@ def test_right_padding_does_not_change_a_texts_logits(tiny_model_dir):
     torch.manual_seed(0)
     attach_class_head(net, 3)
     short, long = [5, 9, 30, 41], [7, 8, 9, 10, 11, 12, 13]
-    idx, last = collate([short, long], pad_id=0)
+    idx, mask = collate([short, long], pad_id=0)
     with torch.no_grad():
-        both = class_logits(net, idx, last)
-        alone = class_logits(net, torch.tensor([short]), torch.tensor([3]))
+        both = class_logits(net, idx, mask)
+        alone = class_logits(net, torch.tensor([short]), torch.ones(1, 4, dtype=torch.long))
     assert both.shape == (2, 3) and torch.allclose(both[0], alone[0], atol=1e-6)
 
 
@@ -32,5 +32,6 @@ def test_the_head_unties_the_output_layer_and_loads_back_as_a_classifier(tiny_mo
     assert loaded.classifier == {"labels": ["a", "b", "c", "d"]}
     x = torch.tensor([[5, 9, 30]])
     with torch.no_grad():
-        assert torch.equal(loaded.model(x), net(x))  # (1, 3, 4): the class head, not the vocabulary
+        assert torch.equal(loaded.model(x), net(x))  # (1, 4): the class head, not the vocabulary
+        assert net(x).shape == (1, 4)
     assert json.loads((tmp_path / "clf" / "config.json").read_text())["tie_embeddings"] is False

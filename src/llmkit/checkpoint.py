@@ -5,7 +5,8 @@ An llmkit model directory:
     config.json                      ModelConfig.to_dict() ({"format": "llmkit", ...})
     model.safetensors                weights (or model-0000i-of-0000n.safetensors + index)
     tokenizer.json, tokenizer_config.json, ...   tokenizer files, copied as they came
-    classifier.json                  (a classifier) its labels and columns: the head is (N, d)
+    classifier.json                  (a task head: classifier, tagger, QA) its labels, columns and
+                                     head spec ("head": task, pooling, hidden layer; heads.py)
     adapter.safetensors + adapter_config.json    (a LoRA checkpoint, instead of the weights)
                                      the trained tensors, naming the base model
 
@@ -269,19 +270,19 @@ def load_weights(model_dir: str | Path) -> dict[str, torch.Tensor]:
 
 def build_model(cfg: ModelConfig, state_dict: dict[str, torch.Tensor], source: str = "checkpoint",
                 device: str | torch.device = "cpu", dtype: Optional[torch.dtype] = None,
-                n_classes: Optional[int] = None):
+                head: Optional[dict] = None):
     """A Transformer holding `state_dict`, checked key by key and shape by shape; with
-    `n_classes`, a classifier (its output layer an `n_classes` head, see heads.py).
+    `head` (a spec, see heads.py), its output layer that task head.
 
     Built on the meta device and filled by assignment: no random init, no second copy.
     """
-    from llmkit.heads import attach_class_head
-    from llmkit.model import Transformer, rope_inv_freq
+    from llmkit.heads import attach_head
+    from llmkit.model import Transformer, rope_tables
 
     with torch.device("meta"):
         model = Transformer(cfg)
-        if n_classes is not None:
-            attach_class_head(model, n_classes)
+        if head is not None:
+            attach_head(model, head)
     cfg = model.cfg
     expected = {k: v.shape for k, v in model.state_dict().items()}
     if cfg.tie_embeddings:
@@ -295,7 +296,7 @@ def build_model(cfg: ModelConfig, state_dict: dict[str, torch.Tensor], source: s
             parts.append(f"missing tensors {_abbrev(missing)}")
         if unexpected:
             parts.append(f"unexpected tensors {_abbrev(unexpected)}")
-        what = f"a {n_classes}-class classifier of this config" if n_classes else "the config"
+        what = f"a {head['task']} head of {head['n_out']} outputs on this config" if head else "the config"
         raise LLMKitError(f"{source}: weights do not match {what} ({'; '.join(parts)})")
     for k, shape in expected.items():
         if tuple(state_dict[k].shape) != tuple(shape):
@@ -309,7 +310,8 @@ def build_model(cfg: ModelConfig, state_dict: dict[str, torch.Tensor], source: s
     model.load_state_dict(sd, strict=not cfg.tie_embeddings, assign=True)
     if cfg.tie_embeddings:
         model.lm_head.weight = model.embed.weight
-    model.inv_freq = rope_inv_freq(cfg).to(device)  # non-persistent buffer: rebuilt, not loaded
+    # non-persistent buffers: rebuilt, not loaded
+    model.inv_freq, model.inv_freq_local = (t.to(device) for t in rope_tables(cfg))
     return model.eval()
 
 
@@ -449,24 +451,28 @@ def read_config(model_dir: str | Path) -> tuple[ModelConfig, str]:
 
 
 def save_hf(out_dir: str | Path, model, tokenizer_dir: Optional[Path] = None, model_type: Optional[str] = None,
-            max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> str:
+            max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES, classifier: Optional[dict] = None) -> str:
     """Write a Hugging Face model directory that transformers' `from_pretrained` loads:
     HF-named weights, tokenizer files, generation_config.json (unless the tokenizer files bring
-    one) and config.json last. Returns the transformers architecture name."""
+    one) and config.json last. `classifier`: a task head's classifier.json (labels, head), which
+    picks the task's class (BertForTokenClassification, ...). Returns the architecture name."""
     from llmkit.convert import hf
+    from llmkit.heads import head_of
 
     cfg = model.cfg
     mt = model_type or hf.infer_hf_model_type(cfg)
     param_dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
-    hf_cfg = hf.config_to_hf(cfg, mt, dtype=param_dtype)  # refuses what the HF class cannot express
+    head = head_of(classifier, cfg)
+    # refuses what the HF class cannot express
+    hf_cfg = hf.config_to_hf(cfg, mt, dtype=param_dtype, head=head, labels=(classifier or {}).get("labels"))
     out = Path(out_dir)
-    save_weights(out, hf.state_dict_to_hf(model.state_dict(), cfg, mt), max_shard_bytes)
+    save_weights(out, hf.state_dict_to_hf(model.state_dict(), cfg, mt, head["task"] if head else None), max_shard_bytes)
     if tokenizer_dir is not None:
         copy_tokenizer_files(tokenizer_dir, out)
     if not (out / "generation_config.json").exists():
         atomic_write_json(out / "generation_config.json", hf.generation_config(cfg))
     atomic_write_json(out / "config.json", hf_cfg)
-    return hf.ARCHITECTURES[mt]
+    return hf_cfg["architectures"][0]
 
 
 # --- the one loader: a MODEL argument -> model (+ tokenizer) ------------------------------------
@@ -543,18 +549,20 @@ def load_model(spec: str | Path, device: str | torch.device = "cpu", dtype: Opti
     """
     dtype, device = resolve_dtype(dtype), resolve_device(device)
     d = resolve_model_dir(spec)
+    from llmkit.heads import head_of
+
     classifier = read_classifier(d)
-    n_classes = len(classifier["labels"]) if classifier is not None else None
     meta = read_adapter_config(d)
     if meta is not None:
         return _load_adapter(d, meta, device, dtype, merge, classifier)
     cfg, kind = read_config(d)
     sd = load_weights(d)
     if kind == "hf":
-        from llmkit.convert.hf import state_dict_from_hf
+        from llmkit.convert.hf import hf_head, state_dict_from_hf
 
-        sd = state_dict_from_hf(sd, cfg, source=str(d))
-    model = build_model(cfg, sd, source=str(d), device=device, dtype=dtype, n_classes=n_classes)
+        classifier = hf_head(_read_json(d / "config.json"), cfg)  # ...ForSequenceClassification etc.
+        sd = state_dict_from_hf(sd, cfg, source=str(d), task=classifier["head"]["task"] if classifier else None)
+    model = build_model(cfg, sd, source=str(d), device=device, dtype=dtype, head=head_of(classifier, cfg))
     return Loaded(model, model.cfg, d, kind, classifier)
 
 
@@ -563,13 +571,13 @@ def _load_adapter(d: Path, meta: dict, device: torch.device, dtype: Optional[tor
     """Base model + adapter (+ class head). The adapter was trained against the (possibly
     quantized) base: that is rebuilt exactly, so merging folds it into the weights training
     saw. The merge is computed in float32, then cast to `dtype`."""
-    from llmkit.heads import attach_class_head
+    from llmkit.heads import attach_head, head_of
     from llmkit.lora import LoRAConfig, apply_lora, load_lora_state_dict, merge_lora
 
     base = load_model(meta["base_model"], device=device, dtype=torch.float32)
     model = base.model
     if classifier is not None:
-        attach_class_head(model, len(classifier["labels"]))
+        attach_head(model, head_of(classifier, model.cfg))
     apply_lora(model, LoRAConfig(**meta["lora"]), quantize=meta.get("quantize"))
     load_lora_state_dict(model, load_weights(d), source=str(d / ADAPTER))
     if merge:
@@ -773,7 +781,8 @@ def from_hf(src: str, out: str, dtype: Optional[str] = None, max_shard_size_mb: 
     loaded = load_model(src, dtype=dtype)
     if loaded.kind != "hf":
         raise LLMKitError(f"{loaded.path}: already an llmkit checkpoint")
-    save_model(out, loaded.model, tokenizer_dir=loaded.path, max_shard_bytes=max_shard_size_mb * 1024**2)
+    extra = {CLASSIFIER: loaded.classifier} if loaded.classifier is not None else None
+    save_model(out, loaded.model, tokenizer_dir=loaded.path, max_shard_bytes=max_shard_size_mb * 1024**2, extra=extra)
     n = sum(p.numel() for p in loaded.model.parameters())
     print(f"wrote {out} ({loaded.config.hf_model_type}, {n:,} parameters)")
 
@@ -789,9 +798,7 @@ def to_hf(src: str, out: str, model_type: Optional[str] = None, dtype: Optional[
         dtype: store weights as float32, bfloat16 or float16 (default: as loaded).
     """
     loaded = load_model(src, dtype=dtype)
-    if loaded.classifier is not None:
-        raise LLMKitError(f"{loaded.path}: a classifier; export to Hugging Face takes language models")
-    arch = save_hf(out, loaded.model, loaded.path, model_type, max_shard_size_mb * 1024**2)
+    arch = save_hf(out, loaded.model, loaded.path, model_type, max_shard_size_mb * 1024**2, loaded.classifier)
     print(f"wrote {out} (Hugging Face {arch})")
 
 

@@ -43,13 +43,22 @@ class ModelConfig:
     head_dim: Optional[int] = None  # None = n_embd // n_head (Gemma/Qwen3 set it explicitly)
     intermediate_size: Optional[int] = None  # None = 4 * n_embd
     block_size: int = 1024  # longest sequence the model is used with (context length)
+    # --- direction ---------------------------------------------------------------------------
+    causal: bool = True  # False: an encoder (BERT), every token sees every other (padding masked)
     # --- positions ---------------------------------------------------------------------------
     pos: Literal["rope", "learned"] = "rope"
+    pos_offset: int = 0  # learned positions start at this row (RoBERTa: padding_idx + 1 = 2)
     rope_theta: float = 10000.0
+    rope_local_theta: Optional[float] = None  # RoPE base of the sliding-window layers (ModernBERT)
     rope_scaling: Optional[RopeScaling] = None
+    type_vocab_size: int = 0  # token-type (segment) embeddings: BERT 2, RoBERTa 1, others 0
     # --- normalisation -----------------------------------------------------------------------
     norm: Literal["rms", "layer"] = "rms"
     norm_eps: float = 1e-5
+    norm_position: Literal["pre", "post"] = "pre"  # post: x = norm(x + f(x)) (BERT, Vaswani 2017)
+    embed_norm: bool = False  # a norm right after the embeddings (BERT, ModernBERT)
+    final_norm: bool = True  # a norm after the last block (pre-norm models)
+    first_attn_norm: bool = True  # ModernBERT: block 0 has no attention norm (the embedding norm is it)
     norm_unit_offset: bool = False  # Gemma: RMSNorm scales by (1 + w), weights stored around 0
     post_block_norms: bool = False  # Gemma 2: extra norms on the attention and MLP outputs
     qk_norm: bool = False  # Qwen3: RMSNorm on each head's queries and keys before RoPE
@@ -62,6 +71,10 @@ class ModelConfig:
     mlp_bias: bool = False  # biases in the MLP (GPT-2)
     norm_bias: bool = False  # LayerNorm with bias (GPT-2); RMSNorm never has one
     tie_embeddings: bool = False  # lm_head shares the token embedding matrix
+    lm_head_bias: bool = False  # a bias on the output layer (BERT's MLM decoder)
+    lm_head_transform: bool = False  # dense -> GELU -> norm before lm_head (BERT's MLM transform)
+    head_dense_bias: bool = True  # bias of that dense layer and of task-head ones (ModernBERT: none)
+    pooler: bool = False  # BERT's pooler (dense + tanh on [CLS]) and next-sentence head are stored
     embed_scale: bool = False  # Gemma: multiply token embeddings by sqrt(n_embd)
     # --- attention ---------------------------------------------------------------------------
     attn_scale: Optional[float] = None  # None = 1/sqrt(head_dim); Gemma 2: query_pre_attn_scalar**-0.5
@@ -69,6 +82,7 @@ class ModelConfig:
     final_softcap: Optional[float] = None  # Gemma 2: tanh soft-capping of output logits
     sliding_window: Optional[int] = None  # local attention span in tokens (Mistral v0.1, Gemma 2)
     sliding_window_every: int = 1  # 1: every layer is local; 2: layers 0, 2, 4... (Gemma 2)
+    global_every: Optional[int] = None  # instead: layers 0, k, 2k... global, the rest local (ModernBERT)
     # --- bookkeeping (never read by the model) -----------------------------------------------
     hf_model_type: Optional[str] = None  # HF `model_type` used by `convert to-hf`
     hf_repo: Optional[str] = None  # where the published weights live on the HF hub
@@ -96,7 +110,15 @@ class ModelConfig:
             bad("sliding_window must be positive")
         if self.sliding_window_every < 1:
             bad("sliding_window_every must be >= 1")
-        for f in ("pos", "norm", "mlp", "gelu_approx"):
+        if self.global_every is not None and self.global_every < 1:
+            bad("global_every must be >= 1")
+        if self.type_vocab_size < 0 or self.pos_offset < 0:
+            bad("type_vocab_size and pos_offset must be >= 0")
+        if self.pos_offset and self.pos != "learned":
+            bad("pos_offset applies to learned positions only")
+        if self.pooler and self.causal:
+            bad("pooler applies to encoders (causal=false) only")
+        for f in ("pos", "norm", "mlp", "gelu_approx", "norm_position"):
             allowed = _literal_values(f)
             if getattr(self, f) not in allowed:
                 bad(f"{f} must be one of {allowed}, got {getattr(self, f)!r}")
@@ -116,9 +138,17 @@ class ModelConfig:
     def ffn_size(self) -> int:
         return self.intermediate_size if self.intermediate_size is not None else 4 * self.n_embd
 
+    @property
+    def is_encoder(self) -> bool:
+        return not self.causal
+
     def is_local_layer(self, i: int) -> bool:
         """Whether block `i` uses sliding-window attention."""
-        return self.sliding_window is not None and i % self.sliding_window_every == 0
+        if self.sliding_window is None:
+            return False
+        if self.global_every is not None:
+            return i % self.global_every != 0
+        return i % self.sliding_window_every == 0
 
     def flops_per_token(self, seq_len: Optional[int] = None) -> float:
         """Training FLOPs per token (forward + backward = 6N + attention), PaLM appendix B."""

@@ -1,13 +1,19 @@
-"""The transformer: one decoder-only model for every supported family.
+"""The transformer: one model for every supported family, decoders (GPT, Llama) and encoders (BERT).
 
-Reads top to bottom: norm -> RoPE -> KV cache -> attention -> MLP -> block -> model. Families
-differ only through `ModelConfig` fields (see config.py); nothing here checks a model's name.
+Reads top to bottom: norm -> RoPE -> KV cache -> attention -> MLP -> block -> heads -> model.
+Families differ only through `ModelConfig` fields (see config.py); nothing here checks a model's
+name. An encoder is the same stack with `causal=False`: every token attends to every other one
+that is not padding (Devlin et al. 2019), and a sliding window becomes symmetric (ModernBERT).
 
-    tokens -> embed (* sqrt(d) if embed_scale) (+ learned positions)
-           -> n_layer x Block:
+    tokens -> embed (* sqrt(d) if embed_scale) (+ learned positions) (+ token types) (-> embed_norm)
+           -> n_layer x Block, pre-norm (GPT-2, Llama, ModernBERT):
                   x = x + post_attn_norm(Attention(attn_norm(x)))      # post_* only in Gemma 2
                   x = x + post_mlp_norm(MLP(mlp_norm(x)))
-           -> norm -> lm_head (tied to embed if tie_embeddings) -> softcap -> logits
+              or post-norm (BERT, Vaswani et al. 2017):
+                  x = attn_norm(x + Attention(x));  x = mlp_norm(x + MLP(x))
+           -> norm (pre-norm only) -> [lm_transform: dense -> GELU -> norm, BERT's MLM head]
+           -> lm_head (tied to embed if tie_embeddings) -> softcap -> logits
+              or a TaskHead (classification, tagging, QA spans): pool -> dense -> act -> (N, d)
 
 Positions are explicit: `forward(idx, input_pos, cache)`. Row b's token t sits at position
 `input_pos[b, t]` and its keys/values are written to cache slot `input_pos[b, t]`, so rows of a
@@ -91,6 +97,13 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return x * cos.to(x.dtype) + rotated * sin.to(x.dtype)
 
 
+def rope_tables(cfg: ModelConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inverse frequencies of the global layers and of the sliding-window ones (ModernBERT
+    gives its local layers their own base, `rope_local_theta`; otherwise the two are equal)."""
+    local = cfg.replace(rope_theta=cfg.rope_local_theta) if cfg.rope_local_theta is not None else cfg
+    return rope_inv_freq(cfg), rope_inv_freq(local)
+
+
 # --- KV cache -----------------------------------------------------------------------------------
 class KVCache:
     """Preallocated key/value buffers, one pair per layer: (B, n_kv_heads, max_len, head_dim).
@@ -149,14 +162,23 @@ class KVCache:
         return kc[:, :, : self.kv_len], vc[:, :, : self.kv_len]
 
 
-def attention_mask(q_pos: torch.Tensor, k_pos: torch.Tensor, window: Optional[int]) -> torch.Tensor:
-    """Boolean mask (B, 1, T, S) from query positions (B|1, T) and key positions (B|1, S):
-    a key at position j is visible to a query at position p iff j <= p and (no window or
-    p - j < window)."""
+def attention_mask_for(q_pos: torch.Tensor, k_pos: torch.Tensor, window: Optional[int], causal: bool = True,
+                   key_valid: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Boolean mask (B, 1, T, S) from query positions (B|1, T) and key positions (B|1, S).
+
+    Causal: a key at position j is visible to a query at position p iff j <= p and (no window
+    or p - j < window). Bidirectional (encoders): every key, or with a window those with
+    |p - j| <= window // 2 (ModernBERT's `local_attention` is the whole span, half each side).
+    `key_valid` (B, S), False at padding, hides those keys from every query."""
     diff = q_pos[:, None, :, None] - k_pos[:, None, None, :]  # (B, 1, T, S)
-    mask = diff >= 0
-    if window is not None:
-        mask &= diff < window
+    if causal:
+        mask = diff >= 0
+        if window is not None:
+            mask &= diff < window
+    else:
+        mask = diff.abs() <= window // 2 if window is not None else torch.ones_like(diff, dtype=torch.bool)
+    if key_valid is not None:
+        mask = mask & key_valid[:, None, None, :].bool()  # (B, 1, T, S)
     return mask
 
 
@@ -180,12 +202,13 @@ class Attention(nn.Module):
         self.q_norm = Norm(hd, cfg) if cfg.qk_norm else None
         self.k_norm = Norm(hd, cfg) if cfg.qk_norm else None
         self.rope = cfg.pos == "rope"
+        self.causal = cfg.causal
         self.scale = cfg.attn_scale if cfg.attn_scale is not None else hd**-0.5
         self.softcap = cfg.attn_softcap
         self.window = cfg.sliding_window if cfg.is_local_layer(layer_idx) else None
         self.layer_idx = layer_idx
 
-    def forward(self, x, cos, sin, pos, mask, cache: Optional[KVCache]) -> torch.Tensor:
+    def forward(self, x, rope, pos, mask, cache: Optional[KVCache]) -> torch.Tensor:
         B, T, _ = x.shape
         q = self.q(x).view(B, T, self.n_head, self.hd).transpose(1, 2)  # (B, n_head, T, hd)
         k = self.k(x).view(B, T, self.n_kv, self.hd).transpose(1, 2)  # (B, n_kv, T, hd)
@@ -193,17 +216,18 @@ class Attention(nn.Module):
         if self.q_norm is not None:  # Qwen3: per-head RMSNorm before RoPE
             q, k = self.q_norm(q), self.k_norm(k)
         if self.rope:
+            cos, sin = rope[self.window is not None]  # (global, local) tables
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
             k, v = cache.update(self.layer_idx, pos, k, v)  # (B, n_kv, kv_len, hd)
-        m = mask[self.window]  # None: causal, the last query at the last key (T == 1: sees all)
+        m = mask[self.window]  # None: causal (or, in an encoder, every key); T == 1: sees all
         if self.softcap is None:
             # One query per row on CPU in bf16/fp16: PyTorch's reduced-precision SDPA kernel costs
             # 60-140 us a call there (~4 ms a token for 30 layers), float32 18-27 us casts
             # included, and float32 is the more exact of the two; the output keeps q's dtype.
             dt = torch.float32 if T == 1 and q.device.type == "cpu" and q.element_size() < 4 else q.dtype
             y = F.scaled_dot_product_attention(
-                q.to(dt), k.to(dt), v.to(dt), attn_mask=m, is_causal=m is None and T > 1,
+                q.to(dt), k.to(dt), v.to(dt), attn_mask=m, is_causal=self.causal and m is None and T > 1,
                 scale=self.scale, enable_gqa=self.n_kv != self.n_head,
             ).to(q.dtype)
         else:  # Gemma 2: tanh soft-capped logits; SDPA cannot express this
@@ -216,10 +240,11 @@ class Attention(nn.Module):
         k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)  # (B, n_head, S, hd)
         scores = (q @ k.transpose(-2, -1)) * self.scale  # (B, n_head, T, S)
         scores = torch.tanh(scores / self.softcap) * self.softcap
-        if mask is None:
+        if mask is None and self.causal:
             T, S = scores.shape[-2:]
             mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(S - T)
-        scores = scores.masked_fill(~mask, float("-inf"))
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
         return torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype) @ v
 
 
@@ -246,30 +271,104 @@ class MLP(nn.Module):
 class Block(nn.Module):
     def __init__(self, cfg: ModelConfig, layer_idx: int):
         super().__init__()
-        self.attn_norm = Norm(cfg.n_embd, cfg)
+        first_bare = layer_idx == 0 and not cfg.first_attn_norm  # ModernBERT: the embedding norm is it
+        self.attn_norm = nn.Identity() if first_bare else Norm(cfg.n_embd, cfg)
         self.attn = Attention(cfg, layer_idx)
         self.mlp_norm = Norm(cfg.n_embd, cfg)
         self.mlp = MLP(cfg)
         self.post_attn_norm = Norm(cfg.n_embd, cfg) if cfg.post_block_norms else nn.Identity()
         self.post_mlp_norm = Norm(cfg.n_embd, cfg) if cfg.post_block_norms else nn.Identity()
+        self.post_norm = cfg.norm_position == "post"
 
-    def forward(self, x, cos, sin, pos, mask, cache=None):
-        x = x + self.post_attn_norm(self.attn(self.attn_norm(x), cos, sin, pos, mask, cache))
+    def forward(self, x, rope, pos, mask, cache=None):
+        if self.post_norm:  # BERT: the norms sit on the residual stream, after each sum
+            x = self.attn_norm(x + self.attn(x, rope, pos, mask, cache))
+            return self.mlp_norm(x + self.mlp(x))
+        x = x + self.post_attn_norm(self.attn(self.attn_norm(x), rope, pos, mask, cache))
         return x + self.post_mlp_norm(self.mlp(self.mlp_norm(x)))
+
+
+# --- heads --------------------------------------------------------------------------------------
+_ACTS = {"tanh": torch.tanh, "relu": F.relu, "gelu": F.gelu, "gelu_tanh": lambda t: F.gelu(t, approximate="tanh")}
+
+
+class HeadTransform(nn.Module):
+    """dense -> act -> norm, the transform before BERT's MLM decoder (and ModernBERT's heads)."""
+
+    def __init__(self, cfg: ModelConfig, act: str, norm: bool = True):
+        super().__init__()
+        self.dense = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.head_dense_bias)
+        self.act = _ACTS[act]
+        self.norm = Norm(cfg.n_embd, cfg) if norm else None
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        h = self.act(self.dense(h))
+        return self.norm(h) if self.norm is not None else h
+
+
+class TaskHead(nn.Module):
+    """A task's output layer in place of `lm_head`: pool -> [dense -> act -> norm] -> (N, d).
+
+    pool: "first" ([CLS], BERT), "last" (the last real token, a causal model's classifier),
+    "mean" (over real tokens), or None: every position (token tagging; QA start/end, N = 2).
+    act: None, or the hidden layer's activation: BERT's pooler and RoBERTa's classifier "tanh",
+    DistilBERT's pre-classifier "relu", ModernBERT's head "gelu" (with its norm). The projection
+    is this module's own `weight`/`bias`, so a plain classifier stores `lm_head.weight` as before."""
+
+    def __init__(self, cfg: ModelConfig, n_out: int, pool: Optional[str] = None, act: Optional[str] = None,
+                 norm: bool = False):
+        super().__init__()
+        if pool not in (None, "first", "last", "mean"):
+            raise ValueError(f"unknown pooling '{pool}'")
+        self.pool, self.n_out = pool, n_out
+        self.transform = HeadTransform(cfg, act, norm) if act is not None else None
+        self.weight = nn.Parameter(torch.empty(n_out, cfg.n_embd))
+        self.bias = nn.Parameter(torch.zeros(n_out))
+        if self.weight.device.type != "meta":  # the model's own init (GPT-2), not kaiming
+            nn.init.normal_(self.weight, std=0.02)
+            if self.transform is not None:
+                nn.init.normal_(self.transform.dense.weight, std=0.02)
+                if self.transform.dense.bias is not None:
+                    nn.init.zeros_(self.transform.dense.bias)
+
+    def forward(self, h: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """(B, T, d) hidden states, (B, T) mask (1 = real token) -> (B, N) pooled or (B, T, N)."""
+        B, T, _ = h.shape
+        if self.pool == "first":
+            h = h[:, 0]  # (B, d)
+        elif self.pool == "last":  # right-padded rows: the last real token
+            last = mask.sum(1) - 1 if mask is not None else torch.full((B,), T - 1, device=h.device)
+            h = h[torch.arange(B, device=h.device), last]  # (B, d)
+        elif self.pool == "mean":
+            m = (mask if mask is not None else torch.ones(B, T, device=h.device))[..., None].to(h.dtype)
+            h = (h * m).sum(1) / m.sum(1).clamp(min=1)  # (B, d)
+        if self.transform is not None:
+            h = self.transform(h)
+        return F.linear(h, self.weight.to(h.dtype), self.bias.to(h.dtype))
 
 
 class Transformer(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
-        self.embed = nn.Embedding(cfg.vocab_size, cfg.n_embd)
-        self.pos_embed = nn.Embedding(cfg.block_size, cfg.n_embd) if cfg.pos == "learned" else None
+        d = cfg.n_embd
+        self.embed = nn.Embedding(cfg.vocab_size, d)
+        self.pos_embed = nn.Embedding(cfg.block_size + cfg.pos_offset, d) if cfg.pos == "learned" else None
+        self.type_embed = nn.Embedding(cfg.type_vocab_size, d) if cfg.type_vocab_size else None
+        self.embed_norm = Norm(d, cfg) if cfg.embed_norm else None
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
-        self.norm = Norm(cfg.n_embd, cfg)
-        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        self.norm = Norm(d, cfg) if cfg.final_norm else nn.Identity()
+        # BERT's pretraining heads: the pooler (dense + tanh on [CLS]) and next-sentence prediction.
+        self.pooler = nn.Linear(d, d) if cfg.pooler else None
+        self.nsp_head = nn.Linear(d, 2) if cfg.pooler else None
+        self.lm_transform = HeadTransform(cfg, "gelu" if cfg.gelu_approx == "none" else "gelu_tanh") \
+            if cfg.lm_head_transform else None
+        self.lm_head: nn.Module = nn.Linear(d, cfg.vocab_size, bias=cfg.lm_head_bias)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.embed.weight
-        self.register_buffer("inv_freq", rope_inv_freq(cfg), persistent=False)
+        inv_freq, inv_freq_local = rope_tables(cfg)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.register_buffer("inv_freq_local", inv_freq_local, persistent=False)
         self.gradient_checkpointing = False
         self.init_weights()
 
@@ -297,11 +396,15 @@ class Transformer(nn.Module):
         idx: torch.Tensor,
         input_pos: Optional[torch.Tensor] = None,
         cache: Optional[KVCache] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+        token_type_ids: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """Final-normed hidden states (B, T, n_embd); `forward` applies the head to them.
 
         idx: (B, T) token ids. input_pos: (T,) or (B, T) positions, default 0..T-1.
         cache: a KVCache to read and extend (positions then index its slots).
+        attention_mask: (B, T), 1 at real tokens and 0 at padding, whose keys no query sees.
+        token_type_ids: (B, T) segment ids (BERT's sentence A = 0 / B = 1), default 0.
         """
         B, T = idx.shape
         if input_pos is None:
@@ -314,12 +417,24 @@ class Transformer(nn.Module):
         if self.cfg.embed_scale:  # Gemma: the scale is rounded to x's dtype, as in the reference
             x = x * torch.tensor(self.cfg.n_embd**0.5, dtype=x.dtype)
         if self.pos_embed is not None:
-            x = x + self.pos_embed(pos)
-        cos, sin = rope_cos_sin(self.inv_freq, pos) if self.cfg.pos == "rope" else (None, None)
-        if cos is not None and not torch.is_autocast_enabled(x.device.type):
-            # Cast once here, not twice per layer in apply_rope (same values; under autocast
-            # q/k's dtype is not x's, so apply_rope casts).
-            cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+            x = x + self.pos_embed(pos + self.cfg.pos_offset if self.cfg.pos_offset else pos)
+        if self.type_embed is not None:
+            types = token_type_ids if token_type_ids is not None else torch.zeros_like(idx)
+            x = x + self.type_embed(types)
+        if self.embed_norm is not None:
+            x = self.embed_norm(x)
+        rope = {}  # {is_local: (cos, sin)}
+        if self.cfg.pos == "rope":
+            for local, inv_freq in ((False, self.inv_freq), (True, self.inv_freq_local)):
+                cos, sin = rope_cos_sin(inv_freq, pos)
+                if not torch.is_autocast_enabled(x.device.type):
+                    # Cast once here, not twice per layer in apply_rope (same values; under
+                    # autocast q/k's dtype is not x's, so apply_rope casts).
+                    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+                rope[local] = (cos, sin)
+                if self.cfg.rope_local_theta is None:
+                    rope[True] = rope[False]
+                    break
 
         # Masks per window size; None = plain causal (SDPA's fused is_causal path).
         masks: dict = {}
@@ -330,18 +445,23 @@ class Transformer(nn.Module):
             k_pos = torch.arange(cache.kv_len, device=idx.device)[None]
         else:
             k_pos = pos
+        causal = self.cfg.causal
+        padded = attention_mask is not None and not bool(attention_mask.all())
         for w in {blk.attn.window for blk in self.blocks}:
-            plain = cache is None and input_pos is None and (w is None or w >= T)
+            span = w if causal or w is None else w // 2 + 1  # how far a key may be and still be seen
+            plain = cache is None and input_pos is None and not padded and (w is None or span >= T)
             # Decoding one token with every row at the newest position (batch 1): each query
             # sees every cached key (the window too), so no mask is built or applied.
-            one_query = cache is not None and T == 1 and pos.shape[0] == 1 and (w is None or cache.kv_len <= w)
-            masks[w] = None if plain or one_query else attention_mask(pos, k_pos, w)
+            one_query = cache is not None and T == 1 and pos.shape[0] == 1 and not padded \
+                and (w is None or cache.kv_len <= w)
+            masks[w] = None if plain or one_query else attention_mask_for(
+                pos, k_pos, w, causal, attention_mask if padded else None)
 
         for blk in self.blocks:
             if self.gradient_checkpointing and self.training:
-                x = torch.utils.checkpoint.checkpoint(blk, x, cos, sin, pos, masks, None, use_reentrant=False)
+                x = torch.utils.checkpoint.checkpoint(blk, x, rope, pos, masks, None, use_reentrant=False)
             else:
-                x = blk(x, cos, sin, pos, masks, cache)
+                x = blk(x, rope, pos, masks, cache)
         return self.norm(x)
 
     def forward(
@@ -350,13 +470,32 @@ class Transformer(nn.Module):
         input_pos: Optional[torch.Tensor] = None,
         cache: Optional[KVCache] = None,
         last_only: bool = False,
-    ) -> torch.Tensor:
-        """Logits (B, T, vocab), or (B, 1, vocab) for the last position with `last_only`."""
-        h = self.hidden_states(idx, input_pos, cache)
+        attention_mask: Optional[torch.Tensor] = None,
+        token_type_ids: Optional[torch.Tensor] = None,
+        nsp: bool = False,
+    ):
+        """Logits (B, T, vocab), or (B, 1, vocab) for the last position with `last_only`.
+
+        With a TaskHead in place of lm_head: its logits, (B, N) pooled or (B, T, N).
+        `nsp`: (logits, next-sentence logits (B, 2)), BERT's two pretraining outputs at once
+        (one forward, so DDP's hooks see both heads)."""
+        h = self.hidden_states(idx, input_pos, cache, attention_mask, token_type_ids)
+        if isinstance(self.lm_head, TaskHead):
+            return self.lm_head(h, attention_mask)
+        if nsp:
+            if self.nsp_head is None:
+                raise ValueError("this model has no next-sentence head (config pooler=false)")
+            pooled = torch.tanh(self.pooler(h[:, 0]))  # (B, d): [CLS]
+            return self._lm_logits(h), self.nsp_head(pooled)
         if last_only:
             # contiguous: on a strided (B, 1, d) view F.linear falls back to a batched matmul
             # that copies the whole output matrix once per row (~0.2 s for a 50k vocabulary).
             h = h[:, -1:].contiguous()
+        return self._lm_logits(h)
+
+    def _lm_logits(self, h: torch.Tensor) -> torch.Tensor:
+        if self.lm_transform is not None:
+            h = self.lm_transform(h)
         logits = self.lm_head(h)
         if self.cfg.final_softcap is not None:  # Gemma 2
             logits = torch.tanh(logits / self.cfg.final_softcap) * self.cfg.final_softcap

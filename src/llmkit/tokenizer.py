@@ -19,6 +19,14 @@ prepends BOS (Llama) cannot end up with two. The same goes for BERT-style encode
 template wraps a text as `[CLS] text [SEP]`, `encode` adds the two itself (`add_cls_sep`), which
 gives exactly the ids of HF's `tokenizer(text)["input_ids"]`.
 
+Extractive tasks (token classification, question answering) need more than ids: `encode_offsets`
+and `encode_windows` return an `Encoded` (ids, token type ids, character offsets, word and
+sequence ids) straight from the backend's own post-processor, so a single text or a pair comes
+out exactly as `transformers`' `tokenizer(text, text_pair, return_offsets_mapping=True)` gives it
+for any template (BERT's `[CLS] A [SEP] B [SEP]`, RoBERTa's `<s> A </s></s> B </s>`), and a long
+input splits into overlapping windows as with `truncation="only_second", stride=...,
+return_overflowing_tokens=True`.
+
 Decoding never applies transformers' legacy `clean_up_tokenization_spaces` (" ." -> "."): that
 is lossy, and `decode(encode(text)) == text` is an invariant the data pipeline relies on.
 """
@@ -27,8 +35,10 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Optional, Sequence, Union
 
 from tokenizers import AddedToken, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from tokenizers import Tokenizer as _Backend
@@ -43,6 +53,39 @@ _SPECIAL_KEYS = ("bos_token", "eos_token", "pad_token", "unk_token", "cls_token"
 BERT_SPECIAL_TOKENS = {"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]", "sep_token": "[SEP]",
                        "mask_token": "[MASK]"}
 TOKENIZER_KINDS = ("bpe", "wordpiece")
+# The input of `encode_offsets` / `encode_windows`: a text, or its words (`is_pretokenized`).
+TextInput = Union[str, Sequence[str]]
+# Truncation state lives on a Rust tokenizer object, so windows are cut on a private copy of the
+# backend (never the shared one `encode` uses), one call at a time.
+_WINDOWS_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """A text (or text pair) as tokens, with what extractive tasks need to map tokens back.
+
+    All lists have one entry per token. `offsets` are (start, end) character spans into the
+    sequence the token came from (the first text or the pair; into its own word for
+    pre-tokenized input), (0, 0) for special tokens, as in transformers' `offset_mapping`.
+    `word_ids` index the words of the token's own sequence (the pre-tokenizer's words, or the
+    given words for pre-tokenized input) and `sequence_ids` say which input the token came from
+    (0 or 1); both are None for special tokens, as transformers' `word_ids()` / `sequence_ids()`.
+    """
+
+    ids: list[int]
+    type_ids: list[int]
+    offsets: list[tuple[int, int]]
+    word_ids: list[Optional[int]]
+    sequence_ids: list[Optional[int]]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @classmethod
+    def from_backend(cls, e: Any) -> "Encoded":
+        """Copy the fields out of a `tokenizers.Encoding`."""
+        return cls(ids=list(e.ids), type_ids=list(e.type_ids), offsets=[tuple(o) for o in e.offsets],
+                   word_ids=list(e.word_ids), sequence_ids=list(e.sequence_ids))
 
 
 def _read_json(path: Path) -> Optional[dict]:
@@ -194,15 +237,18 @@ class Tokenizer:
                 if token is not None:
                     self.special_tokens[key] = token
 
+        # [CLS] ... [SEP]: whatever the backend's template does (BERT's and RoBERTa's do, as in HF).
+        self.add_cls_sep: bool = self._post_processor_adds_cls_sep()
         # BOS: tokenizer_config's add_bos_token when present, otherwise whatever the backend's
         # post-processor does (Llama's tokenizer.json template prepends it; GPT-2/Qwen do not).
+        # A template that wraps in CLS ... SEP is not also a BOS template, even where the CLS
+        # token is the BOS token (RoBERTa's <s>): `_wrap` adds it once, as the CLS.
         if isinstance(self.config.get("add_bos_token"), bool):
             self.add_bos: bool = self.config["add_bos_token"]
         else:
-            self.add_bos = self._post_processor_adds_bos()
-        # [CLS] ... [SEP]: whatever the backend's template does (BERT's does, as in HF).
-        self.add_cls_sep: bool = self._post_processor_adds_cls_sep()
+            self.add_bos = not self.add_cls_sep and self._post_processor_adds_bos()
         self.chat_template = chat_template
+        self._windows_backend: Optional[_Backend] = None  # see `encode_windows`
 
     # --- loading ------------------------------------------------------------------------------
     @classmethod
@@ -261,9 +307,11 @@ class Tokenizer:
 
     # --- encode / decode ----------------------------------------------------------------------
     def _wrap(self, ids: list[int], bos: Optional[bool], eos: bool) -> list[int]:
-        if self.add_cls_sep and bos is not False:  # BERT: [CLS] text [SEP], as HF's template adds them
+        wrapped = self.add_cls_sep and bos is not False
+        if wrapped:  # BERT: [CLS] text [SEP], as HF's template adds them
             ids = [self.cls_id] + ids + [self.sep_id]
-        if (self.add_bos if bos is None else bos) and self.bos_id is not None:
+        if (self.add_bos if bos is None else bos) and self.bos_id is not None \
+                and not (wrapped and self.cls_id == self.bos_id):  # RoBERTa's <s> is both: once
             ids = [self.bos_id] + ids
         if eos:
             if self.eos_id is None:
@@ -287,14 +335,71 @@ class Tokenizer:
         return [self._wrap(e.ids, bos, eos) for e in encodings]
 
     def encode_pair(self, text: str, text_pair: str) -> tuple[list[int], list[int]]:
-        """(ids, token_type_ids) of a sentence pair, `[CLS] A [SEP] B [SEP]` with types 0...0 1...1,
-        as HF's `tokenizer(text, text_pair)` gives for BERT. Needs [CLS]/[SEP] (`add_cls_sep`)."""
+        """(ids, token_type_ids) of a sentence pair as the backend's template joins it, which is
+        what HF's `tokenizer(text, text_pair)` gives: `[CLS] A [SEP] B [SEP]` with types
+        0...0 1...1 for BERT, `<s> A </s></s> B </s>` with types all 0 for RoBERTa. Needs an
+        encoder template (`add_cls_sep`)."""
         if not self.add_cls_sep:
-            raise LLMKitError("pair encoding needs a BERT-style tokenizer whose template adds [CLS]/[SEP]")
-        a = self.backend.encode(text, add_special_tokens=False).ids
-        b = self.backend.encode(text_pair, add_special_tokens=False).ids
-        ids = [self.cls_id] + a + [self.sep_id] + b + [self.sep_id]
-        return ids, [0] * (len(a) + 2) + [1] * (len(b) + 1)
+            raise LLMKitError("pair encoding needs an encoder tokenizer whose template adds [CLS]/[SEP] (or <s>/</s>)")
+        e = self.backend.encode(text, text_pair, add_special_tokens=True)
+        return list(e.ids), list(e.type_ids)
+
+    def encode_offsets(self, text: TextInput, text_pair: Optional[TextInput] = None, *, add_special: bool = True,
+                       is_pretokenized: bool = False, max_length: Optional[int] = None) -> Encoded:
+        """`text` (and `text_pair`) as an `Encoded`: ids, type ids, character offsets, word and
+        sequence ids, with the special tokens of the backend's own template when `add_special`.
+
+        Equal to transformers' `tokenizer(text, text_pair, return_offsets_mapping=True)` (with
+        `is_split_into_words=True` for pre-tokenized input: `text` is then a list of words, as
+        for NER). `max_length` truncates the last input (the pair when there is one, as
+        `truncation="only_second"`; the text otherwise): the first of `encode_windows`' windows.
+
+        Pre-tokenized input with a byte-level BPE: the tokenizer should add a prefix space to
+        each word (`ByteLevel(add_prefix_space=True)`), as transformers requires for RoBERTa,
+        or the words are encoded as if they were glued together.
+        """
+        if max_length is not None:
+            return self.encode_windows(text, text_pair, max_length=max_length, add_special=add_special,
+                                       is_pretokenized=is_pretokenized)[0]
+        return Encoded.from_backend(self.backend.encode(text, text_pair, is_pretokenized=is_pretokenized,
+                                                        add_special_tokens=add_special))
+
+    def encode_windows(self, text: TextInput, text_pair: Optional[TextInput] = None, *, max_length: int,
+                       stride: int = 0, add_special: bool = True, is_pretokenized: bool = False) -> list[Encoded]:
+        """`encode_offsets`, with an input too long for `max_length` tokens (specials included)
+        split into overlapping windows of its last sequence: the context of a (question,
+        context) pair, the text alone otherwise. Consecutive windows share `stride` tokens.
+
+        Exactly transformers' `tokenizer(text, text_pair, truncation="only_second" (a pair) or
+        True (one text), max_length=max_length, stride=stride, return_overflowing_tokens=True,
+        return_offsets_mapping=True)`: the windows are cut by the backend's own truncation.
+        One window when everything fits.
+        """
+        if max_length < 1 or stride < 0:
+            raise LLMKitError(f"max_length must be >= 1 and stride >= 0, got max_length={max_length}, stride={stride}")
+        whole = self.backend.encode(text, text_pair, is_pretokenized=is_pretokenized, add_special_tokens=add_special)
+        if len(whole) <= max_length:
+            return [Encoded.from_backend(whole)]
+        # Checked here, as the backend would (it panics on a stride that leaves no room).
+        last = 1 if text_pair is not None else 0
+        n_last = sum(1 for i in whole.sequence_ids if i == last)
+        window = n_last - (len(whole) - max_length)  # tokens of the last sequence per window
+        what = "the context" if text_pair is not None else "the text"
+        if window < 1:
+            raise LLMKitError(f"no room for {what} in {max_length} tokens: the special tokens and the first "
+                              f"sequence take {len(whole) - n_last}")
+        if stride >= window:
+            raise LLMKitError(f"stride {stride} must be smaller than the {window} tokens of {what} that fit in "
+                              f"each window of {max_length}")
+        with _WINDOWS_LOCK:
+            if self._windows_backend is None:  # a private copy: its truncation setting is ours alone
+                self._windows_backend = _Backend.from_str(self.backend.to_str())
+                self._windows_backend.no_padding()
+            backend = self._windows_backend
+            backend.enable_truncation(max_length, stride=stride,
+                                      strategy="only_second" if text_pair is not None else "longest_first")
+            e = backend.encode(text, text_pair, is_pretokenized=is_pretokenized, add_special_tokens=add_special)
+        return [Encoded.from_backend(w) for w in [e, *e.overflowing]]
 
     def decode(self, ids: Iterable[int], skip_special: bool = True) -> str:
         if hasattr(ids, "tolist"):  # numpy arrays and torch tensors

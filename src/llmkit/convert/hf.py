@@ -6,7 +6,12 @@ transform is how one HF tensor becomes llmkit tensors and back:
     copy        same tensor
     t           transposed (GPT-2's Conv1D stores weights as (in, out))
     qkv / qkv_t one fused [q; k; v] tensor split in three (Phi-3 qkv_proj; GPT-2 c_attn, transposed)
-    gate_up     one fused [gate; up] tensor split in two (Phi-3 gate_up_proj)
+    gate_up     one fused [gate; up] tensor split in two (Phi-3 gate_up_proj, ModernBERT Wi)
+    alias       a second name HF keeps for a tied tensor (BERT's decoder bias): read once, written twice
+
+The backbone's table is shared by every task; each task has its head's rows (`Family.heads`):
+"lm" (the causal or masked LM head, BERT's pretraining heads), "sequence", "token" and "span"
+(question answering), each with the transformers class that holds it (`Family.tasks`).
 
 Configs are data too: `FAMILIES` holds, per HF `model_type`, its weight table, its transformers
 class, its tie default and the functions that read and write the fields only that family has
@@ -86,8 +91,85 @@ _GPT2_MAP = [
     (_G + "mlp.c_proj.bias", (_B + "mlp.down.bias",), "copy"),
 ]
 
+# --- encoders: BERT, RoBERTa (BERT's names under roberta.), DistilBERT, ModernBERT ---------------
+def _bert_map(p: str) -> list:
+    L = p + "encoder.layer.{}."
+    return [
+        (p + "embeddings.word_embeddings.weight", ("embed.weight",), "copy"),
+        (p + "embeddings.position_embeddings.weight", ("pos_embed.weight",), "copy"),
+        (p + "embeddings.token_type_embeddings.weight", ("type_embed.weight",), "copy"),
+        (p + "embeddings.LayerNorm.weight", ("embed_norm.weight",), "copy"),
+        (p + "embeddings.LayerNorm.bias", ("embed_norm.bias",), "copy"),
+    ] + [(L + hf + "." + wb, (_B + ours + "." + wb,), "copy") for hf, ours in (
+        ("attention.self.query", "attn.q"), ("attention.self.key", "attn.k"), ("attention.self.value", "attn.v"),
+        ("attention.output.dense", "attn.o"), ("attention.output.LayerNorm", "attn_norm"),
+        ("intermediate.dense", "mlp.up"), ("output.dense", "mlp.down"), ("output.LayerNorm", "mlp_norm"),
+    ) for wb in ("weight", "bias")]
+
+
+def _linear(hf: str, ours: str) -> list:
+    return [(hf + ".weight", (ours + ".weight",), "copy"), (hf + ".bias", (ours + ".bias",), "copy")]
+
+
+_BERT_MLM = _linear("cls.predictions.transform.dense", "lm_transform.dense") + _linear(
+    "cls.predictions.transform.LayerNorm", "lm_transform.norm") + [
+    ("cls.predictions.decoder.weight", ("lm_head.weight",), "copy"),
+    ("cls.predictions.bias", ("lm_head.bias",), "copy"),
+    ("cls.predictions.decoder.bias", ("lm_head.bias",), "alias"),
+] + _linear("bert.pooler.dense", "pooler") + _linear("cls.seq_relationship", "nsp_head")
+_ROBERTA_MLM = _linear("lm_head.dense", "lm_transform.dense") + _linear("lm_head.layer_norm", "lm_transform.norm") + [
+    ("lm_head.decoder.weight", ("lm_head.weight",), "copy"),
+    ("lm_head.bias", ("lm_head.bias",), "copy"),
+    ("lm_head.decoder.bias", ("lm_head.bias",), "alias"),
+] + _linear("roberta.pooler.dense", "pooler")  # RobertaModel's, unused by its task heads
+_D = "distilbert.transformer.layer.{}."
+_DISTILBERT_MAP = [
+    ("distilbert.embeddings.word_embeddings.weight", ("embed.weight",), "copy"),
+    ("distilbert.embeddings.position_embeddings.weight", ("pos_embed.weight",), "copy"),
+    ("distilbert.embeddings.LayerNorm.weight", ("embed_norm.weight",), "copy"),
+    ("distilbert.embeddings.LayerNorm.bias", ("embed_norm.bias",), "copy"),
+] + [(_D + hf + "." + wb, (_B + ours + "." + wb,), "copy") for hf, ours in (
+    ("attention.q_lin", "attn.q"), ("attention.k_lin", "attn.k"), ("attention.v_lin", "attn.v"),
+    ("attention.out_lin", "attn.o"), ("sa_layer_norm", "attn_norm"), ("ffn.lin1", "mlp.up"),
+    ("ffn.lin2", "mlp.down"), ("output_layer_norm", "mlp_norm"),
+) for wb in ("weight", "bias")]
+_DISTILBERT_MLM = _linear("vocab_transform", "lm_transform.dense") + _linear("vocab_layer_norm", "lm_transform.norm") + [
+    ("vocab_projector.weight", ("lm_head.weight",), "copy"), ("vocab_projector.bias", ("lm_head.bias",), "copy")]
+_M = "model.layers.{}."
+_MODERNBERT_MAP = [
+    ("model.embeddings.tok_embeddings.weight", ("embed.weight",), "copy"),
+    ("model.embeddings.norm.weight", ("embed_norm.weight",), "copy"),
+    ("model.embeddings.norm.bias", ("embed_norm.bias",), "copy"),
+    ("model.final_norm.weight", ("norm.weight",), "copy"),
+    ("model.final_norm.bias", ("norm.bias",), "copy"),
+    (_M + "attn.Wqkv.weight", (_B + "attn.q.weight", _B + "attn.k.weight", _B + "attn.v.weight"), "qkv"),
+    (_M + "attn.Wqkv.bias", (_B + "attn.q.bias", _B + "attn.k.bias", _B + "attn.v.bias"), "qkv"),
+    (_M + "mlp.Wi.weight", (_B + "mlp.gate.weight", _B + "mlp.up.weight"), "gate_up"),
+    (_M + "mlp.Wi.bias", (_B + "mlp.gate.bias", _B + "mlp.up.bias"), "gate_up"),
+] + [(_M + hf + "." + wb, (_B + ours + "." + wb,), "copy") for hf, ours in (
+    ("attn_norm", "attn_norm"), ("attn.Wo", "attn.o"), ("mlp_norm", "mlp_norm"), ("mlp.Wo", "mlp.down"),
+) for wb in ("weight", "bias")]
+_MODERNBERT_HEAD = _linear("head.dense", "lm_head.transform.dense") + _linear("head.norm", "lm_head.transform.norm")
+_MODERNBERT_MLM = _linear("head.dense", "lm_transform.dense") + _linear("head.norm", "lm_transform.norm") + [
+    ("decoder.weight", ("lm_head.weight",), "copy"), ("decoder.bias", ("lm_head.bias",), "copy")]
+
+
+def _encoder_heads(mlm: list, sequence: list, token: str = "classifier", span: str = "qa_outputs",
+                   hidden: list = ()) -> dict:
+    """The four head tables of an encoder: its MLM head, and the task heads whose projection is
+    `lm_head.weight/bias` (TaskHead) with, for ModernBERT, its `hidden` layer in front."""
+    return {"lm": mlm, "sequence": sequence, "token": list(hidden) + _linear(token, "lm_head"),
+            "span": list(hidden) + _linear(span, "lm_head")}
+
+
+def _encoder_tasks(prefix: str) -> dict:
+    return {"lm": prefix + "ForMaskedLM", "sequence": prefix + "ForSequenceClassification",
+            "token": prefix + "ForTokenClassification", "span": prefix + "ForQuestionAnswering"}
+
+
 # Buffers some HF checkpoints carry that are recomputed, never loaded.
-_IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias", "rotary_emb.inv_freq")
+_IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias", "rotary_emb.inv_freq", "embeddings.position_ids",
+                     "embeddings.token_type_ids")
 # Token ids that travel in config.json / generation_config.json (kept in ModelConfig.extra).
 EXTRA_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id")
 
@@ -200,16 +282,154 @@ def _window_period(types: list[str]) -> Optional[int]:
     return None
 
 
+def _read_gelu(hf: dict, c: dict) -> None:  # BERT, RoBERTa, DistilBERT
+    act = hf.get("hidden_act") or hf.get("activation") or "gelu"
+    if act not in ("gelu", "gelu_new", "gelu_pytorch_tanh"):
+        raise LLMKitError(f"hidden_act '{act}' is not supported for {c['hf_model_type']}")
+    c["gelu_approx"] = "none" if act == "gelu" else "tanh"
+    if hf.get("position_embedding_type", "absolute") != "absolute":
+        raise LLMKitError(f"position_embedding_type '{hf['position_embedding_type']}' is not supported")
+
+
+def _write_gelu(cfg: ModelConfig, hf: dict) -> None:
+    hf["hidden_act" if "dim" not in hf else "activation"] = "gelu" if cfg.gelu_approx == "none" else "gelu_new"
+
+
+def _read_roberta(hf: dict, c: dict) -> None:
+    """RoBERTa numbers positions from padding_idx + 1 (fairseq's make_positions)."""
+    c["pos_offset"] = int(hf.get("pad_token_id", 1)) + 1
+    c["block_size"] -= c["pos_offset"]
+
+
+def _read_modernbert(hf: dict, c: dict) -> None:
+    """ModernBERT: GeGLU, RoPE with a base per layer type, global attention every k layers and a
+    symmetric local window elsewhere, norms without bias, block 0 without an attention norm."""
+    act = hf.get("hidden_activation", "gelu")
+    head_act = hf.get("classifier_activation", "gelu")
+    if act not in ("gelu", "gelu_pytorch_tanh") or head_act != act:
+        raise LLMKitError(f"ModernBERT activations '{act}'/'{head_act}' are not supported (gelu, the same for both)")
+    params = hf.get("rope_parameters") or {}
+    glob = (params.get("full_attention") or {}).get("rope_theta", hf.get("global_rope_theta", 160000.0))
+    loc = (params.get("sliding_attention") or {}).get("rope_theta", hf.get("local_rope_theta", 10000.0))
+    types = hf.get("layer_types") or ["sliding_attention" if i % int(hf.get("global_attn_every_n_layers", 3))
+                                      else "full_attention" for i in range(c["n_layer"])]
+    every = next((k for k in range(1, len(types) + 1)
+                  if all((t == "full_attention") == (i % k == 0) for i, t in enumerate(types))), None)
+    if every is None:
+        raise LLMKitError(f"modernbert layer_types pattern {types[:4]}... is not supported")
+    bias = bool(hf.get("attention_bias"))
+    c.update(gelu_approx="none" if act == "gelu" else "tanh", rope_theta=float(glob), rope_local_theta=float(loc),
+             norm_bias=bool(hf.get("norm_bias")), qkv_bias=bias, attn_out_bias=bias, mlp_bias=bool(hf.get("mlp_bias")),
+             lm_head_bias=bool(hf.get("decoder_bias", True)), head_dense_bias=bool(hf.get("classifier_bias")),
+             sliding_window=int(hf.get("local_attention", 128)) if every > 1 else None,
+             global_every=every if every > 1 else None)
+
+
+def _write_modernbert(cfg: ModelConfig, hf: dict) -> None:
+    act = "gelu" if cfg.gelu_approx == "none" else "gelu_pytorch_tanh"
+    hf.update(hidden_activation=act, classifier_activation=act, norm_bias=cfg.norm_bias, attention_bias=cfg.qkv_bias,
+              mlp_bias=cfg.mlp_bias, decoder_bias=cfg.lm_head_bias, classifier_bias=cfg.head_dense_bias,
+              local_attention=cfg.sliding_window or 128, global_attn_every_n_layers=cfg.global_every or 1,
+              layer_types=["sliding_attention" if cfg.is_local_layer(i) else "full_attention" for i in range(cfg.n_layer)],
+              rope_parameters={"full_attention": {"rope_type": "default", "rope_theta": cfg.rope_theta},
+                               "sliding_attention": {"rope_type": "default",
+                                                     "rope_theta": cfg.rope_local_theta or cfg.rope_theta}},
+              attention_dropout=0.0, embedding_dropout=0.0, mlp_dropout=0.0, classifier_dropout=0.0,
+              norm_eps=cfg.norm_eps, reference_compile=False)
+    for key in ("pad_token_id", "bos_token_id", "eos_token_id", "cls_token_id", "sep_token_id"):
+        hf.setdefault(key, cfg.extra.get(key, 0))
+
+
+# --- sizes: what every family spells its own way -------------------------------------------------
+def _gpt2_sizes_to(cfg: ModelConfig, hf: dict) -> None:
+    hf.update(n_layer=cfg.n_layer, n_embd=cfg.n_embd, n_head=cfg.n_head, n_inner=cfg.ffn_size,
+              n_positions=cfg.block_size, n_ctx=cfg.block_size, layer_norm_epsilon=cfg.norm_eps,
+              activation_function="gelu_new" if cfg.gelu_approx == "tanh" else "gelu")
+
+
+def _rope_sizes_to(cfg: ModelConfig, hf: dict) -> None:
+    hf.update(num_hidden_layers=cfg.n_layer, hidden_size=cfg.n_embd, num_attention_heads=cfg.n_head,
+              num_key_value_heads=cfg.kv_heads, head_dim=cfg.head_size, intermediate_size=cfg.ffn_size,
+              max_position_embeddings=cfg.block_size, rms_norm_eps=cfg.norm_eps, rope_theta=cfg.rope_theta,
+              attention_dropout=0.0)
+    rope_params: dict = {"rope_type": "default", "rope_theta": cfg.rope_theta}
+    s = cfg.rope_scaling
+    if s is not None:
+        scaling = {"rope_type": s.type, "factor": s.factor}
+        if s.type == "llama3":
+            scaling.update(low_freq_factor=s.low_freq_factor, high_freq_factor=s.high_freq_factor,
+                           original_max_position_embeddings=s.original_max_seq_len)
+        hf["rope_scaling"] = scaling
+        rope_params = {**scaling, "rope_theta": cfg.rope_theta}
+    hf["rope_parameters"] = rope_params
+
+
+_ENCODER = dict(causal=False, norm="layer", norm_bias=True, qkv_bias=True, attn_out_bias=True, mlp_bias=True,
+                mlp="gelu", norm_position="post", embed_norm=True, final_norm=False, pos="learned",
+                lm_head_bias=True, lm_head_transform=True)
+
+
+def _bert_sizes_from(hf: dict, common: dict) -> dict:
+    return dict(common, **_ENCODER, n_layer=hf["num_hidden_layers"], n_embd=hf["hidden_size"],
+                n_head=hf["num_attention_heads"], intermediate_size=hf["intermediate_size"],
+                block_size=hf.get("max_position_embeddings", 512), norm_eps=hf.get("layer_norm_eps", 1e-12),
+                type_vocab_size=hf.get("type_vocab_size", 2))
+
+
+def _bert_sizes_to(cfg: ModelConfig, hf: dict) -> None:
+    hf.update(num_hidden_layers=cfg.n_layer, hidden_size=cfg.n_embd, num_attention_heads=cfg.n_head,
+              intermediate_size=cfg.ffn_size, max_position_embeddings=cfg.block_size + cfg.pos_offset,
+              layer_norm_eps=cfg.norm_eps, type_vocab_size=cfg.type_vocab_size, hidden_dropout_prob=0.0,
+              attention_probs_dropout_prob=0.0, position_embedding_type="absolute")
+    if cfg.pos_offset:
+        hf["pad_token_id"] = cfg.pos_offset - 1  # RoBERTa's padding_idx, which its positions start after
+
+
+def _distilbert_sizes_from(hf: dict, common: dict) -> dict:
+    if hf.get("sinusoidal_pos_embds"):
+        raise LLMKitError("DistilBERT with sinusoidal_pos_embds is not supported")
+    return dict(common, **_ENCODER, n_layer=hf["n_layers"], n_embd=hf["dim"], n_head=hf["n_heads"],
+                intermediate_size=hf["hidden_dim"], block_size=hf.get("max_position_embeddings", 512),
+                norm_eps=1e-12)  # DistilBERT's LayerNorms have a fixed eps
+
+
+def _distilbert_sizes_to(cfg: ModelConfig, hf: dict) -> None:
+    hf.update(n_layers=cfg.n_layer, dim=cfg.n_embd, n_heads=cfg.n_head, hidden_dim=cfg.ffn_size,
+              max_position_embeddings=cfg.block_size, sinusoidal_pos_embds=False, dropout=0.0,
+              attention_dropout=0.0, qa_dropout=0.0, seq_classif_dropout=0.0)
+
+
+def _modernbert_sizes_from(hf: dict, common: dict) -> dict:
+    return dict(common, causal=False, norm="layer", mlp="geglu", embed_norm=True, first_attn_norm=False,
+                lm_head_transform=True, pos="rope", n_layer=hf["num_hidden_layers"], n_embd=hf["hidden_size"],
+                n_head=hf["num_attention_heads"], intermediate_size=hf["intermediate_size"],
+                block_size=hf.get("max_position_embeddings", 8192), norm_eps=hf.get("norm_eps", 1e-5))
+
+
+def _modernbert_sizes_to(cfg: ModelConfig, hf: dict) -> None:
+    hf.update(num_hidden_layers=cfg.n_layer, hidden_size=cfg.n_embd, num_attention_heads=cfg.n_head,
+              intermediate_size=cfg.ffn_size, max_position_embeddings=cfg.block_size)
+
+
 # --- the families -------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Family:
-    weights: list  # (HF name, llmkit name(s), transform) rows
-    architecture: str  # the transformers class `from_pretrained` builds
+    weights: list  # the backbone's (HF name, llmkit name(s), transform) rows
+    architecture: str  # the transformers class `from_pretrained` builds for a language model
     tie_default: bool  # tie_word_embeddings when config.json does not say
     fixed: dict = dataclasses.field(default_factory=dict)  # ModelConfig fields every member has
     read: tuple[Reader, ...] = ()
     write: tuple[Writer, ...] = ()
     prefix: str = "model."  # of the backbone's tensor names (base-model checkpoints omit it)
+    sizes_from: Callable[[dict, dict], dict] = None  # config.json -> the size fields (default: Llama's)
+    sizes_to: Callable[[ModelConfig, dict], None] = None
+    heads: dict = dataclasses.field(default_factory=lambda: {"lm": [("lm_head.weight", ("lm_head.weight",), "copy")]})
+    tasks: dict = dataclasses.field(default_factory=dict)  # task -> transformers class (lm: `architecture`)
+    base: Optional[str] = None  # the bare backbone's class (BertModel): no head weights
+    pretraining: Optional[str] = None  # the class with BERT's pooler and next-sentence head too
+
+    def arch(self, task: str) -> str:
+        return self.architecture if task == "lm" else self.tasks[task]
 
 
 FAMILIES: dict[str, Family] = {
@@ -227,7 +447,28 @@ FAMILIES: dict[str, Family] = {
     "gemma": Family(_LLAMA_MAP, "GemmaForCausalLM", True, read=(_read_geglu,), write=(_write_geglu,)),
     "gemma2": Family(_GEMMA2_MAP, "Gemma2ForCausalLM", True, read=(_read_geglu, _read_gemma2),
                      write=(_write_geglu, _write_gemma2)),
-    "gpt2": Family(_GPT2_MAP, "GPT2LMHeadModel", True, prefix="transformer."),
+    "gpt2": Family(_GPT2_MAP, "GPT2LMHeadModel", True, prefix="transformer.", sizes_from=lambda hf, c: _gpt2_from_hf(hf, c),
+                   sizes_to=_gpt2_sizes_to),
+    "bert": Family(_bert_map("bert."), "BertForMaskedLM", True, read=(_read_gelu,), write=(_write_gelu,),
+                   prefix="bert.", sizes_from=_bert_sizes_from, sizes_to=_bert_sizes_to,
+                   heads=_encoder_heads(_BERT_MLM, _linear("bert.pooler.dense", "lm_head.transform.dense")
+                                        + _linear("classifier", "lm_head")),
+                   tasks=_encoder_tasks("Bert"), base="BertModel", pretraining="BertForPreTraining"),
+    "roberta": Family(_bert_map("roberta."), "RobertaForMaskedLM", True, read=(_read_gelu, _read_roberta),
+                      write=(_write_gelu,), prefix="roberta.", sizes_from=_bert_sizes_from, sizes_to=_bert_sizes_to,
+                      heads=_encoder_heads(_ROBERTA_MLM, _linear("classifier.dense", "lm_head.transform.dense")
+                                           + _linear("classifier.out_proj", "lm_head")),
+                      tasks=_encoder_tasks("Roberta"), base="RobertaModel"),
+    "distilbert": Family(_DISTILBERT_MAP, "DistilBertForMaskedLM", True, read=(_read_gelu,), write=(_write_gelu,),
+                         prefix="distilbert.", sizes_from=_distilbert_sizes_from, sizes_to=_distilbert_sizes_to,
+                         heads=_encoder_heads(_DISTILBERT_MLM, _linear("pre_classifier", "lm_head.transform.dense")
+                                              + _linear("classifier", "lm_head")),
+                         tasks=_encoder_tasks("DistilBert"), base="DistilBertModel"),
+    "modernbert": Family(_MODERNBERT_MAP, "ModernBertForMaskedLM", True, read=(_read_modernbert,),
+                         write=(_write_modernbert,), sizes_from=_modernbert_sizes_from, sizes_to=_modernbert_sizes_to,
+                         heads=_encoder_heads(_MODERNBERT_MLM, _MODERNBERT_HEAD + _linear("classifier", "lm_head"),
+                                              token="classifier", span="classifier", hidden=_MODERNBERT_HEAD),
+                         tasks=_encoder_tasks("ModernBert"), base="ModernBertModel"),
 }
 WEIGHT_MAPS = {mt: f.weights for mt, f in FAMILIES.items()}
 ARCHITECTURES = {mt: f.architecture for mt, f in FAMILIES.items()}
@@ -248,22 +489,42 @@ def _qkv_sizes(cfg: ModelConfig) -> list[int]:
     return [cfg.n_head * cfg.head_size, cfg.kv_heads * cfg.head_size, cfg.kv_heads * cfg.head_size]
 
 
-def state_dict_from_hf(hf_sd: dict[str, torch.Tensor], cfg: ModelConfig, source: str = "checkpoint") -> dict:
-    """HF tensors -> llmkit tensors for `cfg` (whose hf_model_type picks the table)."""
+def _table(family: Family, task: Optional[str]) -> list:
+    return family.weights + family.heads[task or "lm"]
+
+
+def _head_names(family: Family) -> set[str]:
+    """HF names of head tensors that sit outside the backbone's prefix (cls., classifier, ...)."""
+    return {hf for rows in family.heads.values() for hf, _, _ in rows if not hf.startswith(family.prefix)}
+
+
+def _tied(cfg: ModelConfig, natives: tuple) -> bool:
+    return cfg.tie_embeddings and natives == ("lm_head.weight",)
+
+
+def state_dict_from_hf(hf_sd: dict[str, torch.Tensor], cfg: ModelConfig, source: str = "checkpoint",
+                       task: Optional[str] = None) -> dict:
+    """HF tensors -> llmkit tensors for `cfg` (whose hf_model_type picks the table) and `task`
+    (None: the language-model head; "sequence", "token", "span": a task head's checkpoint)."""
     mt = cfg.hf_model_type
     family = FAMILIES[mt]
+    heads = _head_names(family)
     sd = {}
     for k, v in hf_sd.items():
         if k.endswith(_IGNORED_SUFFIXES):
             continue
-        if not k.startswith(family.prefix) and k != "lm_head.weight":
-            k = family.prefix + k  # a base-model checkpoint (e.g. openai-community/gpt2)
+        if k.endswith((".gamma", ".beta")) and "LayerNorm" in k:  # TF-era BERT checkpoints
+            k = k.rsplit(".", 1)[0] + (".weight" if k.endswith(".gamma") else ".bias")
+        if not k.startswith(family.prefix) and k not in heads:
+            k = family.prefix + k  # a base-model checkpoint (e.g. openai-community/gpt2, BertModel)
         sd[k] = v
     out: dict[str, torch.Tensor] = {}
-    for hf, natives, kind in _expand(family.weights, cfg.n_layer):
+    for hf, natives, kind in _expand(_table(family, task), cfg.n_layer):
         if hf not in sd:
             continue
         t = sd.pop(hf)
+        if kind == "alias" or (task in (None, "lm") and _tied(cfg, natives)):
+            continue  # the same tensor under its other name
         if kind == "copy":
             out[natives[0]] = t
         elif kind == "t":
@@ -275,8 +536,9 @@ def state_dict_from_hf(hf_sd: dict[str, torch.Tensor], cfg: ModelConfig, source:
                 raise LLMKitError(f"{source}: shape mismatch for {hf}: {tuple(t.shape)} does not split into {sizes}")
             for name, part in zip(natives, torch.split(t, sizes, dim=dim)):
                 out[name] = part.t() if kind == "qkv_t" else part
-    if cfg.tie_embeddings:
-        sd.pop("lm_head.weight", None)
+    if not cfg.pooler:  # a bare backbone's pooler (BertModel): only BERT's pretraining heads use it
+        for k in [k for k in out if k.startswith(("pooler.", "nsp_head."))]:
+            del out[k]
     if sd:
         keys = sorted(sd)
         raise LLMKitError(f"{source}: tensors with no llmkit counterpart for model_type '{mt}': "
@@ -284,16 +546,19 @@ def state_dict_from_hf(hf_sd: dict[str, torch.Tensor], cfg: ModelConfig, source:
     return out
 
 
-def state_dict_to_hf(sd: dict[str, torch.Tensor], cfg: ModelConfig, model_type: str) -> dict:
+def state_dict_to_hf(sd: dict[str, torch.Tensor], cfg: ModelConfig, model_type: str,
+                     task: Optional[str] = None) -> dict:
     """llmkit tensors -> HF tensors (the tied head omitted, as HF saves it)."""
     out = {}
-    for hf, natives, kind in _expand(FAMILIES[model_type].weights, cfg.n_layer):
+    for hf, natives, kind in _expand(_table(FAMILIES[model_type], task), cfg.n_layer):
         if not all(n in sd for n in natives):
             continue
-        if hf == "lm_head.weight" and cfg.tie_embeddings:
+        if _tied(cfg, natives):
             continue
         parts = [sd[n] for n in natives]
-        if kind == "copy":
+        if kind == "alias":
+            out[hf] = parts[0].clone()  # safetensors stores no shared tensors
+        elif kind == "copy":
             out[hf] = parts[0]
         elif kind == "t":
             out[hf] = parts[0].t()
@@ -363,10 +628,15 @@ def config_from_hf(hf: dict, name: Optional[str] = None) -> ModelConfig:
         common = dict(name=name or hf.get("_name_or_path") or mt, hf_model_type=mt, vocab_size=hf["vocab_size"],
                       tie_embeddings=hf.get("tie_word_embeddings", family.tie_default),
                       extra={k: hf[k] for k in EXTRA_KEYS if hf.get(k) is not None})
-        c = (_gpt2_from_hf if mt == "gpt2" else _rope_family_from_hf)(hf, common)
+        c = (family.sizes_from or _rope_family_from_hf)(hf, common)
         c.update(family.fixed)
         for read in family.read:
             read(hf, c)
+        arch = (hf.get("architectures") or [family.architecture])[0]
+        if arch == family.base:  # a bare backbone (BertModel): no MLM head weights to load
+            c.update(lm_head_transform=False, lm_head_bias=False)
+        if family.pretraining and arch == family.pretraining:
+            c["pooler"] = True
     except KeyError as e:  # a required field of this family is missing
         raise LLMKitError(f"config.json lacks '{e.args[0]}', which a '{mt}' model needs") from None
     except (TypeError, ValueError) as e:  # a field of the wrong type (e.g. a string for a size)
@@ -378,6 +648,8 @@ def infer_hf_model_type(cfg: ModelConfig) -> str:
     """The HF family a config belongs to: its own, else the plainest one that expresses it."""
     if cfg.hf_model_type:
         return cfg.hf_model_type
+    if not cfg.causal:
+        return "modernbert" if cfg.pos == "rope" else ("bert" if cfg.type_vocab_size > 1 else "distilbert")
     if cfg.pos == "learned":
         return "gpt2"
     if cfg.post_block_norms:
@@ -393,43 +665,74 @@ def infer_hf_model_type(cfg: ModelConfig) -> str:
     return "llama"
 
 
-def config_to_hf(cfg: ModelConfig, model_type: Optional[str] = None, dtype: str = "float32") -> dict:
-    """A transformers config.json dict for `cfg`, verified by reading it back."""
+def config_to_hf(cfg: ModelConfig, model_type: Optional[str] = None, dtype: str = "float32",
+                 head: Optional[dict] = None, labels: Optional[list] = None) -> dict:
+    """A transformers config.json dict for `cfg` (with `head`, a task head's spec, and its
+    `labels`: that task's class), verified by reading it back."""
     mt = model_type or infer_hf_model_type(cfg)
     if mt not in FAMILIES:
         raise LLMKitError(f"cannot export to model_type '{mt}' (supported: {', '.join(FAMILIES)})")
     family = FAMILIES[mt]
-    hf: dict = {"architectures": [family.architecture], "model_type": mt, "vocab_size": cfg.vocab_size,
-                "tie_word_embeddings": cfg.tie_embeddings, "torch_dtype": dtype, "use_cache": True}
-    if mt == "gpt2":
-        hf.update(n_layer=cfg.n_layer, n_embd=cfg.n_embd, n_head=cfg.n_head, n_inner=cfg.ffn_size,
-                  n_positions=cfg.block_size, n_ctx=cfg.block_size, layer_norm_epsilon=cfg.norm_eps,
-                  activation_function="gelu_new" if cfg.gelu_approx == "tanh" else "gelu")
-    else:
-        hf.update(num_hidden_layers=cfg.n_layer, hidden_size=cfg.n_embd, num_attention_heads=cfg.n_head,
-                  num_key_value_heads=cfg.kv_heads, head_dim=cfg.head_size, intermediate_size=cfg.ffn_size,
-                  max_position_embeddings=cfg.block_size, rms_norm_eps=cfg.norm_eps, rope_theta=cfg.rope_theta,
-                  attention_dropout=0.0)
-        rope_params: dict = {"rope_type": "default", "rope_theta": cfg.rope_theta}
-        s = cfg.rope_scaling
-        if s is not None:
-            scaling = {"rope_type": s.type, "factor": s.factor}
-            if s.type == "llama3":
-                scaling.update(low_freq_factor=s.low_freq_factor, high_freq_factor=s.high_freq_factor,
-                               original_max_position_embeddings=s.original_max_seq_len)
-            hf["rope_scaling"] = scaling
-            rope_params = {**scaling, "rope_theta": cfg.rope_theta}
-        hf["rope_parameters"] = rope_params
-    hf.update({k: v for k, v in cfg.extra.items() if k in EXTRA_KEYS})
+    task = head["task"] if head else "lm"
+    if task != "lm" and task not in family.tasks:
+        raise LLMKitError(f"a '{task}' head cannot be exported as Hugging Face '{mt}'")
+    arch = family.pretraining if task == "lm" and cfg.pooler and family.pretraining else family.arch(task)
+    hf: dict = {"architectures": [arch], "model_type": mt, "vocab_size": cfg.vocab_size,
+                "tie_word_embeddings": cfg.tie_embeddings if task == "lm" else family.tie_default,
+                "torch_dtype": dtype, "use_cache": True}
+    (family.sizes_to or _rope_sizes_to)(cfg, hf)
+    hf.update({k: v for k, v in cfg.extra.items() if k in EXTRA_KEYS and k not in hf})
     for write in family.write:
         write(cfg, hf)
+    if head is not None:
+        _write_head(cfg, mt, head, labels, hf)
     # The round trip: what transformers will build from this dict must be our architecture.
     back = config_from_hf(hf, name=cfg.name)
     ignore = {"name", "hf_repo", "extra", "hf_model_type"}
+    if head is not None:  # the vocabulary head's fields describe a layer a task model does not have
+        ignore |= {"tie_embeddings", "lm_head_bias", "lm_head_transform", "pooler", "final_softcap"}
     diffs = [f.name for f in dataclasses.fields(cfg) if f.name not in ignore and _norm_field(cfg, f.name) != _norm_field(back, f.name)]
     if diffs:
         raise LLMKitError(f"this architecture cannot be expressed as Hugging Face '{mt}': it differs in {', '.join(diffs)}")
     return hf
+
+
+def _write_head(cfg: ModelConfig, mt: str, head: dict, labels: Optional[list], hf: dict) -> None:
+    """num_labels / id2label of a task head, refusing a head the HF class would build otherwise."""
+    from llmkit.heads import head_spec
+
+    names = list(labels) if labels else [f"LABEL_{i}" for i in range(head["n_out"])]
+    if head["task"] == "span":
+        names = ["LABEL_0", "LABEL_1"]
+    hf.update(num_labels=len(names), id2label={str(i): n for i, n in enumerate(names)},
+              label2id={n: i for i, n in enumerate(names)})
+    if mt == "modernbert" and head["task"] == "sequence":
+        hf["classifier_pooling"] = {"first": "cls", "mean": "mean"}.get(head.get("pool"), head.get("pool"))
+    expected = head_spec(cfg, head["task"], head["n_out"], pool=head.get("pool") if mt == "modernbert" else None)
+    if {k: head.get(k) for k in ("pool", "act", "norm")} != {k: expected[k] for k in ("pool", "act", "norm")}:
+        raise LLMKitError(f"this {head['task']} head (pool={head.get('pool')}, act={head.get('act')}) cannot be "
+                          f"expressed as Hugging Face '{mt}', whose head is pool={expected['pool']}, act={expected['act']}")
+
+
+def hf_head(hf: Optional[dict], cfg: ModelConfig) -> Optional[dict]:
+    """A transformers task checkpoint's head as llmkit's classifier.json ({"labels", "head"}), or
+    None for a language model or a bare backbone."""
+    from llmkit.heads import head_spec
+
+    if not hf or cfg.hf_model_type not in FAMILIES:
+        return None
+    family = FAMILIES[cfg.hf_model_type]
+    arch = (hf.get("architectures") or [family.architecture])[0]
+    task = next((t for t, a in family.tasks.items() if a == arch), None)
+    if task is None or task == "lm":
+        return None
+    id2label = hf.get("id2label") or {}
+    n = int(hf.get("num_labels") or len(id2label) or 2)
+    labels = [id2label.get(str(i), id2label.get(i, f"LABEL_{i}")) for i in range(n)]
+    pool = None
+    if task == "sequence" and cfg.hf_model_type == "modernbert":
+        pool = {"cls": "first", "mean": "mean"}[hf.get("classifier_pooling", "cls")]
+    return {"labels": labels if task != "span" else ["start", "end"], "head": head_spec(cfg, task, n, pool)}
 
 
 def generation_config(cfg: ModelConfig) -> dict:

@@ -36,14 +36,15 @@ from llmkit.training.loop import TrainConfig
 
 # --- model -----------------------------------------------------------------------------------------
 def collate(token_lists: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded (B, T) ids and each row's last real index. Right padding never changes a
-    causal model's states at the real positions, so no attention mask is needed."""
+    """Right-padded (B, T) ids and their (B, T) mask, 1 at real tokens: an encoder's attention
+    skips the padding, a causal model's head reads each row's last real token."""
     T = max(len(t) for t in token_lists)
     idx = torch.full((len(token_lists), T), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(token_lists), T), dtype=torch.long)
     for b, t in enumerate(token_lists):
         idx[b, :len(t)] = torch.tensor(t, dtype=torch.long)
-    last = torch.tensor([len(t) - 1 for t in token_lists], dtype=torch.long)
-    return idx, last
+        mask[b, :len(t)] = 1
+    return idx, mask
 
 
 @torch.no_grad()
@@ -54,8 +55,8 @@ def predict_proba(model: nn.Module, token_lists: list[list[int]], n_classes: int
     out = torch.empty(len(token_lists), n_classes)
     for s in range(0, len(order), batch_size):
         chunk = order[s:s + batch_size]
-        idx, last = collate([token_lists[i] for i in chunk], pad_id)
-        out[chunk] = class_logits(model, idx.to(device), last.to(device)).softmax(-1).cpu()
+        idx, mask = collate([token_lists[i] for i in chunk], pad_id)
+        out[chunk] = class_logits(model, idx.to(device), mask.to(device)).softmax(-1).cpu()
     return out
 
 
@@ -171,15 +172,15 @@ def classify_train(
     summary_line += f"; with the {len(labels)}-class head: {n_train:,} trainable"
 
     def make_batch(indices: list[int]) -> dict:
-        idx, last = collate([train_ids[i] for i in indices], pad_id)
-        return {"idx": idx, "last": last, "label": torch.tensor([train_y[i] for i in indices]),
+        idx, mask = collate([train_ids[i] for i in indices], pad_id)
+        return {"idx": idx, "mask": mask, "label": torch.tensor([train_y[i] for i in indices]),
                 "tokens": sum(len(train_ids[i]) for i in indices)}
 
     batches = ShuffledBatches(len(train_ids), train.micro_batch_size, make_batch, seed=train.seed,
                               rank=rt.rank, world_size=rt.world)
 
     def loss_fn(m, batch) -> dict:
-        logits = class_logits(m, batch["idx"], batch["last"])
+        logits = class_logits(m, batch["idx"], batch["mask"])
         loss = F.cross_entropy(logits, batch["label"])
         acc = (logits.argmax(-1) == batch["label"]).float().mean()
         return {"loss": loss, "tokens": batch["tokens"], "train_acc": acc}
