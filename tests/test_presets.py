@@ -20,11 +20,32 @@ def test_preset_parameter_counts(name, expected):
     assert cfg.n_params_estimate() + _norm_and_bias_params(cfg) == expected
 
 
+@pytest.mark.parametrize("name", ["bert-base-uncased", "bert-large-uncased", "distilbert-base-uncased", "roberta-base",
+                                  "roberta-large", "modernbert-base", "modernbert-large", "micro-bert"])
+def test_encoder_presets_count_what_transformers_counts(name):
+    """The same config exported to transformers builds a ...ForMaskedLM of exactly our size
+    (bert-base-uncased 109,514,298; ModernBERT-base 149,655,232, its card's "149M")."""
+    import transformers
+
+    from llmkit.convert.hf import config_to_hf
+
+    cfg = ModelConfig.from_name(name)
+    hf = transformers.AutoConfig.for_model(**config_to_hf(cfg))
+    with torch.device("meta"):
+        theirs = transformers.AutoModelForMaskedLM.from_config(hf)
+    assert type(theirs).__name__ == {"bert": "BertForMaskedLM", "roberta": "RobertaForMaskedLM",
+                                     "distilbert": "DistilBertForMaskedLM",
+                                     "modernbert": "ModernBertForMaskedLM"}[cfg.hf_model_type]
+    assert count_params(cfg) == theirs.num_parameters()
+    assert {"bert-base-uncased": 109_514_298, "modernbert-base": 149_655_232}.get(name, count_params(cfg)) \
+        == count_params(cfg)
+
+
 def _norm_and_bias_params(cfg):
     with torch.device("meta"):
         m = Transformer(cfg)
     return sum(p.numel() for n, p in m.named_parameters() if p.dim() == 1) + (
-        m.pos_embed.weight.numel() if m.pos_embed is not None else 0)
+        m.pos_embed.weight.numel() if m.pos_embed is not None else 0)  # learned positions: not matrices
 
 
 def test_every_preset_builds_on_meta():

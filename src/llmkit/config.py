@@ -163,8 +163,9 @@ class ModelConfig:
         attn = d * h * (self.n_head + 2 * self.kv_heads) + self.n_head * h * d
         mlp = (3 if self.mlp in ("swiglu", "geglu") else 2) * d * self.ffn_size
         n = self.n_layer * (attn + mlp)
+        n += d * d * self.lm_head_transform + (d * d + 2 * d) * self.pooler  # MLM transform; pooler + NSP
         if not exclude_embeddings:
-            n += self.vocab_size * d * (1 if self.tie_embeddings else 2)
+            n += self.vocab_size * d * (1 if self.tie_embeddings else 2) + self.type_vocab_size * d
         return n
 
     # --- construction ------------------------------------------------------------------------

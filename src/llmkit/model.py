@@ -473,20 +473,26 @@ class Transformer(nn.Module):
         attention_mask: Optional[torch.Tensor] = None,
         token_type_ids: Optional[torch.Tensor] = None,
         nsp: bool = False,
+        predict: Optional[torch.Tensor] = None,
     ):
         """Logits (B, T, vocab), or (B, 1, vocab) for the last position with `last_only`.
 
         With a TaskHead in place of lm_head: its logits, (B, N) pooled or (B, T, N).
+        `predict`: (B, T) bool, logits (n, vocab) at those positions only: masked-LM training
+        needs the ~15% masked ones, and the vocabulary projection is the costliest layer.
         `nsp`: (logits, next-sentence logits (B, 2)), BERT's two pretraining outputs at once
         (one forward, so DDP's hooks see both heads)."""
         h = self.hidden_states(idx, input_pos, cache, attention_mask, token_type_ids)
         if isinstance(self.lm_head, TaskHead):
             return self.lm_head(h, attention_mask)
+        lm_h = h[predict] if predict is not None else h  # (n, d)
         if nsp:
             if self.nsp_head is None:
                 raise ValueError("this model has no next-sentence head (config pooler=false)")
             pooled = torch.tanh(self.pooler(h[:, 0]))  # (B, d): [CLS]
-            return self._lm_logits(h), self.nsp_head(pooled)
+            return self._lm_logits(lm_h), self.nsp_head(pooled)
+        if predict is not None:
+            return self._lm_logits(lm_h)
         if last_only:
             # contiguous: on a strided (B, 1, d) view F.linear falls back to a batched matmul
             # that copies the whole output matrix once per row (~0.2 s for a 50k vocabulary).

@@ -62,7 +62,10 @@ def text_key(text: str) -> int:
 
 def _encode_chunk(tok, texts: list[str], dtype: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(concatenated ids, ids per document, content key per document) of a chunk."""
-    ids = tok.encode_batch(texts, eos=True)  # bos=None: the tokenizer's own convention
+    if tok.eos_id is not None:
+        ids = tok.encode_batch(texts, eos=True)  # bos=None: the tokenizer's own convention
+    else:  # BERT: the bare pieces, documents separated by [SEP] (the MLM batches add [CLS]/[SEP])
+        ids = [t + [tok.sep_id] for t in tok.encode_batch(texts, bos=False)]
     lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
     flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=dtype, count=int(lengths.sum()))
     keys = np.fromiter(map(text_key, texts), dtype=np.uint64, count=len(texts))
@@ -288,8 +291,8 @@ def prepare(sources: list[str], tokenizer: str, out: str, seq_len: int = 1024, v
     if isinstance(sources, str):
         sources = [sources]
     tok = Tokenizer.from_dir(tokenizer)
-    if tok.eos_id is None:
-        raise LLMKitError(f"tokenizer '{tokenizer}' has no EOS token to separate documents "
+    if tok.eos_id is None and tok.sep_id is None:
+        raise LLMKitError(f"tokenizer '{tokenizer}' has no EOS (or [SEP]) token to separate documents "
                           "(set eos_token in its tokenizer_config.json)")
     docs = iter_documents(sources, text_field=text_field, text_unit=text_unit)  # checks every path now
 
@@ -355,7 +358,7 @@ def prepare(sources: list[str], tokenizer: str, out: str, seq_len: int = 1024, v
         "version": 1,
         "dtype": dtype.name,
         "vocab_size": tok.vocab_size,
-        "eos_id": tok.eos_id,
+        "eos_id": tok.eos_id if tok.eos_id is not None else tok.sep_id,  # the document separator
         "bos_id": tok.bos_id,
         "add_bos": tok.add_bos,  # whether each document starts with bos_id
         "seq_len": seq_len,

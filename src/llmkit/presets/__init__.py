@@ -29,6 +29,24 @@ _GEMMA = dict(
     norm_eps=1e-6, embed_scale=True, tie_embeddings=True, vocab_size=256000, block_size=8192,
     head_dim=256,
 )
+# Encoders: bidirectional, post-norm, learned positions and token types (Devlin et al. 2019).
+_BERT = dict(
+    hf_model_type="bert", causal=False, vocab_size=30522, block_size=512, pos="learned", type_vocab_size=2,
+    norm="layer", norm_eps=1e-12, norm_bias=True, norm_position="post", embed_norm=True, final_norm=False,
+    mlp="gelu", gelu_approx="none", qkv_bias=True, attn_out_bias=True, mlp_bias=True, tie_embeddings=True,
+    lm_head_bias=True, lm_head_transform=True, extra=dict(pad_token_id=0),
+)
+_ROBERTA = dict(_BERT, hf_model_type="roberta", vocab_size=50265, pos_offset=2, type_vocab_size=1, norm_eps=1e-5,
+                extra=dict(pad_token_id=1, bos_token_id=0, eos_token_id=2))
+_DISTILBERT = dict(_BERT, hf_model_type="distilbert", type_vocab_size=0)
+# ModernBERT (Warner et al. 2024): pre-norm, RoPE, GeGLU, global attention every third layer.
+_MODERNBERT = dict(
+    hf_model_type="modernbert", causal=False, vocab_size=50368, block_size=8192, pos="rope",
+    rope_theta=160_000.0, rope_local_theta=10_000.0, norm="layer", norm_eps=1e-5, embed_norm=True,
+    first_attn_norm=False, mlp="geglu", gelu_approx="none", sliding_window=128, global_every=3,
+    tie_embeddings=True, lm_head_bias=True, lm_head_transform=True, head_dense_bias=False,
+    extra=dict(pad_token_id=50283, bos_token_id=50281, eos_token_id=50282, cls_token_id=50281, sep_token_id=50282),
+)
 
 PRESETS: dict[str, dict] = {
     # --- GPT-2 (Radford et al. 2019) ---------------------------------------------------------
@@ -119,11 +137,30 @@ PRESETS: dict[str, dict] = {
         attn_softcap=50.0, final_softcap=30.0, sliding_window=4096, sliding_window_every=2,
         hf_repo="google/gemma-2-2b",
     ),
+    # --- encoders: BERT (Google), RoBERTa (Meta), DistilBERT (Hugging Face), ModernBERT -------
+    "bert-base-uncased": dict(_BERT, name="bert-base-uncased", n_layer=12, n_embd=768, n_head=12,
+                              hf_repo="google-bert/bert-base-uncased"),
+    "bert-large-uncased": dict(_BERT, name="bert-large-uncased", n_layer=24, n_embd=1024, n_head=16,
+                               hf_repo="google-bert/bert-large-uncased"),
+    "distilbert-base-uncased": dict(_DISTILBERT, name="distilbert-base-uncased", n_layer=6, n_embd=768, n_head=12,
+                                    hf_repo="distilbert/distilbert-base-uncased"),
+    "roberta-base": dict(_ROBERTA, name="roberta-base", n_layer=12, n_embd=768, n_head=12,
+                         hf_repo="FacebookAI/roberta-base"),
+    "roberta-large": dict(_ROBERTA, name="roberta-large", n_layer=24, n_embd=1024, n_head=16,
+                          hf_repo="FacebookAI/roberta-large"),
+    "modernbert-base": dict(_MODERNBERT, name="modernbert-base", n_layer=22, n_embd=768, n_head=12,
+                            intermediate_size=1152, hf_repo="answerdotai/ModernBERT-base"),
+    "modernbert-large": dict(_MODERNBERT, name="modernbert-large", n_layer=28, n_embd=1024, n_head=16,
+                             intermediate_size=2624, hf_repo="answerdotai/ModernBERT-large"),
     # --- tiny presets: tests, the quickstart, laptop pretraining -------------------------------
     "tiny-llama": dict(
         _LLAMA, name="tiny-llama", vocab_size=512, n_layer=2, n_embd=64, n_head=4, n_kv_heads=2,
         intermediate_size=128, block_size=256,
     ),
+    "tiny-bert": dict(_BERT, name="tiny-bert", vocab_size=512, n_layer=2, n_embd=64, n_head=4, block_size=256),
+    # ~6M parameters, the encoder the quickstart pretrains (`--arch bert`).
+    "micro-bert": dict(_BERT, name="micro-bert", vocab_size=4096, n_layer=6, n_embd=256, n_head=8,
+                       intermediate_size=1024, block_size=512),
     "tiny-gpt2": dict(_GPT2, name="tiny-gpt2", vocab_size=512, n_layer=2, n_embd=64, n_head=4, block_size=256),
     # ~6M parameters: what 2 CPU cores pretrain to readable text in minutes.
     "micro-llama": dict(

@@ -25,9 +25,9 @@ def list_models(family: Optional[str] = None) -> None:
             continue
         cfg = ModelConfig.from_name(name)
         heads = f"{cfg.n_head}/{cfg.kv_heads}"
-        rows.append((name, f"{count_params(cfg):,}", str(cfg.n_layer), str(cfg.n_embd), heads,
-                     str(cfg.block_size), cfg.hf_repo or "-"))
-    header = ("preset", "parameters", "layers", "d_model", "heads/kv", "context", "hugging face repo")
+        rows.append((name, f"{count_params(cfg):,}", "decoder" if cfg.causal else "encoder", str(cfg.n_layer),
+                     str(cfg.n_embd), heads, str(cfg.block_size), cfg.hf_repo or "-"))
+    header = ("preset", "parameters", "kind", "layers", "d_model", "heads/kv", "context", "hugging face repo")
     widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
     for r in [header] + rows:
         print("  ".join(c.rjust(w) if i == 1 else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip())

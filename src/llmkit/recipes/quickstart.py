@@ -1,7 +1,9 @@
 """The built-in default: the cycle so far on a fresh machine, with nothing downloaded.
 
 corpus -> tokenizer -> token shards -> samples from the untrained model -> pretraining for a few
-minutes -> samples again. The corpus is real English text that every Python installation
+minutes -> samples again. `--arch llama` (the default) pretrains a small decoder on next tokens
+and samples text; `--arch bert` a small encoder (WordPiece, masked-LM) and shows its fill-mask
+predictions. The corpus is real English text that every Python installation
 carries: the docstrings of the standard library (a few MB of prose about code), extracted with
 `ast` (nothing is imported or executed). `--corpus` uses your own files instead.
 """
@@ -17,6 +19,9 @@ from typing import Optional
 from llmkit.errors import LLMKitError
 
 PROMPTS = ("Return the", "This module provides", "If the file")
+MASKED = ("Return the [MASK] of the list.", "This module provides functions for [MASK] files.",
+          "If the file does not [MASK], an error is raised.")
+ARCHS = {"llama": "micro-llama", "bert": "micro-bert"}  # --arch -> the preset it pretrains
 
 
 def stdlib_docstrings(out: Path, max_bytes: int = 4_000_000) -> tuple[int, int]:
@@ -77,11 +82,29 @@ def _samples(model, tokenizer, title: str) -> None:
     print(flush=True)
 
 
+def _fill_mask_samples(model, tokenizer, title: str, top_k: int = 5) -> None:
+    """Each masked sentence with the model's top-k tokens for its [MASK] and their probabilities."""
+    import torch
+
+    print(f"\n--- {title} ---")
+    for text in MASKED:
+        ids = torch.tensor([tokenizer.encode(text)])
+        where = (ids[0] == tokenizer.mask_id).nonzero()
+        with torch.no_grad():
+            probs = model(ids)[0, int(where[0])].float().softmax(-1)
+        p, i = probs.topk(top_k)
+        guesses = ", ".join(f"{tokenizer.decode([int(t)]).strip() or repr(tokenizer.decode([int(t)], skip_special=False))}"
+                            f" ({float(q):.2f})" for q, t in zip(p, i))
+        print(f"{text!r} -> {guesses}")
+    print(flush=True)
+
+
 def quickstart(
-    out: str = "out/quickstart",
+    out: Optional[str] = None,
     minutes: float = 5.0,
     corpus: Optional[list[str]] = None,
-    model: str = "micro-llama",
+    arch: str = "llama",
+    model: Optional[str] = None,
     vocab_size: int = 4096,
     seq_len: int = 256,
     batch_size: int = 16,
@@ -90,12 +113,15 @@ def quickstart(
     """Run the built-in default: build a corpus, train a tokenizer, pretrain a small model, sample.
 
     Args:
-        out: output directory (corpus, tokenizer, data, run with checkpoints and loss.png).
+        out: output directory (corpus, tokenizer, data, run with checkpoints and loss.png;
+            default out/quickstart, out/quickstart-bert for --arch bert).
         minutes: pretraining time budget.
         corpus: your own text/JSONL/Parquet files or folders (default: the Python standard
             library's docstrings, already on this machine).
-        model: the architecture preset to pretrain.
-        vocab_size: BPE vocabulary size.
+        arch: llama (a decoder, next-token prediction, text samples) or bert (an encoder,
+            masked-LM, fill-mask predictions).
+        model: the architecture preset to pretrain (default: micro-llama / micro-bert).
+        vocab_size: tokenizer vocabulary size (BPE, or WordPiece for --arch bert).
         seq_len: training sequence length.
         batch_size: sequences per step.
         lr: peak learning rate.
@@ -104,12 +130,18 @@ def quickstart(
 
     from llmkit.data.prepare import prepare
     from llmkit.model import Transformer
-    from llmkit.recipes.pretrain import NEXT_STEPS, pretraining_run
+    from llmkit.recipes.pretrain import ENCODER_NEXT_STEPS, NEXT_STEPS, pretraining_run
     from llmkit.recipes.scaffold import model_config
     from llmkit.tokenizer import Tokenizer, train_tokenizer
     from llmkit.training.loop import TrainConfig
 
-    o = Path(out)
+    if arch not in ARCHS:
+        raise LLMKitError(f"unknown --arch '{arch}' (choose from {', '.join(ARCHS)})")
+    bert = arch == "bert"
+    model = model or ARCHS[arch]
+    if model_config(model).causal == bert:
+        raise LLMKitError(f"--arch {arch} pretrains {'an encoder' if bert else 'a decoder'}; '{model}' is not one")
+    o = Path(out or ("out/quickstart-bert" if bert else "out/quickstart"))
     o.mkdir(parents=True, exist_ok=True)
     if corpus:
         sources = list(corpus)
@@ -120,7 +152,8 @@ def quickstart(
         sources = [str(src)]
     tok_dir = o / "tokenizer"
     if not (tok_dir / "tokenizer.json").exists():
-        train_tokenizer(sources, vocab_size=vocab_size, out=str(tok_dir))
+        train_tokenizer(sources, vocab_size=vocab_size, out=str(tok_dir), kind="wordpiece" if bert else "bpe",
+                        lowercase=bert)
     data = o / "data"
     if not (data / "manifest.json").exists():
         prepare(sources, tokenizer=str(tok_dir), out=str(data), seq_len=seq_len, val_fraction=0.02)
@@ -132,7 +165,8 @@ def quickstart(
         return finished
     torch.manual_seed(42)
     untrained = Transformer(model_config(model, vocab_size=tok.vocab_size))
-    _samples(untrained.eval(), tok, "samples before training")
+    samples = _fill_mask_samples if bert else _samples
+    samples(untrained.eval(), tok, "fill-mask before training" if bert else "samples before training")
     train = TrainConfig(max_time=minutes * 60, micro_batch_size=batch_size, lr=lr, warmup_steps=50,
                         eval_every=100, log_every=10, save_every=200, tensorboard=True)
     run, result = pretraining_run(model, str(data), str(o / "run"), seq_len, 16, None, train)
@@ -140,9 +174,10 @@ def quickstart(
     from llmkit.checkpoint import load_model
 
     trained = load_model(result["final"]).model
-    _samples(trained, tok, f"samples after {result['step']} steps ({minutes:g} min)")
+    samples(trained, tok, f"{'fill-mask' if bert else 'samples'} after {result['step']} steps ({minutes:g} min)")
     print(f"validation loss: {result.get('val_loss', float('nan')):.3f} (ppl {result.get('val_ppl', float('nan')):.1f}); "
           f"loss curve: {o / 'run' / 'loss.png'}; model: {result['final']}")
+    steps = ENCODER_NEXT_STEPS if bert else NEXT_STEPS
     print("next steps (the rest of the cycle, on this model):\n"
-          + "\n".join("  " + c.format(final=result["final"]).replace('"..."', '"Return the"') for c in NEXT_STEPS))
+          + "\n".join("  " + c.format(final=result["final"]).replace('"..."', '"Return the"') for c in steps))
     return result

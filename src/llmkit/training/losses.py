@@ -23,6 +23,51 @@ def target_count(batch) -> torch.Tensor:
     return (batch[1] != IGNORE_INDEX).sum()
 
 
+def mlm_loss(model, batch) -> dict:
+    """Masked-LM cross-entropy over the selected tokens only (labels != IGNORE_INDEX), their
+    logits alone computed; with `nsp_label` in the batch, plus BERT's next-sentence loss
+    (Devlin et al. 2019, appendix A.2: the sum of the two)."""
+    labels = batch["labels"]
+    selected = labels != IGNORE_INDEX  # (B, T)
+    kw = dict(attention_mask=batch.get("mask"), token_type_ids=batch.get("types"), predict=selected)
+    mask = batch.get("mask")
+    out = {"tokens": mask.sum() if mask is not None else labels.numel()}  # tokens read, for throughput
+    if "nsp_label" in batch:
+        logits, nsp = model(batch["idx"], nsp=True, **kw)
+        nsp_loss = F.cross_entropy(nsp.float(), batch["nsp_label"])
+        out.update(nsp_loss=nsp_loss.detach(), nsp_acc=(nsp.argmax(-1) == batch["nsp_label"]).float().mean())
+    else:
+        logits, nsp_loss = model(batch["idx"], **kw), 0.0
+    mlm = F.cross_entropy(logits.float(), labels[selected])  # (n, vocab) against (n,)
+    out["loss"] = mlm + nsp_loss
+    if "nsp_label" in batch:
+        out["mlm_loss"] = mlm.detach()
+    return out
+
+
+def mlm_targets(batch) -> torch.Tensor:
+    """How many tokens of a masked-LM batch carry loss: the Trainer's weight_fn, so micro-batches
+    with more masked tokens weigh more, as one big batch would."""
+    return (batch["labels"] != IGNORE_INDEX).sum()
+
+
+@torch.no_grad()
+def mean_mlm_loss(model, batches) -> dict:
+    """Validation masked-LM loss (per selected token) and its perplexity over `batches`."""
+    total, count = 0.0, 0
+    dev = next(model.parameters()).device
+    for batch in batches:
+        labels = batch["labels"].to(dev)
+        selected = labels != IGNORE_INDEX
+        logits = model(batch["idx"].to(dev), predict=selected)
+        total += float(F.cross_entropy(logits.float(), labels[selected], reduction="sum"))
+        count += int(selected.sum())
+    if count == 0:
+        return {}
+    loss = total / count
+    return {"val_loss": loss, "val_ppl": float(torch.tensor(loss).exp())}
+
+
 @torch.no_grad()
 def mean_lm_loss(model, batches) -> dict:
     """Token-weighted validation loss and perplexity over `batches` of (inputs, labels)."""
