@@ -5,6 +5,8 @@
   (<pad>/<s>/</s>, optional BOS, the evaluation tests);
 - LoRA adapters that differ from the base: `randomize_adapters`;
 - token shards from synthetic text: `make_token_shards`;
+- encoder tokenizers (the data tests for NER, QA, masking): `build_wordpiece` (BERT) and
+  `build_roberta` (byte-level BPE with RoBERTa's `<s> A </s></s> B </s>` template);
 - the CLI two ways: `run_cli` (a real `python -m llmkit` subprocess, for what needs its own
   process: the entry point itself, signals, stdin, environment read at import) and, in this
   process, `cli_run` / `cli_error` (`llmkit.cli.main` with pytest's `capsys`).
@@ -195,3 +197,89 @@ def cli_error(capsys, argv, *needles: str) -> str:
     for n in needles:
         assert n in err, err
     return err
+
+
+# --- encoder tokenizers (BERT WordPiece, RoBERTa byte-level BPE) ---------------------------------------
+ENCODER_TEXT = [
+    "Super Bowl 50 was an American football game played in Santa Clara, California, on February 7, 2016.",
+    "The Denver Broncos defeated the Carolina Panthers 24-10 to earn their third Super Bowl title.",
+    "Frederic Chopin was a Polish composer and virtuoso pianist of the Romantic era who wrote for the piano.",
+    "Apple released the iPod in 2001; Steve Jobs called it a thousand songs in your pocket.",
+    "Who won the game? Where was it played? When did the composer die, and what did he write?",
+    "She visited Paris and London with her sister, then flew home to New York on Tuesday night.",
+] * 3
+
+
+def build_wordpiece(out_dir, vocab_size: int = 600, lowercase: bool = True) -> Path:
+    """A tiny BERT WordPiece tokenizer ([PAD]=0 [UNK]=1 [CLS]=2 [SEP]=3 [MASK]=4) trained on
+    ENCODER_TEXT with `train_tokenizer(kind="wordpiece")`; loads in both llmkit and transformers."""
+    from llmkit.tokenizer import train_tokenizer
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "corpus.txt").write_text("\n".join(ENCODER_TEXT) + "\n", encoding="utf-8")
+    train_tokenizer([str(out_dir / "corpus.txt")], vocab_size=vocab_size, out=str(out_dir / "tok"),
+                    min_frequency=1, kind="wordpiece", lowercase=lowercase)
+    return out_dir / "tok"
+
+
+def build_roberta(out_dir, vocab_size: int = 500, add_prefix_space: bool = True) -> Path:
+    """A tiny RoBERTa-style tokenizer: byte-level BPE, specials in RoBERTa's order (<s>=0 <pad>=1
+    </s>=2 <unk>=3 <mask>=4) and its post-processor (`<s> A </s>`, pairs `<s> A </s></s> B </s>`,
+    trimmed offsets); `add_prefix_space` as RoBERTa needs it for pre-tokenized words."""
+    from tokenizers import Tokenizer as Backend
+    from tokenizers import decoders, models, pre_tokenizers, processors, trainers
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+    backend = Backend(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=add_prefix_space)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=1, special_tokens=specials,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    backend.train_from_iterator(ENCODER_TEXT, trainer=trainer)
+    backend.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0), trim_offsets=True,
+                                                          add_prefix_space=add_prefix_space)
+    backend.save(str(out_dir / "tokenizer.json"))
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<s>", "eos_token": "</s>",
+              "cls_token": "<s>", "sep_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>",
+              "mask_token": "<mask>", "clean_up_tokenization_spaces": False}
+    (out_dir / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
+    return out_dir
+
+
+def build_encoder_dir(out_dir, family: str = "bert", task: str = "lm", seed: int = 0, num_labels: int = 3,
+                      id2label: dict | None = None, noise: float = 0.2) -> Path:
+    """A tiny transformers encoder checkpoint (BertForMaskedLM by default, or the `task`'s class)
+    with random weights, saved with its tokenizer (WordPiece for bert/distilbert/modernbert, the
+    RoBERTa BPE for roberta) in one folder that both llmkit and transformers load."""
+    import shutil
+
+    import torch
+    import transformers as T
+
+    from tests.test_encoders import CLASSES, tiny_hf_config
+
+    out_dir = Path(out_dir)
+    tok = build_roberta(out_dir / "_tok") if family == "roberta" else build_wordpiece(out_dir / "_tok")
+    from llmkit.tokenizer import Tokenizer
+
+    vocab = Tokenizer.from_dir(tok).vocab_size
+    kw = dict(num_labels=len(id2label) if id2label else (2 if task == "span" else num_labels))
+    if id2label:
+        kw.update(id2label=dict(enumerate(id2label)) if isinstance(id2label, list) else id2label,
+                  label2id={v: k for k, v in (enumerate(id2label) if isinstance(id2label, list) else id2label.items())})
+    cfg = tiny_hf_config(family, vocab_size=vocab, **kw)
+    torch.manual_seed(seed)
+    model = getattr(T, CLASSES[task]).from_config(cfg, attn_implementation="eager").eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * noise)
+    d = out_dir / f"{family}-{task}"
+    model.save_pretrained(d)
+    for f in tok.iterdir():
+        if f.is_file():
+            shutil.copy(f, d / f.name)
+    shutil.rmtree(out_dir / "_tok")
+    return d

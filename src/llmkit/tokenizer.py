@@ -386,8 +386,8 @@ class Tokenizer:
         window = n_last - (len(whole) - max_length)  # tokens of the last sequence per window
         what = "the context" if text_pair is not None else "the text"
         if window < 1:
-            raise LLMKitError(f"no room for {what} in {max_length} tokens: the special tokens and the first "
-                              f"sequence take {len(whole) - n_last}")
+            taken = "the special tokens and the first text take" if text_pair is not None else "the special tokens take"
+            raise LLMKitError(f"no room for {what} in {max_length} tokens: {taken} {len(whole) - n_last}")
         if stride >= window:
             raise LLMKitError(f"stride {stride} must be smaller than the {window} tokens of {what} that fit in "
                               f"each window of {max_length}")

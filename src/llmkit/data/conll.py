@@ -85,7 +85,8 @@ def read_conll(path: str | Path) -> list[Sentence]:
         tags.append(tag)
     close()
     if not sentences:
-        raise LLMKitError(f"{path}: no sentences (expected one 'token<TAB>tag' per line, a blank line between sentences)")
+        raise LLMKitError(f"{path}: no sentences (expected one 'token<TAB>tag' per line, "
+                          "a blank line between sentences)")
     return sentences
 
 

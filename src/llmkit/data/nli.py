@@ -58,7 +58,8 @@ def read_nli(path: str | Path, premise_field: str = "premise", hypothesis_field:
         if isinstance(label, int) and not isinstance(label, bool) and 0 <= label < len(labels):
             label = labels[label]
         if label not in labels:
-            raise LLMKitError(f"{where}: label {label!r} is none of {', '.join(labels)} (or their index 0-{len(labels) - 1})")
+            raise LLMKitError(f"{where}: label {label!r} is none of {', '.join(labels)} "
+                              f"(or their index 0-{len(labels) - 1})")
         pairs.append(NLIPair(_text(record, premise_field, where), _text(record, hypothesis_field, where), label, where))
     if not pairs:
         raise LLMKitError(f"{path}: no labelled pairs")

@@ -55,14 +55,16 @@ class QAExample:
 def _str(record: Any, key: str, where: str) -> str:
     value = record.get(key) if isinstance(record, dict) else None
     if not isinstance(value, str):
-        raise LLMKitError(f"{where}: '{key}' must be a string, got {type(value).__name__}")
+        got = "missing" if value is None else f"a {type(value).__name__}"
+        raise LLMKitError(f"{where}: '{key}' must be a string ({got})")
     return value
 
 
 def _list(record: Any, key: str, where: str) -> list:
     value = record.get(key) if isinstance(record, dict) else None
     if not isinstance(value, list):
-        raise LLMKitError(f"{where}: '{key}' must be a list, got {type(value).__name__}")
+        got = "missing" if value is None else f"a {type(value).__name__}"
+        raise LLMKitError(f"{where}: '{key}' must be a list ({got})")
     return value
 
 
@@ -171,13 +173,13 @@ class Span:
 def _rows(logits: Any, n: int, what: str) -> list[np.ndarray]:
     """One 1-D float array per feature, from an (N, T) array / tensor or a list of rows."""
     if hasattr(logits, "detach"):  # a torch tensor
-        logits = logits.detach().float().cpu().numpy()
+        logits = logits.detach().cpu().double().numpy()
     if isinstance(logits, np.ndarray):
         if logits.ndim != 2:
             raise LLMKitError(f"{what} must be (features, tokens), got shape {logits.shape}")
         rows = list(logits)
     else:
-        rows = [np.asarray(r.detach().float().cpu() if hasattr(r, "detach") else r, dtype=np.float64)
+        rows = [np.asarray(r.detach().cpu().double() if hasattr(r, "detach") else r, dtype=np.float64)
                 for r in logits]
     if len(rows) != n:
         raise LLMKitError(f"{what}: {len(rows)} rows for {n} features")

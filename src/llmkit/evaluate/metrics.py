@@ -20,16 +20,32 @@ Exact match and ROUGE-L are fractions in [0, 1], like the harness's accuracies.
 
 Classification: accuracy, per-class precision / recall / F1 / support, macro F1 and the
 confusion matrix, with scikit-learn's definitions, and their text and Markdown tables.
+
+Named entities (`entity_scores`): precision, recall and F1 over whole entities, overall (micro)
+and per type, with conlleval's chunking as seqeval implements it by default (its non-strict
+mode): an I- tag after O or after another type starts an entity, a change of type ends one,
+B- always starts one; IOBES' E-/S- are understood too. An entity counts only if its type, first
+and last token all match. Sentences are chunked separately.
+
+Extractive QA (`squad_scores`): exact match and F1 as the official SQuAD v1.1 evaluation script
+defines them (`evaluate-v1.1.py`): answers normalised by lower-casing, removing punctuation
+(`string.punctuation`), the articles a/an/the and extra whitespace; F1 over the bags of
+normalised words; each prediction takes its best score over the gold answers; both averaged
+and reported on the script's 0-100 scale. (Note its normalisation differs from `normalize`
+above, which keeps articles and splits on punctuation.)
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections import Counter
+import string
+from collections import Counter, defaultdict
 from typing import Sequence
 
 import numpy as np
+
+from llmkit.errors import LLMKitError
 
 
 def normalize(text: str) -> str:
@@ -158,3 +174,128 @@ def markdown_confusion(report: dict, title: str) -> str:
         r = report["per_class"][name]
         lines.append(f"| {e} | {r['precision']:.4f} | {r['recall']:.4f} | {r['f1']:.4f} | {r['support']} |")
     return "\n".join(lines) + "\n"
+
+
+# --- named entities ----------------------------------------------------------------------------------
+def _chunk_ends(prev_tag: str, tag: str, prev_type: str, type_: str) -> bool:
+    """Whether an entity ends between the previous token and this one (conlleval's endOfChunk)."""
+    if prev_tag in ("E", "S"):
+        return True
+    if prev_tag in ("B", "I") and tag in ("B", "S", "O"):
+        return True
+    return prev_tag not in ("O", ".") and prev_type != type_
+
+
+def _chunk_starts(prev_tag: str, tag: str, prev_type: str, type_: str) -> bool:
+    """Whether an entity starts at this token (conlleval's startOfChunk)."""
+    if tag in ("B", "S"):
+        return True
+    if prev_tag in ("E", "S", "O") and tag in ("E", "I"):
+        return True
+    return tag not in ("O", ".") and prev_type != type_
+
+
+def entities(tags: Sequence[str]) -> list[tuple[str, int, int]]:
+    """(type, first token, last token) of each entity of one tag sequence, as seqeval's
+    `get_entities` (default, prefix mode): the tag is a tag's first character (B, I, E, S, O),
+    its type what follows the first "-" ("_" if nothing does)."""
+    out = []
+    prev_tag, prev_type, begin = "O", "", 0
+    for i, chunk in enumerate([*tags, "O"]):  # a final O closes the last entity
+        tag, type_ = chunk[:1], chunk[1:].split("-", maxsplit=1)[-1] or "_"
+        if _chunk_ends(prev_tag, tag, prev_type, type_):
+            out.append((prev_type, begin, i - 1))
+        if _chunk_starts(prev_tag, tag, prev_type, type_):
+            begin = i
+        prev_tag, prev_type = tag, type_
+    return out
+
+
+def _prf(correct: int, predicted: int, true: int) -> tuple[float, float, float]:
+    precision = correct / predicted if predicted else 0.0
+    recall = correct / true if true else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return precision, recall, f1
+
+
+def entity_scores(true_tag_seqs: Sequence[Sequence[str]], pred_tag_seqs: Sequence[Sequence[str]]) -> dict:
+    """Entity-level scores of predicted tag sequences against the gold ones (one sequence per
+    sentence, same lengths), as seqeval's default metrics / `classification_report`:
+
+    {"precision", "recall", "f1" (micro, over all entities), "macro_f1" (mean over types),
+    "accuracy" (token-level tag accuracy), "n_true", "n_pred", "n_correct",
+    "per_type": {type: {"precision", "recall", "f1", "support"}}} (0 where undefined), the
+    types sorted, every type that occurs in either the gold or the predictions.
+    """
+    if len(true_tag_seqs) != len(pred_tag_seqs):
+        raise LLMKitError(f"{len(true_tag_seqs)} gold sequences but {len(pred_tag_seqs)} predicted")
+    flat_true: list[str] = []
+    flat_pred: list[str] = []
+    tokens = right = 0
+    for n, (t, p) in enumerate(zip(true_tag_seqs, pred_tag_seqs)):
+        if len(t) != len(p):
+            raise LLMKitError(f"sequence {n}: {len(t)} gold tags but {len(p)} predicted")
+        # One stream with an O after each sentence, as seqeval chunks a list of sentences: for
+        # BIO / IOBES tags the same as chunking each alone, and seqeval's answer for any others.
+        flat_true += [*t, "O"]
+        flat_pred += [*p, "O"]
+        tokens += len(t)
+        right += sum(a == b for a, b in zip(t, p))
+    true_set: dict[str, set] = defaultdict(set)
+    pred_set: dict[str, set] = defaultdict(set)
+    for kind, first, last in entities(flat_true):
+        true_set[kind].add((first, last))
+    for kind, first, last in entities(flat_pred):
+        pred_set[kind].add((first, last))
+    per_type = {}
+    for kind in sorted(set(true_set) | set(pred_set)):
+        precision, recall, f1 = _prf(len(true_set[kind] & pred_set[kind]), len(pred_set[kind]), len(true_set[kind]))
+        per_type[kind] = {"precision": precision, "recall": recall, "f1": f1, "support": len(true_set[kind])}
+    n_true = sum(len(v) for v in true_set.values())
+    n_pred = sum(len(v) for v in pred_set.values())
+    n_correct = sum(len(true_set[k] & pred_set[k]) for k in per_type)
+    precision, recall, f1 = _prf(n_correct, n_pred, n_true)
+    return {"precision": precision, "recall": recall, "f1": f1,
+            "macro_f1": float(np.mean([v["f1"] for v in per_type.values()])) if per_type else 0.0,
+            "accuracy": right / tokens if tokens else 0.0, "n_true": n_true, "n_pred": n_pred,
+            "n_correct": n_correct, "per_type": per_type}
+
+
+# --- extractive QA (SQuAD v1.1) ------------------------------------------------------------------------
+_PUNCTUATION = frozenset(string.punctuation)
+
+
+def squad_normalize(text: str) -> str:
+    """The official SQuAD v1.1 `normalize_answer`: lower-case, drop punctuation, drop the
+    articles a/an/the, collapse whitespace (in that order)."""
+    text = "".join(ch for ch in text.lower() if ch not in _PUNCTUATION)
+    text = re.sub(r"\b(a|an|the)\b", " ", text)
+    return " ".join(text.split())
+
+
+def squad_f1(prediction: str, gold: str) -> float:
+    """Token F1 of two answers after `squad_normalize` (0 if they share no word)."""
+    p, g = squad_normalize(prediction).split(), squad_normalize(gold).split()
+    same = sum((Counter(p) & Counter(g)).values())
+    if same == 0:
+        return 0.0
+    precision, recall = same / len(p), same / len(g)
+    return 2 * precision * recall / (precision + recall)
+
+
+def squad_scores(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> dict[str, float]:
+    """{"exact_match", "f1"} on the official 0-100 scale: each prediction against its list of gold
+    answers (the best of them counts), averaged over the questions."""
+    if len(predictions) != len(references):
+        raise LLMKitError(f"{len(predictions)} predictions for {len(references)} questions")
+    if not predictions:
+        return {"exact_match": float("nan"), "f1": float("nan")}
+    em = f1 = 0.0
+    for pred, golds in zip(predictions, references):
+        if isinstance(golds, str):
+            golds = [golds]
+        if not golds:
+            raise LLMKitError("a question with no gold answer cannot be scored (SQuAD v1.1 has none)")
+        em += max(float(squad_normalize(pred) == squad_normalize(g)) for g in golds)
+        f1 += max(squad_f1(pred, g) for g in golds)
+    return {"exact_match": 100.0 * em / len(predictions), "f1": 100.0 * f1 / len(predictions)}

@@ -1,11 +1,14 @@
-"""Text classification: a pretrained language model with its output layer replaced by a
-class head, finetuned on labelled texts (`llmkit classify train`), and prediction with the
+"""Text classification: a pretrained model with its output layer replaced by a class head,
+finetuned on labelled texts or text pairs (`llmkit classify train`), and prediction with the
 result (`llmkit classify predict`).
 
-The head (heads.py) is `nn.Linear(d_model, N)` on the final hidden state of each text's last
-token, in place of `lm_head`, so the model is still one `Transformer` and the training loop,
-LoRA, frozen layers and checkpoints work unchanged. The recipe is its batches (texts cut to
-max_seq_len, right-padded) and its loss (cross-entropy over the classes), on the scaffold.
+The head (heads.py) reads a causal model's last real token, or an encoder's [CLS] token (BERT:
+through the pooler) or mean over tokens, in place of `lm_head`, so the model is still one
+`Transformer` and the training loop, LoRA, frozen layers and checkpoints work unchanged.
+Sentence pairs (`--text-pair-col`: NLI's premise and hypothesis) are encoded as the model's
+tokenizer pairs them ([CLS] A [SEP] B [SEP] with token types for BERT). The recipe is its
+batches (texts cut to max_seq_len, right-padded) and its loss (cross-entropy over the
+classes), on the scaffold.
 
 Which weights train is the finetuning method (`full`, `lora`, `freeze` = last N blocks); the
 head always trains. Every checkpoint holds a `classifier.json` (labels, columns, base model,
@@ -28,7 +31,7 @@ from llmkit.checkpoint import CLASSIFIER
 from llmkit.data.tables import LabeledTexts, balanced, read_labeled, read_table, stratified_split
 from llmkit.errors import LLMKitError
 from llmkit.evaluate.metrics import classification_report, format_report, markdown_confusion
-from llmkit.heads import attach_class_head, class_logits
+from llmkit.heads import attach_head, class_logits, head_spec
 from llmkit.lora import LoRAConfig
 from llmkit.recipes.scaffold import Run, base_reference
 from llmkit.training.loop import TrainConfig
@@ -47,16 +50,38 @@ def collate(token_lists: list[list[int]], pad_id: int) -> tuple[torch.Tensor, to
     return idx, mask
 
 
+def pad_types(type_lists: Optional[list[list[int]]]) -> Optional[torch.Tensor]:
+    """Right-padded (B, T) token types of sentence pairs (None for single texts)."""
+    if type_lists is None:
+        return None
+    return collate(type_lists, 0)[0]
+
+
+def encode_texts(tok, texts: list[str], pairs: Optional[list[str]], T: int,
+                 causal: bool) -> tuple[list[list[int]], Optional[list[list[int]]]]:
+    """Token ids (and, for pairs, token types) of each text, at most T tokens: a decoder's text
+    cut at T; an encoder's through its tokenizer's template ([CLS] ... [SEP]), the (second)
+    text truncated so the closing [SEP] stays."""
+    if causal and pairs is None:
+        return [t[:T] for t in tok.encode_batch(texts)], None
+    encoded = [tok.encode_offsets(a, pairs[i] if pairs is not None else None, max_length=T)
+               for i, a in enumerate(texts)]
+    return [e.ids for e in encoded], ([e.type_ids for e in encoded] if pairs is not None else None)
+
+
 @torch.no_grad()
 def predict_proba(model: nn.Module, token_lists: list[list[int]], n_classes: int, pad_id: int,
-                  batch_size: int = 32, device: torch.device | str = "cpu") -> torch.Tensor:
+                  batch_size: int = 32, device: torch.device | str = "cpu",
+                  type_lists: Optional[list[list[int]]] = None) -> torch.Tensor:
     """(n, N) class probabilities, batched by length (little padding), in input order."""
     order = sorted(range(len(token_lists)), key=lambda i: len(token_lists[i]))
     out = torch.empty(len(token_lists), n_classes)
     for s in range(0, len(order), batch_size):
         chunk = order[s:s + batch_size]
         idx, mask = collate([token_lists[i] for i in chunk], pad_id)
-        out[chunk] = class_logits(model, idx.to(device), mask.to(device)).softmax(-1).cpu()
+        types = pad_types([type_lists[i] for i in chunk] if type_lists is not None else None)
+        out[chunk] = class_logits(model, idx.to(device), mask.to(device),
+                                  types.to(device) if types is not None else None).softmax(-1).cpu()
     return out
 
 
@@ -66,6 +91,8 @@ def classify_train(
     data: str,
     text_col: str = "text",
     label_col: str = "label",
+    text_pair_col: Optional[str] = None,
+    pool: Optional[str] = None,
     out: str = "out/classify",
     method: str = "full",
     lora: LoRAConfig = LoRAConfig(),
@@ -85,9 +112,13 @@ def classify_train(
     Args:
         model: the base model: an llmkit checkpoint dir, a Hugging Face model dir or a hub repo id.
         data: a CSV or TSV file with a header row (the delimiter is taken from the extension,
-            else sniffed); texts in --text-col, labels (any strings) in --label-col.
+            else sniffed), or a JSONL file; texts in --text-col, labels (any strings) in --label-col.
         text_col: the column holding the texts.
         label_col: the column holding the labels.
+        text_pair_col: for sentence-pair tasks (NLI: premise, hypothesis), the column holding
+            each text's second text.
+        pool: what an encoder's head reads: first ([CLS], the default) or mean (over tokens);
+            a decoder's reads its last token.
         out: output directory (checkpoints, metrics.csv, metrics.json, confusion_matrix.md, final/).
         method: which weights train besides the head: full (all), lora (adapters) or freeze
             (the last --train-last blocks and the final norm).
@@ -117,22 +148,24 @@ def classify_train(
         raise LLMKitError(f"max_seq_len must be >= 1, got {max_seq_len}")
     if method == "lora" and "lm_head" in lora.resolved_targets():
         raise LLMKitError("the classifier head always trains in full: leave lm_head out of --lora.targets")
-    full = read_labeled(data, text_col, label_col)
-    pool = list(range(len(full.texts)))
+    if pool not in (None, "first", "mean", "last"):
+        raise LLMKitError(f"unknown pooling '{pool}' (choose from first, mean, last)")
+    full = read_labeled(data, text_col, label_col, text_pair_col)
+    rows = list(range(len(full.texts)))
     if balance:
-        pool = balanced(pool, full.labels, train.seed)
+        rows = balanced(rows, full.labels, train.seed)
     fractions = (0.0 if val_data else val_fraction, 0.0 if test_data else test_fraction)
     if sum(fractions) >= 1.0:
         raise LLMKitError(f"val_fraction + test_fraction must be < 1, got {sum(fractions)}")
-    val_idx, test_idx, train_idx = stratified_split([full.labels[i] for i in pool], fractions, train.seed)
-    val_idx, test_idx, train_idx = ([pool[i] for i in part] for part in (val_idx, test_idx, train_idx))
+    val_idx, test_idx, train_idx = stratified_split([full.labels[i] for i in rows], fractions, train.seed)
+    val_idx, test_idx, train_idx = ([rows[i] for i in part] for part in (val_idx, test_idx, train_idx))
     labels = sorted(set(full.labels[i] for i in train_idx))
     if len(labels) < 2:
         raise LLMKitError(f"{data}: only one class ({labels[0]!r}) in the training data; a classifier needs two or more")
     splits = {"train": (full, train_idx)}
     for name, path, idx in (("val", val_data, val_idx), ("test", test_data, test_idx)):
         if path:
-            other = read_labeled(path, text_col, label_col)
+            other = read_labeled(path, text_col, label_col, text_pair_col)
             splits[name] = (other, list(range(len(other.texts))))
         elif idx:
             splits[name] = (full, idx)
@@ -153,18 +186,23 @@ def classify_train(
     pad_id = run.pad_id
     label_id = {y: k for k, y in enumerate(labels)}
 
-    def encode(src: LabeledTexts, idx: list[int]) -> tuple[list[list[int]], list[int]]:
-        ids = [t[:T] for t in tok.encode_batch([src.texts[i] for i in idx])]
+    def encode(src: LabeledTexts, idx: list[int]) -> tuple[list[list[int]], list[int], Optional[list[list[int]]]]:
+        pairs = [src.pairs[i] for i in idx] if src.pairs is not None else None
+        ids, types = encode_texts(tok, [src.texts[i] for i in idx], pairs, T, net.cfg.causal)
         for i, t in zip(idx, ids):
             if not t:
                 raise LLMKitError(f"{src.source}: text {src.texts[i][:40]!r} encodes to no tokens")
-        return ids, [label_id[src.labels[i]] for i in idx]
+        return ids, [label_id[src.labels[i]] for i in idx], types
 
     encoded = {name: encode(src, idx) for name, (src, idx) in splits.items()}
-    train_ids, train_y = encoded["train"]
+    train_ids, train_y, train_types = encoded["train"]
 
     torch.manual_seed(train.seed)  # the same head on every process and every (re)start
-    attach_class_head(net, len(labels))
+    try:
+        spec = head_spec(net.cfg, "sequence", len(labels), pool)
+    except LLMKitError as e:
+        raise LLMKitError(f"--pool {pool}: {e}") from None
+    attach_head(net, spec)
     summary_line = setup_method(net, method, lora, train_last, quantize)
     for p in net.lm_head.parameters():  # the new head trains whatever the method
         p.requires_grad_(True)
@@ -173,14 +211,15 @@ def classify_train(
 
     def make_batch(indices: list[int]) -> dict:
         idx, mask = collate([train_ids[i] for i in indices], pad_id)
-        return {"idx": idx, "mask": mask, "label": torch.tensor([train_y[i] for i in indices]),
+        types = pad_types([train_types[i] for i in indices] if train_types is not None else None)
+        return {"idx": idx, "mask": mask, **({"types": types} if types is not None else {}), "label": torch.tensor([train_y[i] for i in indices]),
                 "tokens": sum(len(train_ids[i]) for i in indices)}
 
     batches = ShuffledBatches(len(train_ids), train.micro_batch_size, make_batch, seed=train.seed,
                               rank=rt.rank, world_size=rt.world)
 
     def loss_fn(m, batch) -> dict:
-        logits = class_logits(m, batch["idx"], batch["mask"])
+        logits = class_logits(m, batch["idx"], batch["mask"], batch.get("types"))
         loss = F.cross_entropy(logits, batch["label"])
         acc = (logits.argmax(-1) == batch["label"]).float().mean()
         return {"loss": loss, "tokens": batch["tokens"], "train_acc": acc}
@@ -189,8 +228,8 @@ def classify_train(
     reports: dict[str, dict] = {}
 
     def split_report(m, name: str) -> tuple[dict, float]:
-        ids, y = encoded[name]
-        probs = predict_proba(m, ids, len(labels), pad_id, 2 * train.micro_batch_size, rt.device)
+        ids, y, types = encoded[name]
+        probs = predict_proba(m, ids, len(labels), pad_id, 2 * train.micro_batch_size, rt.device, types)
         loss = float(F.nll_loss(probs.clamp_min(1e-12).log(), torch.tensor(y)))
         return classification_report(y, probs.argmax(-1).tolist(), labels), loss
 
@@ -202,13 +241,14 @@ def classify_train(
         return {"val_loss": loss, "val_acc": report["accuracy"], "val_macro_f1": report["macro_f1"]}
 
     meta = {"format": "llmkit-classifier", "labels": labels, "text_col": text_col, "label_col": label_col,
+            "text_pair_col": text_pair_col, "head": spec,
             "base_model": base_reference(model), "method": method, "max_seq_len": T,
             "pad_id": pad_id, "train_last": train_last if method == "freeze" else None}
 
     def write_metrics(step: Optional[int] = None) -> None:
         atomic_write_json(out_dir / "metrics.json", {
             "labels": labels, "method": method, "step": step,
-            "examples": {name: len(ids) for name, (ids, _) in encoded.items()},
+            "examples": {name: len(v[0]) for name, v in encoded.items()},
             "balanced": balance, **{name: reports[name] for name in ("val", "test") if name in reports}})
         md = "".join(markdown_confusion(reports[n], f"{n} (step {step})") + "\n" for n in ("val", "test") if n in reports)
         if md:
@@ -222,7 +262,7 @@ def classify_train(
             write_metrics(step)
 
     if rt.main:
-        counts = {name: len(ids) for name, (ids, _) in encoded.items()}
+        counts = {name: len(v[0]) for name, v in encoded.items()}
         print(f"classes ({len(labels)}): {', '.join(labels)}; texts: "
               + ", ".join(f"{k} {v:,}" for k, v in counts.items()) + f"; max {T} tokens", flush=True)
         print(summary_line, flush=True)
@@ -300,11 +340,12 @@ def classify_predict(
     pad_id = int(meta.get("pad_id") or 0)
     rows: list[dict] = []
     true_labels: Optional[list[str]] = None
+    pairs: Optional[list[str]] = None
     if file is not None:
         col = text_col or meta.get("text_col") or "text"
         label_col = meta.get("label_col")
-        data = read_labeled(file, col, None)
-        texts = data.texts
+        data = read_labeled(file, col, None, meta.get("text_pair_col"))
+        texts, pairs = data.texts, data.pairs
         # Keep the input's columns in the output; score against its labels when it has them.
         header, table = read_table(file)
         rows = [dict(zip(header, r)) for _, r in table]
@@ -314,10 +355,13 @@ def classify_predict(
         texts = list(texts)
         if not texts or any(not t.strip() for t in texts):
             raise LLMKitError("empty text: give non-empty texts to classify")
+        if meta.get("text_pair_col"):
+            raise LLMKitError(f"this classifier reads text pairs ('{meta['text_col']}', '{meta['text_pair_col']}'): "
+                              "give them with --file")
         rows = [{"text": t} for t in texts]
-    ids = [t[:T] for t in tok.encode_batch(texts)]
+    ids, types = encode_texts(tok, texts, pairs, T, net.cfg.causal)
     with torch.no_grad():
-        probs = predict_proba(net, ids, len(labels), pad_id, batch_size, device)
+        probs = predict_proba(net, ids, len(labels), pad_id, batch_size, device, types)
     conf, pred = probs.max(-1)
     results = [{"text": t, "label": labels[int(k)], "probability": float(c),
                 "probabilities": {y: float(p) for y, p in zip(labels, probs[i].tolist())}}
