@@ -74,3 +74,31 @@ def test_last_token_pooling_is_refused_for_an_encoder(encoder, tmp_path, capsys)
     data = _pairs(tmp_path / "nli.jsonl", n=20)
     cli_error(capsys, ["classify", "train", str(encoder), "--data", str(data), "--text-col", "premise",
                        "--pool", "last", "--out", str(tmp_path / "x"), "--train.max_steps", "1"], "--pool last")
+
+
+@pytest.mark.parametrize("method", ["lora", "freeze"])
+def test_lora_and_freeze_train_an_encoder_head(encoder, tmp_path, capsys, method):
+    """The finetuning methods work on an encoder as on a decoder: LoRA checkpoints hold the
+    adapters and the head, and load merged with the unmerged model's outputs."""
+    data = _pairs(tmp_path / "nli.jsonl", n=40)
+    out = tmp_path / method
+    extra = ["--lora.r", "4", "--lora.targets", "[q,v,up,down]"] if method == "lora" else ["--train-last", "1"]
+    code, stdout, err = cli_run(capsys, [
+        "classify", "train", str(encoder), "--data", str(data), "--text-col", "premise", "--text-pair-col",
+        "hypothesis", "--method", method, *extra, "--out", str(out), "--train.max_steps", "4",
+        "--train.micro_batch_size", "4", "--train.eval_every", "0", "--train.save_every", "0",
+        "--train.precision", "fp32", "--train.tensorboard", "false", "--train.lr", "1e-2"])
+    assert code == 0, err
+    assert f"method {method}" in stdout
+    merged = load_model(out / "final").model
+    ids = torch.randint(5, merged.cfg.vocab_size, (2, 9))
+    with torch.no_grad():
+        a = merged(ids)
+        if method == "lora":
+            assert (out / "final" / "adapter_config.json").exists()
+            b = load_model(out / "final", merge=False).model(ids)
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    base = load_model(encoder).model
+    changed = {n for n, p in merged.state_dict().items() if n in base.state_dict()
+               and not torch.equal(p, base.state_dict()[n])}
+    assert changed and all(n.startswith(("blocks.", "lm_head")) for n in changed), sorted(changed)[:5]

@@ -427,6 +427,7 @@ class Family:
     tasks: dict = dataclasses.field(default_factory=dict)  # task -> transformers class (lm: `architecture`)
     base: Optional[str] = None  # the bare backbone's class (BertModel): no head weights
     pretraining: Optional[str] = None  # the class with BERT's pooler and next-sentence head too
+    pooling_key: Optional[str] = None  # config.json key of a sequence head's pooling (ModernBERT's cls/mean)
 
     def arch(self, task: str) -> str:
         return self.architecture if task == "lm" else self.tasks[task]
@@ -468,7 +469,8 @@ FAMILIES: dict[str, Family] = {
                          write=(_write_modernbert,), sizes_from=_modernbert_sizes_from, sizes_to=_modernbert_sizes_to,
                          heads=_encoder_heads(_MODERNBERT_MLM, _MODERNBERT_HEAD + _linear("classifier", "lm_head"),
                                               token="classifier", span="classifier", hidden=_MODERNBERT_HEAD),
-                         tasks=_encoder_tasks("ModernBert"), base="ModernBertModel"),
+                         tasks=_encoder_tasks("ModernBert"), base="ModernBertModel",
+                         pooling_key="classifier_pooling"),
 }
 WEIGHT_MAPS = {mt: f.weights for mt, f in FAMILIES.items()}
 ARCHITECTURES = {mt: f.architecture for mt, f in FAMILIES.items()}
@@ -706,9 +708,10 @@ def _write_head(cfg: ModelConfig, mt: str, head: dict, labels: Optional[list], h
         names = ["LABEL_0", "LABEL_1"]
     hf.update(num_labels=len(names), id2label={str(i): n for i, n in enumerate(names)},
               label2id={n: i for i, n in enumerate(names)})
-    if mt == "modernbert" and head["task"] == "sequence":
-        hf["classifier_pooling"] = {"first": "cls", "mean": "mean"}.get(head.get("pool"), head.get("pool"))
-    expected = head_spec(cfg, head["task"], head["n_out"], pool=head.get("pool") if mt == "modernbert" else None)
+    key = FAMILIES[mt].pooling_key
+    if key and head["task"] == "sequence":
+        hf[key] = {"first": "cls", "mean": "mean"}.get(head.get("pool"), head.get("pool"))
+    expected = head_spec(cfg, head["task"], head["n_out"], pool=head.get("pool") if key else None)
     if {k: head.get(k) for k in ("pool", "act", "norm")} != {k: expected[k] for k in ("pool", "act", "norm")}:
         raise LLMKitError(f"this {head['task']} head (pool={head.get('pool')}, act={head.get('act')}) cannot be "
                           f"expressed as Hugging Face '{mt}', whose head is pool={expected['pool']}, act={expected['act']}")
@@ -730,8 +733,8 @@ def hf_head(hf: Optional[dict], cfg: ModelConfig) -> Optional[dict]:
     n = int(hf.get("num_labels") or len(id2label) or 2)
     labels = [id2label.get(str(i), id2label.get(i, f"LABEL_{i}")) for i in range(n)]
     pool = None
-    if task == "sequence" and cfg.hf_model_type == "modernbert":
-        pool = {"cls": "first", "mean": "mean"}[hf.get("classifier_pooling", "cls")]
+    if task == "sequence" and family.pooling_key:
+        pool = {"cls": "first", "mean": "mean"}.get(hf.get(family.pooling_key, "cls"))
     return {"labels": labels if task != "span" else ["start", "end"], "head": head_spec(cfg, task, n, pool)}
 
 
