@@ -106,7 +106,7 @@ def test_from_hf_parity(family, task, tmp_path):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("task", ["lm", "sequence", "token", "span"])
+@pytest.mark.parametrize("task", ["base", "lm", "sequence", "token", "span"])
 def test_to_hf_parity_through_an_llmkit_checkpoint(family, task, tmp_path):
     """HF -> llmkit checkpoint (from-hf) -> HF (to-hf): the export loads in the task's
     AutoModel class and gives the llmkit model's outputs."""

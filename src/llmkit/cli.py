@@ -40,6 +40,7 @@ COMMANDS: dict[str, str | dict[str, str]] = {
         "curate": "llmkit.data.curate:curate",
     },
     "generate": "llmkit.generate.cli:generate_cli",
+    "pipeline": "llmkit.pipelines.cli:pipeline_cli",
     "chat": "llmkit.chat:chat",
     "serve": "llmkit.serve:serve",
     "finetune": "llmkit.recipes.finetune:finetune",
@@ -47,6 +48,18 @@ COMMANDS: dict[str, str | dict[str, str]] = {
     "classify": {
         "train": "llmkit.recipes.classify:classify_train",
         "predict": "llmkit.recipes.classify:classify_predict",
+    },
+    "embed": {
+        "train": "llmkit.recipes.embed:embed_train",
+        "encode": "llmkit.recipes.embed:embed_encode",
+    },
+    "ner": {
+        "train": "llmkit.recipes.tasks:ner_train",
+        "predict": "llmkit.recipes.tasks:ner_predict",
+    },
+    "qa": {
+        "train": "llmkit.recipes.tasks:qa_train",
+        "predict": "llmkit.recipes.tasks:qa_predict",
     },
     "dpo": "llmkit.recipes.dpo:dpo",
     "evaluate": "llmkit.evaluate:evaluate",

@@ -106,11 +106,3 @@ def head_of(classifier: Optional[dict], cfg) -> Optional[dict]:
     if isinstance(classifier.get("head"), dict):
         return classifier["head"]
     return head_spec(cfg, "sequence", len(classifier["labels"]))
-
-
-def mean_pool(hidden: torch.Tensor, mask: torch.Tensor, normalize: bool = True) -> torch.Tensor:
-    """Sentence embeddings (B, d): the mean of the hidden states over real tokens (Reimers &
-    Gurevych 2019, sec. 3), L2-normalised so that a dot product is the cosine similarity."""
-    m = mask[..., None].to(hidden.dtype)  # (B, T, 1)
-    emb = (hidden * m).sum(1) / m.sum(1).clamp(min=1)
-    return torch.nn.functional.normalize(emb.float(), dim=-1) if normalize else emb.float()

@@ -474,6 +474,7 @@ class Transformer(nn.Module):
         token_type_ids: Optional[torch.Tensor] = None,
         nsp: bool = False,
         predict: Optional[torch.Tensor] = None,
+        pool: Optional[str] = None,
     ):
         """Logits (B, T, vocab), or (B, 1, vocab) for the last position with `last_only`.
 
@@ -481,8 +482,14 @@ class Transformer(nn.Module):
         `predict`: (B, T) bool, logits (n, vocab) at those positions only: masked-LM training
         needs the ~15% masked ones, and the vocabulary projection is the costliest layer.
         `nsp`: (logits, next-sentence logits (B, 2)), BERT's two pretraining outputs at once
-        (one forward, so DDP's hooks see both heads)."""
+        (one forward, so DDP's hooks see both heads).
+        `pool="mean"`: sentence embeddings (B, d) instead of logits, `mean_pool` over
+        `attention_mask` (through forward, so DDP / FSDP / torch.compile see the call)."""
         h = self.hidden_states(idx, input_pos, cache, attention_mask, token_type_ids)
+        if pool is not None:
+            if pool != "mean" or attention_mask is None:
+                raise ValueError("pool='mean' with an attention_mask is the one pooling forward offers")
+            return mean_pool(h, attention_mask)
         if isinstance(self.lm_head, TaskHead):
             return self.lm_head(h, attention_mask)
         lm_h = h[predict] if predict is not None else h  # (n, d)
@@ -510,6 +517,15 @@ class Transformer(nn.Module):
     def new_cache(self, batch_size: int, max_len: Optional[int] = None, dtype=None) -> KVCache:
         p = self.embed.weight
         return KVCache(self.cfg, batch_size, min(max_len or self.max_seq_len, self.max_seq_len), p.device, dtype or p.dtype)
+
+
+def mean_pool(hidden: torch.Tensor, mask: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+    """Sentence embeddings (B, d) in float32: the mean of the hidden states over real tokens
+    (Reimers & Gurevych 2019, sec. 3), summed in float32, L2-normalised so that a dot product
+    is the cosine similarity."""
+    m = mask[..., None].float()  # (B, T, 1)
+    emb = (hidden.float() * m).sum(1) / m.sum(1).clamp(min=1)
+    return F.normalize(emb, dim=-1) if normalize else emb
 
 
 # --- sizes --------------------------------------------------------------------------------------

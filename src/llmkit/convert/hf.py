@@ -678,7 +678,11 @@ def config_to_hf(cfg: ModelConfig, model_type: Optional[str] = None, dtype: str 
     task = head["task"] if head else "lm"
     if task != "lm" and task not in family.tasks:
         raise LLMKitError(f"a '{task}' head cannot be exported as Hugging Face '{mt}'")
-    arch = family.pretraining if task == "lm" and cfg.pooler and family.pretraining else family.arch(task)
+    arch = family.arch(task)
+    if task == "lm" and cfg.pooler and family.pretraining:
+        arch = family.pretraining  # BERT's MLM + next-sentence heads
+    elif task == "lm" and not cfg.causal and not cfg.lm_head_transform and family.base:
+        arch = family.base  # a bare backbone (a BertModel, e.g. a sentence-embedding model): no LM head
     hf: dict = {"architectures": [arch], "model_type": mt, "vocab_size": cfg.vocab_size,
                 "tie_word_embeddings": cfg.tie_embeddings if task == "lm" else family.tie_default,
                 "torch_dtype": dtype, "use_cache": True}

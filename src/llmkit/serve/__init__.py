@@ -1,6 +1,6 @@
 """A private OpenAI-compatible HTTP server: `llmkit serve MODEL`.
 
-    app.py       routes: /v1/models, /v1/completions, /v1/chat/completions, /predict, ...
+    app.py       routes: /v1/models, /v1/completions, /v1/chat/completions, /v1/embeddings, /predict, ...
     protocol.py  request validation and OpenAI error bodies
     engine.py    the background thread that batches all requests on the model
 
@@ -104,11 +104,12 @@ def serve(
     dtype: Optional[str] = None,
     max_request_mb: float = 8.0,
 ) -> None:
-    """Serve a model over an OpenAI-compatible HTTP API (completions, chat completions).
+    """Serve a model over an OpenAI-compatible HTTP API (completions, chat completions, embeddings).
 
     Args:
         model: an llmkit checkpoint directory, a Hugging Face model directory or a hub repo id
-            (with its tokenizer files).
+            (with its tokenizer files). An encoder (BERT, RoBERTa, ModernBERT, ...) or a
+            classifier serves /v1/embeddings only (it cannot generate).
         host: address to listen on. The default accepts local connections only; use 0.0.0.0
             to listen on every interface (then set an API key: without one, a warning says
             that anyone who can reach the port can use the model).
@@ -145,9 +146,12 @@ def serve(
         server = ServerThread(app, host, port, log_level="info")
     except OSError as e:  # the port is taken, the address is not ours...
         raise LLMKitError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
-    cache_bytes = sum(t.numel() * t.element_size() for t in engine.batch.cache.k + engine.batch.cache.v)
-    print(f"serving {app.state.service.model_name} on {server.url}/v1 (batch {max_batch_size} x "
-          f"{engine.max_len} tokens, KV cache {cache_bytes / 2**20:.0f} MiB"
+    if engine.batch is not None:
+        cache_bytes = sum(t.numel() * t.element_size() for t in engine.batch.cache.k + engine.batch.cache.v)
+        what = f"batch {max_batch_size} x {engine.max_len} tokens, KV cache {cache_bytes / 2**20:.0f} MiB"
+    else:  # an encoder or a classifier: embeddings only
+        what = f"embeddings only: the model cannot generate; inputs up to {engine.max_len} tokens"
+    print(f"serving {app.state.service.model_name} on {server.url}/v1 ({what}"
           f"{', API key required' if api_key else ''}); Ctrl-C stops", file=sys.stderr)
     # HTTP in a background thread, the model in this one: the thread that loaded the model
     # runs it fastest (see Engine.start).

@@ -8,6 +8,11 @@ Routes (all but /health need the API key when one is set: `Authorization: Bearer
                                  echo + logprobs give the prompt's per-token logprobs
                                  (what lm-evaluation-harness `local-completions` needs)
     POST /v1/chat/completions    messages rendered with the model's chat template (or --style)
+    POST /v1/embeddings          input: str | [str] | [ids] | [[ids]] -> one embedding per input:
+                                 the mean of the final hidden states over its tokens,
+                                 L2-normalised (recipes/embed.py); encoding_format float or
+                                 base64 (little-endian float32), dimensions: the first N,
+                                 renormalised (as OpenAI's text-embedding-3 models answer it)
     POST /predict                {"prompt": ...} -> {"output": ...} (the prompt as a user message)
     POST /tokenize, /detokenize, GET /tokenizer_info
                                  vLLM-style tokenizer endpoints; lm-eval's remote tokenizer uses
@@ -37,11 +42,18 @@ other than application/json; none at all is read as JSON).
 
 Tokenizing and detokenizing long texts run in a worker thread (`asyncio.to_thread`), so one
 megabyte-sized prompt does not stop the event loop from answering everyone else meanwhile.
+Embeddings are computed by the engine thread (the model's one owner) in pieces of at most
+EMBED_BATCH rows and EMBED_BATCH_TOKENS padded tokens, one piece between two decode steps, and
+the answer's JSON is written in a worker thread: a 2048-input request neither stalls the event
+loop nor stops the decoding of others. A model that cannot generate (an encoder such as BERT,
+or a classifier) serves /v1/embeddings and the tokenizer routes; its completion routes answer
+400.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import hmac
 import json
 import sys
@@ -74,10 +86,13 @@ from llmkit.prompts import resolve_style
 from llmkit.serve.engine import DoneEvent, Engine, EngineRequest, ErrorEvent, TokenEvent
 from llmkit.serve.protocol import (
     DEFAULT_MAX_REQUEST_BYTES,
+    MAX_EMBEDDING_INPUTS,
+    MAX_EMBEDDING_TOKENS,
     APIError,
     ChatCompletionRequest,
     CompletionRequest,
     DetokenizeRequest,
+    EmbeddingRequest,
     PredictRequest,
     StreamOptions,
     TokenizeRequest,
@@ -90,6 +105,11 @@ SSE_DONE = "data: [DONE]\n\n"
 # Texts (characters) and token lists longer than this are (de)tokenized in a worker thread;
 # shorter ones take well under a millisecond, less than the hand-over to a thread.
 OFF_LOOP_AT = 16384
+# One embedding job on the engine thread: at most this many inputs, and rows x longest input
+# within this many tokens (a few tens of milliseconds of a small model on a CPU, so decoding
+# requests wait no longer than that between two of their steps).
+EMBED_BATCH = 64
+EMBED_BATCH_TOKENS = 16384
 
 
 def _sse(obj: dict) -> str:
@@ -175,6 +195,91 @@ class Service:
         if len(ids) < OFF_LOOP_AT:
             return self.tokenizer.decode(ids, skip_special=False)
         return await asyncio.to_thread(self.tokenizer.decode, ids, False)
+
+    def require_generation(self, api: str) -> None:
+        """400 on a completion route when the model cannot generate (as vLLM answers it for a
+        pooling model)."""
+        if not self.engine.generates:
+            kind = "an encoder" if not self.loaded.config.causal else "a classifier"
+            raise APIError(400, f"The model `{self.model_name}` does not support the {api} API: it is {kind} and "
+                                "cannot generate text; it serves /v1/embeddings", code="model_not_supported")
+
+    async def embedding_inputs(self, req: EmbeddingRequest) -> list[list[int]]:
+        """The token ids of each input of an embeddings request, checked against the limits:
+        OpenAI's counts (MAX_EMBEDDING_INPUTS, MAX_EMBEDDING_TOKENS) and the model's context."""
+        p = req.input
+        if isinstance(p, str):
+            items: list = [p]
+        elif not p:
+            raise APIError(400, "input must not be empty", param="input")
+        elif isinstance(p[0], int):
+            items = [p]
+        else:
+            items = list(p)
+        if len(items) > MAX_EMBEDDING_INPUTS:
+            raise APIError(400, f"input has {len(items)} items; at most {MAX_EMBEDDING_INPUTS} are allowed per request",
+                           param="input", code="invalid_value")
+        texts = [x for x in items if isinstance(x, str)]
+        if any(not t for t in texts):
+            raise APIError(400, "input must not contain empty strings", param="input", code="invalid_value")
+        if sum(len(t) for t in texts) < OFF_LOOP_AT:
+            encoded = [self.tokenizer.encode(t) for t in texts]
+        else:  # one batch call in a worker thread (the Rust backend spreads it over the cores)
+            encoded = await asyncio.to_thread(self.tokenizer.encode_batch, texts)
+        it = iter(encoded)
+        out = [next(it) if isinstance(x, str) else list(x) for x in items]
+        for i, ids in enumerate(out):
+            self.check_ids(ids, "input")
+            if len(ids) > self.engine.max_len:
+                raise APIError(400, f"This model's maximum context length is {self.engine.max_len} tokens, however "
+                                    f"input {i} has {len(ids)} tokens. Please reduce the length of the input.",
+                               param="input", code="context_length_exceeded")
+        total = sum(len(ids) for ids in out)
+        if total > MAX_EMBEDDING_TOKENS:
+            raise APIError(400, f"Requested {total} tokens, max {MAX_EMBEDDING_TOKENS} tokens per request",
+                           param="input", code="max_tokens_per_request")
+        return out
+
+    async def embed(self, inputs: list[list[int]], request: Request) -> "torch.Tensor":
+        """(n, d) float32 embeddings of token id lists, in input order, computed by the engine
+        thread in pieces (see EMBED_BATCH); cancelled if the client goes away."""
+        import torch
+
+        from llmkit.recipes.embed import encode_ids, pad_id_of
+
+        model, pad_id = self.loaded.model, pad_id_of(self.tokenizer)
+        order = sorted(range(len(inputs)), key=lambda i: -len(inputs[i]))
+        chunks: list[list[int]] = []
+        for i in order:  # longest first: a piece's padded length is its first input's
+            c = chunks[-1] if chunks else None
+            if c is None or len(c) >= EMBED_BATCH or (len(c) + 1) * len(inputs[c[0]]) > EMBED_BATCH_TOKENS:
+                chunks.append([i])
+            else:
+                c.append(i)
+
+        def job(rows: list[list[int]]):
+            with torch.inference_mode():
+                return encode_ids(model, rows, pad_id, batch_size=len(rows))
+
+        futures = [self.engine.call(lambda c=c: job([inputs[i] for i in c])) for c in chunks]
+        waiting = asyncio.gather(*(asyncio.wrap_future(f) for f in futures))
+        try:
+            while True:
+                try:
+                    parts = await asyncio.wait_for(asyncio.shield(waiting), timeout=0.5)
+                    break
+                except asyncio.TimeoutError:
+                    if await request.is_disconnected():
+                        raise _ClientGone() from None
+        finally:
+            for f in futures:
+                f.cancel()  # no effect on finished ones; queued ones never run
+            if not waiting.done():
+                waiting.cancel()
+        out = torch.empty(len(inputs), self.loaded.config.n_embd)
+        for c, part in zip(chunks, parts):
+            out[c] = part
+        return out
 
     def check_ids(self, ids: list[int], param: str) -> None:
         if not ids:
@@ -456,6 +561,7 @@ async def _openai_request(request: Request, model_cls):
 
 async def completions(request: Request):
     svc, req = await _openai_request(request, CompletionRequest)
+    svc.require_generation("Completions")
     prompts = await svc.completion_prompts(req)
     echo = bool(req.echo)
     seqs = []
@@ -528,6 +634,7 @@ async def completions(request: Request):
 
 async def chat_completions(request: Request):
     svc, req = await _openai_request(request, ChatCompletionRequest)
+    svc.require_generation("Chat Completions")
     ids = await svc.chat_ids(req)
     requested = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
     n = svc.max_new(requested, len(ids), "messages", default=None)  # None: the rest of the context
@@ -566,6 +673,7 @@ async def chat_completions(request: Request):
 async def predict(request: Request):
     svc = _service(request)
     req: PredictRequest = await svc.read_json(request, PredictRequest)
+    svc.require_generation("/predict")
     if req.max_tokens is not None and req.max_new_tokens not in (None, req.max_tokens):
         raise APIError(400, f"max_tokens ({req.max_tokens}) and max_new_tokens ({req.max_new_tokens}) disagree: "
                             "send one of them", param="max_tokens", code="invalid_value")
@@ -592,6 +700,41 @@ async def predict(request: Request):
     except _ClientGone:
         return Response(status_code=499)
     return {"output": c.text}
+
+
+async def embeddings(request: Request):
+    svc, req = await _openai_request(request, EmbeddingRequest)
+    d = svc.loaded.config.n_embd
+    if req.dimensions is not None and req.dimensions > d:
+        raise APIError(400, f"dimensions must be at most the model's {d}, got {req.dimensions}", param="dimensions",
+                       code="invalid_value")
+    inputs = await svc.embedding_inputs(req)
+    try:
+        vectors = await svc.embed(inputs, request)
+    except _ClientGone:
+        return Response(status_code=499)
+    n_tokens = sum(len(ids) for ids in inputs)
+    body = await asyncio.to_thread(_embedding_body, vectors, req.dimensions, req.encoding_format or "float",
+                                   svc.model_name, n_tokens)
+    return Response(body, media_type="application/json")
+
+
+def _embedding_body(vectors, dimensions: Optional[int], encoding_format: str, model_name: str, n_tokens: int) -> bytes:
+    """The /v1/embeddings answer as JSON bytes (built in a worker thread: 2048 x 1024 floats
+    take about a second to write)."""
+    import torch
+
+    if dimensions is not None and dimensions < vectors.shape[1]:
+        vectors = torch.nn.functional.normalize(vectors[:, :dimensions], dim=-1)
+    arr = vectors.numpy().astype("<f4")  # what the OpenAI client decodes base64 as
+    if encoding_format == "base64":
+        data: list = [base64.b64encode(row.tobytes()).decode("ascii") for row in arr]
+    else:
+        data = arr.tolist()
+    return json.dumps({"object": "list",
+                       "data": [{"object": "embedding", "index": i, "embedding": e} for i, e in enumerate(data)],
+                       "model": model_name, "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens}},
+                      ensure_ascii=False).encode()
 
 
 async def tokenize(request: Request):
@@ -622,6 +765,7 @@ ROUTES = [
     ("/v1/models", models, "GET"),
     ("/v1/completions", completions, "POST"),
     ("/v1/chat/completions", chat_completions, "POST"),
+    ("/v1/embeddings", embeddings, "POST"),
     ("/predict", predict, "POST"),
     ("/tokenize", tokenize, "POST"),
     ("/detokenize", detokenize, "POST"),

@@ -9,6 +9,12 @@ weights, hence the throughput gain.
 
 HTTP handlers run on the asyncio loop; they `submit` an `EngineRequest` and read its events
 from an asyncio queue that the engine thread feeds through `loop.call_soon_threadsafe`.
+
+Other work on the model (embedding a batch of texts) is a job: `call(fn)` queues it and
+returns a `concurrent.futures.Future`; the engine thread runs one job between two decode
+steps, so the model has one owner, decoding goes on while a large embedding request is served
+in pieces, and the event loop never computes. A model that cannot generate (an encoder, a
+classifier) gets an engine with no decode batch that only runs jobs.
 """
 
 from __future__ import annotations
@@ -18,8 +24,9 @@ import queue
 import sys
 import threading
 import traceback
+from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Callable, Optional
 
 from llmkit.errors import LLMKitError
 from llmkit.generate import Completion, DecodeBatch, Sequence, TokenLogprob
@@ -68,21 +75,39 @@ class EngineRequest:
         self.seq.cancelled = True
 
 
-class Engine:
-    """Owns the model and its KV cache; serves `EngineRequest`s from a background thread."""
+_WAKE = object()  # put on the request queue so that an idle engine sees a new job at once
 
-    def __init__(self, model, max_batch_size: int = 16, max_len: Optional[int] = None):
+
+def can_generate(model) -> bool:
+    """Whether `model` decodes text: causal, with its language-model head (not an encoder, not a
+    classifier whose head replaced it)."""
+    from llmkit.model import TaskHead
+
+    return bool(model.cfg.causal) and not isinstance(model.lm_head, TaskHead)
+
+
+class Engine:
+    """Owns the model and its KV cache; serves `EngineRequest`s and jobs from one thread.
+
+    `generate=False` (default: whether the model can generate): no KV cache, jobs only."""
+
+    def __init__(self, model, max_batch_size: int = 16, max_len: Optional[int] = None,
+                 generate: Optional[bool] = None):
         if max_batch_size < 1:
             raise LLMKitError(f"max_batch_size must be >= 1, got {max_batch_size}")
-        self.batch = DecodeBatch(model, max_batch_size, max_len)
-        self.max_len = self.batch.max_len
+        self.model = model
+        self.generates = can_generate(model) if generate is None else generate
+        self.batch: Optional[DecodeBatch] = DecodeBatch(model, max_batch_size, max_len) if self.generates else None
+        self.max_len = self.batch.max_len if self.batch is not None else min(max_len or model.max_seq_len,
+                                                                             model.max_seq_len)
+        self._jobs: queue.Queue[tuple[Callable[[], Any], Future]] = queue.Queue()
         self._pending: queue.Queue[EngineRequest] = queue.Queue()
         self._running: dict[Sequence, EngineRequest] = {}
         self._lock = threading.Lock()
         self._n_pending = 0
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
-        self.stats = {"completed": 0, "cancelled": 0, "failed": 0, "steps": 0, "max_rows": 0}
+        self.stats = {"completed": 0, "cancelled": 0, "failed": 0, "steps": 0, "max_rows": 0, "jobs": 0}
 
     # --- control (any thread) -----------------------------------------------------------------
     def start(self) -> None:
@@ -106,10 +131,21 @@ class Engine:
 
     def submit(self, request: EngineRequest) -> None:
         """Queue a request; raises LLMKitError when it can never run (prompt too long...)."""
+        if self.batch is None:
+            raise LLMKitError("this model cannot generate text")
         self.batch.check(request.seq)
         with self._lock:
             self._n_pending += 1
         self._pending.put(request)
+
+    def call(self, fn: Callable[[], Any]) -> Future:
+        """Run `fn()` in the engine thread, between two decode steps; its result (or exception)
+        arrives on the returned Future. A job cancelled before it starts does not run."""
+        fut: Future = Future()
+        self._jobs.put((fn, fut))
+        if self.batch is not None:
+            self._pending.put(_WAKE)  # type: ignore[arg-type]
+        return fut
 
     @property
     def active_count(self) -> int:
@@ -123,19 +159,46 @@ class Engine:
         self._stop.clear()
         while not self._stop.is_set():
             try:
+                if self.batch is None:
+                    self._run_job(block=True)
+                    continue
+                ran = self._run_job(block=False)  # one job per step: decoding goes on meanwhile
                 self._drop_cancelled()
-                self._admit(block=not self._running)
+                self._admit(block=not self._running and not ran and self._jobs.empty())
                 if self._running:
                     self._step()
             except Exception:  # a bug, not a bad request: fail what is running, keep serving
                 traceback.print_exc(file=sys.stderr)
                 self._fail_all("internal error while generating")
 
-    def _take_pending(self, block: bool) -> Optional[EngineRequest]:
+    def _run_job(self, block: bool) -> bool:
+        """Run the next job, if any (waiting briefly for one when `block`): whether one ran."""
         try:
-            req = self._pending.get(timeout=0.05) if block else self._pending.get_nowait()
+            fn, fut = self._jobs.get(timeout=0.05) if block else self._jobs.get_nowait()
         except queue.Empty:
-            return None
+            return False
+        if not fut.set_running_or_notify_cancel():  # cancelled while queued: the client left
+            return False
+        self.stats["jobs"] += 1
+        try:
+            fut.set_result(fn())
+        except Exception as e:  # the job's own error, for its caller; the engine goes on
+            fut.set_exception(e)
+        except BaseException as e:  # Ctrl-C (serve runs the engine in the main thread): stop
+            fut.set_exception(e)
+            raise
+        return True
+
+    def _take_pending(self, block: bool) -> Optional[EngineRequest]:
+        while True:
+            try:
+                req = self._pending.get(timeout=0.05) if block else self._pending.get_nowait()
+            except queue.Empty:
+                return None
+            if req is not _WAKE:
+                break
+            if not self._jobs.empty():
+                return None  # a job waits: back to the loop, which runs it
         with self._lock:
             self._n_pending -= 1
         return req
@@ -200,7 +263,8 @@ class Engine:
         with self._lock:
             running = list(self._running.values())
             self._running.clear()
-        self.batch.clear()
+        if self.batch is not None:
+            self.batch.clear()
         for r in running:
             self.stats["failed"] += 1
             r.emit(ErrorEvent(message))

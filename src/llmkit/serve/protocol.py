@@ -24,6 +24,10 @@ SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1
 # --max-request-mb`). 8 MiB holds a batch of 16 prompts of 32k token ids as JSON (~7 bytes per
 # id) or a few million characters of text, far more than any context llmkit serves.
 DEFAULT_MAX_REQUEST_BYTES = 8 * 2**20
+# /v1/embeddings limits, OpenAI's: at most 2048 inputs per request and 300,000 tokens over all of
+# them (each input also within the model's context).
+MAX_EMBEDDING_INPUTS = 2048
+MAX_EMBEDDING_TOKENS = 300_000
 
 
 class APIError(Exception):
@@ -106,6 +110,14 @@ class PredictRequest(_Request):
     seed: Optional[int] = Field(None, ge=SEED_MIN, le=SEED_MAX)
 
 
+class EmbeddingRequest(_Request):
+    model: Optional[str] = None
+    input: Union[str, list[str], list[int], list[list[int]]]
+    encoding_format: Optional[Literal["float", "base64"]] = "float"
+    dimensions: Optional[int] = Field(None, ge=1)
+    user: Optional[str] = None
+
+
 class TokenizeRequest(_Request):
     prompt: str
     add_special_tokens: bool = True
@@ -147,13 +159,16 @@ def parse(model: type[BaseModel], raw: bytes) -> Any:
 
 _UNION_HINTS = {
     "prompt": "expected a string, a list of strings, a list of token ids or a list of lists of token ids",
+    "input": "expected a string, a list of strings, a list of token ids or a list of lists of token ids",
     "stop": "expected a string or a list of strings",
     "messages": "expected a list of {\"role\", \"content\"} objects",
 }
 
 
-def reject_unsupported(req: _Sampling) -> None:
+def reject_unsupported(req: _Request) -> None:
     """400 for features set to values llmkit does not implement."""
+    if not isinstance(req, _Sampling):
+        return  # embeddings: every field is implemented
     checks = [
         ("n", req.n not in (None, 1), "only n=1 is supported"),
         ("presence_penalty", req.presence_penalty not in (None, 0), "presence_penalty is not supported"),
