@@ -122,7 +122,7 @@ def sigterm_at_call(monkeypatch, module, name: str, at: int) -> None:
     monkeypatch.setattr(module, name, wrapper)
 
 
-def run_two_ways(argv: list[str], out_single, out_ddp, micro_batch: int = 4) -> None:
+def run_two_ways(argv: list[str], out_single, out_ddp, micro_batch: int = 4, mode: str = "ddp") -> None:
     """Run `llmkit ARGV` once in one process with micro-batch `micro_batch`, and once under
     `torchrun` as 2 gloo DDP processes with half that micro-batch each (the same global batch),
     in float32, one thread each; both must succeed."""
@@ -134,7 +134,7 @@ def run_two_ways(argv: list[str], out_single, out_ddp, micro_batch: int = 4) -> 
     common = [*map(str, argv), "--train.precision", "fp32", "--train.tensorboard", "false"]
     runs = (([sys.executable, "-m", "llmkit"], out_single, micro_batch, []),
             ([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "llmkit"],
-             out_ddp, micro_batch // 2, ["--train.distributed", "ddp"]))
+             out_ddp, micro_batch // 2, ["--train.distributed", mode]))
     for prefix, out, mb, extra in runs:
         r = subprocess.run([*prefix, *common, "--out", str(out), "--train.micro_batch_size", str(mb), *extra],
                            capture_output=True, text=True, env=env, timeout=300)

@@ -113,12 +113,13 @@ main({_args(bert_data, out, *base)!r})
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
-@pytest.mark.parametrize("extra", [[], ["--nsp", "true"]], ids=["mlm", "mlm+nsp"])
-def test_two_processes_mask_and_train_as_one(bert_data, tmp_path, extra):
-    """2 gloo DDP processes x 2 rows == 1 process x 4 rows: the same masks, the same losses."""
+@pytest.mark.parametrize("mode,extra", [("ddp", []), ("ddp", ["--nsp", "true"]), ("fsdp", [])],
+                         ids=["mlm", "mlm+nsp", "mlm-fsdp"])
+def test_two_processes_mask_and_train_as_one(bert_data, tmp_path, mode, extra):
+    """2 gloo DDP (or FSDP2) processes x 2 rows == 1 process x 4 rows: the same masks, the same losses."""
     from tests.conftest import run_two_ways
 
-    run_two_ways(_common(bert_data, "--train.max_steps", "4", *extra), tmp_path / "one", tmp_path / "two")
+    run_two_ways(_common(bert_data, "--train.max_steps", "4", *extra), tmp_path / "one", tmp_path / "two", mode=mode)
     a, b = _metric(tmp_path / "one"), _metric(tmp_path / "two")
     assert sorted(a) == sorted(b) == [1, 2, 3, 4]
     # The masked-LM loss is one mean over every masked token of the global batch: equal at every

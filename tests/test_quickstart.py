@@ -36,3 +36,30 @@ def test_quickstart_runs_the_cycle_on_a_small_corpus(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "already holds a finished run" in printed and "--- samples" not in printed
     assert again["step"] == result["step"] and (out / "run" / "metrics.csv").read_text() == before
+
+
+def test_quickstart_bert_pretrains_an_encoder_and_shows_fill_mask(tmp_path, capsys):
+    from llmkit.checkpoint import load_model
+    from llmkit.recipes.quickstart import MASKED
+
+    corpus = tmp_path / "corpus.txt"
+    words = "the function returns the value of the list and the file is read".split()
+    corpus.write_text("\n\n".join(" ".join(words[(i + j) % len(words)] for j in range(40)) for i in range(60)))
+    out = tmp_path / "qsb"
+    result = quickstart(out=str(out), minutes=0.02, corpus=[str(corpus)], arch="bert", model="tiny-bert",
+                        vocab_size=200, seq_len=32, batch_size=4, lr=3e-3)
+    printed = capsys.readouterr().out
+    assert result["step"] >= 1 and load_model(out / "run" / "final").config.causal is False
+    assert printed.count("--- fill-mask") == 2 and all(f"{m!r} -> " in printed for m in MASKED)
+    assert "objective: masked-LM" in printed and "llmkit pipeline fill-mask" in printed
+    tok = json.loads((out / "tokenizer" / "tokenizer_config.json").read_text())
+    assert tok["tokenizer_class"] == "BertTokenizerFast"
+
+
+def test_quickstart_refuses_a_mismatched_arch(tmp_path):
+    import pytest
+
+    from llmkit.errors import LLMKitError
+
+    with pytest.raises(LLMKitError, match="--arch bert pretrains an encoder"):
+        quickstart(out=str(tmp_path / "x"), arch="bert", model="tiny-llama")
