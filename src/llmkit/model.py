@@ -446,7 +446,9 @@ class Transformer(nn.Module):
         else:
             k_pos = pos
         causal = self.cfg.causal
-        padded = attention_mask is not None and not bool(attention_mask.all())
+        if attention_mask is not None and cache is not None:
+            raise ValueError("attention_mask is for whole sequences; with a KV cache, positions say what is seen")
+        padded = attention_mask is not None and not bool(attention_mask.all())  # all real: the fused paths
         for w in {blk.attn.window for blk in self.blocks}:
             span = w if causal or w is None else w // 2 + 1  # how far a key may be and still be seen
             plain = cache is None and input_pos is None and not padded and (w is None or span >= T)
@@ -492,14 +494,21 @@ class Transformer(nn.Module):
             return mean_pool(h, attention_mask)
         if isinstance(self.lm_head, TaskHead):
             return self.lm_head(h, attention_mask)
-        lm_h = h[predict] if predict is not None else h  # (n, d)
+        if predict is not None:
+            # The selected rows, their count rounded up to a multiple of 64 (the extra rows are
+            # computed and dropped): a new (n, vocab) shape every step made the CPU allocator's
+            # resident memory grow by tens of MB a minute; a handful of shapes it reuses.
+            rows = predict.flatten().nonzero().squeeze(1)  # (n,)
+            n = rows.numel()
+            rows = torch.cat([rows, rows.new_zeros(-n % 64)])
+            lm = self._lm_logits(h.flatten(0, 1).index_select(0, rows))[:n]  # (n, vocab)
         if nsp:
             if self.nsp_head is None:
                 raise ValueError("this model has no next-sentence head (config pooler=false)")
             pooled = torch.tanh(self.pooler(h[:, 0]))  # (B, d): [CLS]
-            return self._lm_logits(lm_h), self.nsp_head(pooled)
+            return (lm if predict is not None else self._lm_logits(h)), self.nsp_head(pooled)
         if predict is not None:
-            return self._lm_logits(lm_h)
+            return lm
         if last_only:
             # contiguous: on a strided (B, 1, d) view F.linear falls back to a batched matmul
             # that copies the whole output matrix once per row (~0.2 s for a 50k vocabulary).
