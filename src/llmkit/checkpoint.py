@@ -480,11 +480,14 @@ _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 def resolve_model_dir(spec: str | Path) -> Path:
-    """A local directory for `spec`: the directory itself, or a hub repo id downloaded first."""
+    """A local directory for `spec`: the directory itself (a training run's --out stands for its
+    final/ model), or a hub repo id downloaded first."""
     p = Path(spec).expanduser()
     if p.exists():
         if not p.is_dir():
             raise LLMKitError(f"{p}: expected a model directory, got a file")
+        if not (p / "config.json").exists() and (p / "final" / "config.json").exists():
+            return p / "final"
         return p
     if isinstance(spec, str) and _REPO_ID.match(spec) and not spec.startswith((".", "/")):
         from llmkit.hub import download

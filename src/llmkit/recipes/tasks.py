@@ -263,16 +263,20 @@ def first_sentence(context: str) -> str:
 @torch.no_grad()
 def answer_questions(model, tokenizer, examples, max_len: int, stride: int, batch_size: int = 32, device="cpu",
                      max_answer_len: int = 30):
-    """The best span of each example over its windows (data/squad.py's best_spans)."""
+    """The best span of each example over its windows (data/squad.py's best_spans), with a
+    progress bar over the windows (SQuAD dev is ~11k questions)."""
     from llmkit.data.squad import best_spans, features
+    from llmkit.progress import progress
 
     feats = features(examples, tokenizer, max_len, stride)
     starts: list = [None] * len(feats)
     ends: list = [None] * len(feats)
     order = sorted(range(len(feats)), key=lambda i: len(feats[i].ids))
     pad = tokenizer.pad_id if tokenizer.pad_id is not None else 0
+    bar = progress(total=len(feats), desc="answering", unit="window", enabled=len(feats) > 4 * batch_size)
     for s in range(0, len(order), batch_size):
         chunk = order[s:s + batch_size]
+        bar.update(len(chunk))
         idx, mask = collate([feats[i].ids for i in chunk], pad)
         types = pad_types([feats[i].type_ids for i in chunk]) if model.cfg.type_vocab_size > 1 else None
         logits = model(idx.to(device), attention_mask=mask.to(device),
@@ -280,6 +284,7 @@ def answer_questions(model, tokenizer, examples, max_len: int, stride: int, batc
         for b, i in enumerate(chunk):
             n = len(feats[i].ids)
             starts[i], ends[i] = logits[b, :n, 0].numpy(), logits[b, :n, 1].numpy()
+    bar.close()
     return best_spans(starts, ends, feats, examples, max_answer_len=max_answer_len)
 
 
