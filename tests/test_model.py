@@ -81,7 +81,7 @@ def test_config_validation():
     with pytest.raises(LLMKitError, match="unknown model config keys: wat"):
         ModelConfig.from_dict({"wat": 1})
     with pytest.raises(LLMKitError, match="mlp must be one of"):
-        ModelConfig(mlp="relu")
+        ModelConfig(mlp="tanh")
     cfg = ModelConfig.from_name("llama-3.2-1b", n_layer=2)
     assert cfg.n_layer == 2 and cfg.rope_scaling.factor == 32.0
     assert ModelConfig.from_dict(cfg.to_dict()) == cfg

@@ -41,11 +41,36 @@ def test_encoder_presets_count_what_transformers_counts(name):
         == count_params(cfg)
 
 
+@pytest.mark.parametrize("name,expected", [
+    ("t5-small", 60_506_624), ("t5-base", 222_903_552), ("flan-t5-small", 76_961_152),
+    ("flan-t5-base", 247_577_856), ("flan-t5-large", 783_150_080), ("bart-base", 139_420_416),
+    ("bart-large", 406_291_456), ("micro-t5", None),
+])
+def test_seq2seq_presets_count_what_transformers_counts(name, expected):
+    """Exported to transformers, each preset builds a ...ForConditionalGeneration of exactly our
+    size, which is the count the model cards publish (t5-small's "60M": 60,506,624)."""
+    import transformers
+
+    from llmkit.convert.hf import config_to_hf
+
+    cfg = ModelConfig.from_name(name)
+    hf = transformers.AutoConfig.for_model(**config_to_hf(cfg))
+    with torch.device("meta"):
+        theirs = transformers.AutoModelForSeq2SeqLM.from_config(hf)
+    if not cfg.tie_embeddings:  # transformers 5 ties T5's head in a fresh model; v1.1's is its own matrix
+        assert theirs.lm_head.weight is theirs.shared.weight
+        extra = cfg.vocab_size * cfg.n_embd
+    else:
+        extra = 0
+    assert count_params(cfg) == theirs.num_parameters() + extra == (expected or count_params(cfg))
+
+
 def _norm_and_bias_params(cfg):
     with torch.device("meta"):
         m = Transformer(cfg)
-    return sum(p.numel() for n, p in m.named_parameters() if p.dim() == 1) + (
-        m.pos_embed.weight.numel() if m.pos_embed is not None else 0)  # learned positions: not matrices
+    pos = [s.pos_embed for s in (m, m.encoder) if s is not None and s.pos_embed is not None]
+    return sum(p.numel() for n, p in m.named_parameters() if p.dim() == 1) + sum(
+        e.weight.numel() for e in pos)  # learned positions: not matrices
 
 
 def test_every_preset_builds_on_meta():

@@ -43,14 +43,17 @@ class ModelConfig:
     head_dim: Optional[int] = None  # None = n_embd // n_head (Gemma/Qwen3 set it explicitly)
     intermediate_size: Optional[int] = None  # None = 4 * n_embd
     block_size: int = 1024  # longest sequence the model is used with (context length)
+    n_encoder_layer: int = 0  # > 0: an encoder-decoder (T5, BART); n_layer counts the decoder's blocks
     # --- direction ---------------------------------------------------------------------------
     causal: bool = True  # False: an encoder (BERT), every token sees every other (padding masked)
     # --- positions ---------------------------------------------------------------------------
-    pos: Literal["rope", "learned"] = "rope"
+    pos: Literal["rope", "learned", "relative"] = "rope"  # relative: T5's bucketed attention bias
     pos_offset: int = 0  # learned positions start at this row (RoBERTa: padding_idx + 1 = 2)
     rope_theta: float = 10000.0
     rope_local_theta: Optional[float] = None  # RoPE base of the sliding-window layers (ModernBERT)
     rope_scaling: Optional[RopeScaling] = None
+    rel_buckets: int = 32  # T5: relative-position buckets (half per direction in the encoder)
+    rel_max_distance: int = 128  # T5: distances from here on share the last bucket
     type_vocab_size: int = 0  # token-type (segment) embeddings: BERT 2, RoBERTa 1, others 0
     # --- normalisation -----------------------------------------------------------------------
     norm: Literal["rms", "layer"] = "rms"
@@ -63,7 +66,7 @@ class ModelConfig:
     post_block_norms: bool = False  # Gemma 2: extra norms on the attention and MLP outputs
     qk_norm: bool = False  # Qwen3: RMSNorm on each head's queries and keys before RoPE
     # --- MLP ---------------------------------------------------------------------------------
-    mlp: Literal["gelu", "swiglu", "geglu"] = "swiglu"
+    mlp: Literal["gelu", "relu", "swiglu", "geglu"] = "swiglu"  # relu: T5 v1.0
     gelu_approx: Literal["tanh", "none"] = "tanh"  # GELU flavour for `gelu` and `geglu`
     # --- biases and embeddings ---------------------------------------------------------------
     qkv_bias: bool = False  # bias on q, k, v projections (GPT-2, Qwen2)
@@ -72,6 +75,8 @@ class ModelConfig:
     norm_bias: bool = False  # LayerNorm with bias (GPT-2); RMSNorm never has one
     tie_embeddings: bool = False  # lm_head shares the token embedding matrix
     lm_head_bias: bool = False  # a bias on the output layer (BERT's MLM decoder)
+    logit_bias: bool = False  # BART's final_logits_bias: a fixed bias on the logits (a buffer, not trained)
+    lm_head_rescale: bool = False  # T5 v1.0: hidden states * n_embd**-0.5 before the (tied) lm_head
     lm_head_transform: bool = False  # dense -> GELU -> norm before lm_head (BERT's MLM transform)
     head_dense_bias: bool = True  # bias of that dense layer and of task-head ones (ModernBERT: none)
     pooler: bool = False  # BERT's pooler (dense + tanh on [CLS]) and next-sentence head are stored
@@ -118,6 +123,12 @@ class ModelConfig:
             bad("pos_offset applies to learned positions only")
         if self.pooler and self.causal:
             bad("pooler applies to encoders (causal=false) only")
+        if not isinstance(self.n_encoder_layer, int) or self.n_encoder_layer < 0:
+            bad(f"n_encoder_layer must be an integer >= 0, got {self.n_encoder_layer!r}")
+        if self.n_encoder_layer and not self.causal:
+            bad("an encoder-decoder's decoder is causal: keep causal=true with n_encoder_layer > 0")
+        if self.pos == "relative" and (self.rel_buckets < 2 or self.rel_max_distance < 1):
+            bad("relative positions need rel_buckets >= 2 and rel_max_distance >= 1")
         for f in ("pos", "norm", "mlp", "gelu_approx", "norm_position"):
             allowed = _literal_values(f)
             if getattr(self, f) not in allowed:
@@ -142,6 +153,20 @@ class ModelConfig:
     def is_encoder(self) -> bool:
         return not self.causal
 
+    @property
+    def is_seq2seq(self) -> bool:
+        """An encoder-decoder: an encoder reads the source, a causal decoder writes the target
+        and attends to the encoder's states through cross-attention (Vaswani et al. 2017)."""
+        return self.n_encoder_layer > 0
+
+    @property
+    def kind(self) -> str:
+        return "encoder-decoder" if self.is_seq2seq else ("encoder" if self.is_encoder else "decoder")
+
+    def encoder_config(self) -> "ModelConfig":
+        """The encoder half of an encoder-decoder: the same fields, bidirectional, its own depth."""
+        return self.replace(causal=False, n_layer=self.n_encoder_layer, n_encoder_layer=0)
+
     def is_local_layer(self, i: int) -> bool:
         """Whether block `i` uses sliding-window attention."""
         if self.sliding_window is None:
@@ -162,7 +187,9 @@ class ModelConfig:
         d, h = self.n_embd, self.head_size
         attn = d * h * (self.n_head + 2 * self.kv_heads) + self.n_head * h * d
         mlp = (3 if self.mlp in ("swiglu", "geglu") else 2) * d * self.ffn_size
-        n = self.n_layer * (attn + mlp)
+        n = (self.n_layer + self.n_encoder_layer) * (attn + mlp)
+        n += self.n_layer * attn * self.is_seq2seq  # the decoder's cross-attention
+        n += (1 + self.is_seq2seq) * self.n_head * self.rel_buckets * (self.pos == "relative")  # T5's bias tables
         n += d * d * self.lm_head_transform + (d * d + 2 * d) * self.pooler  # MLM transform; pooler + NSP
         if not exclude_embeddings:
             n += self.vocab_size * d * (1 if self.tie_embeddings else 2) + self.type_vocab_size * d

@@ -104,6 +104,38 @@ def rope_tables(cfg: ModelConfig) -> tuple[torch.Tensor, torch.Tensor]:
     return rope_inv_freq(cfg), rope_inv_freq(local)
 
 
+class RelativeBias(nn.Module):
+    """T5's relative position bias (Raffel et al. 2020, sec. 2.1): one learned scalar per head and
+    bucket of (key position - query position), added to the attention logits of every layer of a
+    stack (one table per stack, shared by its layers). Half the buckets are exact distances, the
+    other half logarithmically wider up to `rel_max_distance`, beyond which all share the last;
+    an encoder gives each direction half the buckets, a decoder's queries see only the past."""
+
+    def __init__(self, cfg: ModelConfig, bidirectional: bool):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(cfg.rel_buckets, cfg.n_head))
+        self.bidirectional, self.max_distance = bidirectional, cfg.rel_max_distance
+
+    def buckets(self, rel: torch.Tensor) -> torch.Tensor:
+        n, out = self.weight.shape[0], torch.zeros_like(rel)
+        if self.bidirectional:
+            n //= 2
+            out = (rel > 0).long() * n  # keys ahead of the query get the upper half
+            dist = rel.abs()
+        else:
+            dist = (-rel).clamp(min=0)  # only the past; future keys are masked anyway
+        exact = n // 2
+        # Distances exact..max_distance spread over the remaining buckets on a log scale (float32
+        # and math.log as mesh-tensorflow computes it, so boundaries fall on the same integers).
+        far = exact + (torch.log(dist.float() / exact) / math.log(self.max_distance / exact) * (n - exact)).long()
+        return out + torch.where(dist < exact, dist, far.clamp(max=n - 1))
+
+    def forward(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
+        """Bias (B|1, n_head, T, S) for query positions (B|1, T) and key positions (B|1, S)."""
+        rel = k_pos[:, None, :] - q_pos[:, :, None]  # (B, T, S)
+        return F.embedding(self.buckets(rel), self.weight).permute(0, 3, 1, 2)
+
+
 # --- KV cache -----------------------------------------------------------------------------------
 class KVCache:
     """Preallocated key/value buffers, one pair per layer: (B, n_kv_heads, max_len, head_dim).
@@ -112,6 +144,9 @@ class KVCache:
     buffer up to `kv_len` (the longest position in use + 1), so attention never scans slots no
     row has reached. Slots past a row's position may hold stale values from an earlier, longer
     sequence: the causal mask (key position <= query position) never lets a query see them.
+
+    An encoder-decoder's cache also holds each row's cross-attention keys/values, computed once
+    from the encoder's states (`write_cross`), and which source positions are real (`src_valid`).
     """
 
     def __init__(
@@ -121,29 +156,66 @@ class KVCache:
         max_len: int,
         device: torch.device | str | None = None,
         dtype: torch.dtype = torch.float32,
+        src_len: int = 0,
     ):
         shape = (batch_size, cfg.kv_heads, max_len, cfg.head_size)
         self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
         self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
+        cross = (batch_size, cfg.kv_heads, src_len, cfg.head_size)
+        n_cross = cfg.n_layer if cfg.is_seq2seq and src_len else 0
+        self.ck = [torch.zeros(cross, device=device, dtype=dtype) for _ in range(n_cross)]
+        self.cv = [torch.zeros(cross, device=device, dtype=dtype) for _ in range(n_cross)]
+        self.src_valid = torch.zeros(batch_size, src_len, dtype=torch.bool, device=device) if n_cross else None
+        self.shared = {"src_len": 0}  # longest source written, shared with row views
         self.batch_size, self.max_len, self.kv_len = batch_size, max_len, 0
+
+    def _like(self, f, shared: Optional[dict] = None) -> "KVCache":
+        out = KVCache.__new__(KVCache)
+        out.k, out.v, out.ck, out.cv = ([f(t) for t in ts] for ts in (self.k, self.v, self.ck, self.cv))
+        out.src_valid = f(self.src_valid) if self.src_valid is not None else None
+        out.shared = shared if shared is not None else dict(self.shared)
+        out.max_len, out.kv_len = self.max_len, 0
+        return out
 
     def rows(self, start: int, stop: int) -> "KVCache":
         """A cache sharing rows start:stop of this one (views: writes land here)."""
-        view = KVCache.__new__(KVCache)
-        view.k = [k[start:stop] for k in self.k]
-        view.v = [v[start:stop] for v in self.v]
-        view.batch_size, view.max_len, view.kv_len = stop - start, self.max_len, 0
+        view = self._like(lambda t: t[start:stop], self.shared)
+        view.batch_size = stop - start
         return view
 
     def select(self, rows: list[int]) -> "KVCache":
         """A new cache whose row b is a copy of row rows[b] of this one (e.g. a prompt prefix
         shared by several continuations)."""
         index = torch.tensor(rows, device=self.k[0].device)
-        out = KVCache.__new__(KVCache)
-        out.k = [k.index_select(0, index) for k in self.k]
-        out.v = [v.index_select(0, index) for v in self.v]
-        out.batch_size, out.max_len, out.kv_len = len(rows), self.max_len, 0
+        out = self._like(lambda t: t.index_select(0, index))
+        out.batch_size = len(rows)
         return out
+
+    def move_row(self, src: int, dst: int, n: int) -> None:
+        """Copy row `src` into row `dst`: its first `n` self-attention slots and its source."""
+        for buf in self.k + self.v:
+            buf[dst, :, :n].copy_(buf[src, :, :n])
+        for buf in self.ck + self.cv + ([self.src_valid] if self.src_valid is not None else []):
+            buf[dst].copy_(buf[src])
+
+    def write_cross(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Store cross-attention keys/values (B, n_kv, S, hd) of the first B rows."""
+        B, S = k.shape[0], k.shape[2]
+        if S > self.ck[layer].shape[2]:
+            raise ValueError(f"the source is {S} tokens; this cache holds {self.ck[layer].shape[2]}")
+        self.ck[layer][:B, :, :S] = k
+        self.cv[layer][:B, :, :S] = v
+        self.shared["src_len"] = max(self.shared["src_len"], S)
+
+    def set_source_mask(self, valid: torch.Tensor) -> None:
+        """Which of the source's positions (B, S) are real tokens, for the first B rows."""
+        B, S = valid.shape
+        self.src_valid[:B, :S] = valid.bool()
+        self.src_valid[:B, S:] = False
+
+    def cross_kv(self, layer: int, B: int) -> tuple[torch.Tensor, torch.Tensor]:
+        S = self.shared["src_len"]
+        return self.ck[layer][:B, :, :S], self.cv[layer][:B, :, :S]
 
     def update(self, layer: int, pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
         """Write k, v (B, n_kv, T, hd) at positions `pos` (B|1, T); return (B, n_kv, kv_len, hd)."""
@@ -189,9 +261,13 @@ class Attention(nn.Module):
         n_head query heads share n_kv_heads key/value heads in groups of n_head // n_kv_heads:
         q: [h0 h1 | h2 h3 | h4 h5 | h6 h7]     (GQA, n_head=8, n_kv_heads=4)
         k:  [ k0  |  k1   |  k2   |  k3  ]     MHA: n_kv_heads = n_head; MQA: n_kv_heads = 1
+
+    With `cross=True` it is an encoder-decoder's cross-attention: queries from the decoder, keys
+    and values from the encoder's states (`memory`), or from the cache, where they are written
+    once per request; no positions, no causal mask, padding of the source hidden.
     """
 
-    def __init__(self, cfg: ModelConfig, layer_idx: int):
+    def __init__(self, cfg: ModelConfig, layer_idx: int, cross: bool = False):
         super().__init__()
         d, hd = cfg.n_embd, cfg.head_size
         self.n_head, self.n_kv, self.hd = cfg.n_head, cfg.kv_heads, hd
@@ -201,31 +277,47 @@ class Attention(nn.Module):
         self.o = nn.Linear(cfg.n_head * hd, d, bias=cfg.attn_out_bias)
         self.q_norm = Norm(hd, cfg) if cfg.qk_norm else None
         self.k_norm = Norm(hd, cfg) if cfg.qk_norm else None
-        self.rope = cfg.pos == "rope"
-        self.causal = cfg.causal
+        self.cross = cross
+        self.rope = cfg.pos == "rope" and not cross
+        self.causal = cfg.causal and not cross
         self.scale = cfg.attn_scale if cfg.attn_scale is not None else hd**-0.5
         self.softcap = cfg.attn_softcap
-        self.window = cfg.sliding_window if cfg.is_local_layer(layer_idx) else None
+        self.window = cfg.sliding_window if cfg.is_local_layer(layer_idx) and not cross else None
         self.layer_idx = layer_idx
 
-    def forward(self, x, rope, pos, mask, cache: Optional[KVCache]) -> torch.Tensor:
+    def kv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values (B, n_kv, S, hd) of inputs x (B, S, d)."""
+        B, S, _ = x.shape
+        k = self.k(x).view(B, S, self.n_kv, self.hd).transpose(1, 2)  # (B, n_kv, S, hd)
+        v = self.v(x).view(B, S, self.n_kv, self.hd).transpose(1, 2)  # (B, n_kv, S, hd)
+        return (self.k_norm(k) if self.k_norm is not None else k), v
+
+    def forward(self, x, rope, pos, mask, cache: Optional[KVCache], memory: Optional[torch.Tensor] = None):
         B, T, _ = x.shape
         q = self.q(x).view(B, T, self.n_head, self.hd).transpose(1, 2)  # (B, n_head, T, hd)
-        k = self.k(x).view(B, T, self.n_kv, self.hd).transpose(1, 2)  # (B, n_kv, T, hd)
-        v = self.v(x).view(B, T, self.n_kv, self.hd).transpose(1, 2)  # (B, n_kv, T, hd)
         if self.q_norm is not None:  # Qwen3: per-head RMSNorm before RoPE
-            q, k = self.q_norm(q), self.k_norm(k)
-        if self.rope:
-            cos, sin = rope[self.window is not None]  # (global, local) tables
-            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if cache is not None:
-            k, v = cache.update(self.layer_idx, pos, k, v)  # (B, n_kv, kv_len, hd)
-        m = mask[self.window]  # None: causal (or, in an encoder, every key); T == 1: sees all
+            q = self.q_norm(q)
+        if self.cross:  # keys/values from the encoder's states, or computed once into the cache
+            if memory is not None:
+                k, v = self.kv(memory)  # (B, n_kv, S, hd)
+            else:
+                k, v = cache.cross_kv(self.layer_idx, B)
+            m = mask.get("cross")  # None: every source token is real
+        else:
+            k, v = self.kv(x)  # (B, n_kv, T, hd)
+            if self.rope:
+                cos, sin = rope[self.window is not None]  # (global, local) tables
+                q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+            if cache is not None:
+                k, v = cache.update(self.layer_idx, pos, k, v)  # (B, n_kv, kv_len, hd)
+            m = mask[self.window]  # None: causal (or, in an encoder, every key); T == 1: sees all
         if self.softcap is None:
             # One query per row on CPU in bf16/fp16: PyTorch's reduced-precision SDPA kernel costs
             # 60-140 us a call there (~4 ms a token for 30 layers), float32 18-27 us casts
             # included, and float32 is the more exact of the two; the output keeps q's dtype.
             dt = torch.float32 if T == 1 and q.device.type == "cpu" and q.element_size() < 4 else q.dtype
+            if m is not None and m.dtype != torch.bool:  # T5's position bias, -inf where masked
+                m = m.to(dt)
             y = F.scaled_dot_product_attention(
                 q.to(dt), k.to(dt), v.to(dt), attn_mask=m, is_causal=self.causal and m is None and T > 1,
                 scale=self.scale, enable_gqa=self.n_kv != self.n_head,
@@ -244,13 +336,13 @@ class Attention(nn.Module):
             T, S = scores.shape[-2:]
             mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(S - T)
         if mask is not None:
-            scores = scores.masked_fill(~mask, float("-inf"))
+            scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
         return torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype) @ v
 
 
 # --- MLP ----------------------------------------------------------------------------------------
 class MLP(nn.Module):
-    """GELU MLP (GPT-2) or gated: SwiGLU (Llama) / GeGLU (Gemma), Shazeer 2020."""
+    """GELU (GPT-2) or ReLU (T5 v1.0) MLP, or gated: SwiGLU (Llama) / GeGLU (Gemma, T5 v1.1), Shazeer 2020."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -259,7 +351,7 @@ class MLP(nn.Module):
         self.gate = nn.Linear(d, f, bias=cfg.mlp_bias) if self.gated else None
         self.up = nn.Linear(d, f, bias=cfg.mlp_bias)
         self.down = nn.Linear(f, d, bias=cfg.mlp_bias)
-        self.act = F.silu if cfg.mlp == "swiglu" else (lambda t: F.gelu(t, approximate=cfg.gelu_approx))
+        self.act = {"swiglu": F.silu, "relu": F.relu}.get(cfg.mlp) or (lambda t: F.gelu(t, approximate=cfg.gelu_approx))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.gated:
@@ -269,22 +361,31 @@ class MLP(nn.Module):
 
 # --- block and model ----------------------------------------------------------------------------
 class Block(nn.Module):
-    def __init__(self, cfg: ModelConfig, layer_idx: int):
+    """Self-attention -> [cross-attention, in an encoder-decoder's decoder] -> MLP, each with its
+    norm before (pre-norm) or after the residual sum (post-norm)."""
+
+    def __init__(self, cfg: ModelConfig, layer_idx: int, cross: bool = False):
         super().__init__()
         first_bare = layer_idx == 0 and not cfg.first_attn_norm  # ModernBERT: the embedding norm is it
         self.attn_norm = nn.Identity() if first_bare else Norm(cfg.n_embd, cfg)
         self.attn = Attention(cfg, layer_idx)
+        self.cross_norm = Norm(cfg.n_embd, cfg) if cross else None
+        self.cross_attn = Attention(cfg, layer_idx, cross=True) if cross else None
         self.mlp_norm = Norm(cfg.n_embd, cfg)
         self.mlp = MLP(cfg)
         self.post_attn_norm = Norm(cfg.n_embd, cfg) if cfg.post_block_norms else nn.Identity()
         self.post_mlp_norm = Norm(cfg.n_embd, cfg) if cfg.post_block_norms else nn.Identity()
         self.post_norm = cfg.norm_position == "post"
 
-    def forward(self, x, rope, pos, mask, cache=None):
-        if self.post_norm:  # BERT: the norms sit on the residual stream, after each sum
+    def forward(self, x, rope, pos, mask, cache=None, memory=None):
+        if self.post_norm:  # BERT, BART: the norms sit on the residual stream, after each sum
             x = self.attn_norm(x + self.attn(x, rope, pos, mask, cache))
+            if self.cross_attn is not None:
+                x = self.cross_norm(x + self.cross_attn(x, rope, pos, mask, cache, memory))
             return self.mlp_norm(x + self.mlp(x))
         x = x + self.post_attn_norm(self.attn(self.attn_norm(x), rope, pos, mask, cache))
+        if self.cross_attn is not None:
+            x = x + self.cross_attn(self.cross_norm(x), rope, pos, mask, cache, memory)
         return x + self.post_mlp_norm(self.mlp(self.mlp_norm(x)))
 
 
@@ -347,17 +448,123 @@ class TaskHead(nn.Module):
         return F.linear(h, self.weight.to(h.dtype), self.bias.to(h.dtype))
 
 
-class Transformer(nn.Module):
-    def __init__(self, cfg: ModelConfig):
-        super().__init__()
-        self.cfg = cfg
+class Stack(nn.Module):
+    """positions -> [embed_norm] -> blocks -> [final norm], over embedded tokens: a decoder, an
+    encoder, or one half of an encoder-decoder (whose decoder blocks also cross-attend to the
+    encoder's states). `Transformer` is a Stack with the token embedding and the heads."""
+
+    def _build_stack(self, cfg: ModelConfig, cross: bool = False) -> None:
         d = cfg.n_embd
-        self.embed = nn.Embedding(cfg.vocab_size, d)
+        self.cfg = cfg
         self.pos_embed = nn.Embedding(cfg.block_size + cfg.pos_offset, d) if cfg.pos == "learned" else None
         self.type_embed = nn.Embedding(cfg.type_vocab_size, d) if cfg.type_vocab_size else None
         self.embed_norm = Norm(d, cfg) if cfg.embed_norm else None
-        self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
+        self.blocks = nn.ModuleList(Block(cfg, i, cross) for i in range(cfg.n_layer))
         self.norm = Norm(d, cfg) if cfg.final_norm else nn.Identity()
+        self.rel_bias = RelativeBias(cfg, bidirectional=not cfg.causal) if cfg.pos == "relative" else None
+        inv_freq, inv_freq_local = rope_tables(cfg)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.register_buffer("inv_freq_local", inv_freq_local, persistent=False)
+        self.gradient_checkpointing = False
+
+    def run(
+        self,
+        x: torch.Tensor,
+        input_pos: Optional[torch.Tensor] = None,
+        cache: Optional[KVCache] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+        token_type_ids: Optional[torch.Tensor] = None,
+        memory: Optional[torch.Tensor] = None,
+        memory_mask: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """Embedded tokens x (B, T, d) -> final-normed hidden states (B, T, d); see hidden_states."""
+        B, T, _ = x.shape
+        dev = x.device
+        if input_pos is None:
+            if cache is not None:
+                raise ValueError("input_pos is required with a KV cache")
+            pos = torch.arange(T, device=dev)[None]  # (1, T)
+        else:
+            pos = input_pos if input_pos.dim() == 2 else input_pos[None]  # (B|1, T)
+        if self.pos_embed is not None:
+            x = x + self.pos_embed(pos + self.cfg.pos_offset if self.cfg.pos_offset else pos)
+        if self.type_embed is not None:
+            types = token_type_ids if token_type_ids is not None else torch.zeros(B, T, dtype=torch.long, device=dev)
+            x = x + self.type_embed(types)
+        if self.embed_norm is not None:
+            x = self.embed_norm(x)
+        rope = {}  # {is_local: (cos, sin)}
+        if self.cfg.pos == "rope":
+            for local, inv_freq in ((False, self.inv_freq), (True, self.inv_freq_local)):
+                cos, sin = rope_cos_sin(inv_freq, pos)
+                if not torch.is_autocast_enabled(dev.type):
+                    # Cast once here, not twice per layer in apply_rope (same values; under
+                    # autocast q/k's dtype is not x's, so apply_rope casts).
+                    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+                rope[local] = (cos, sin)
+                if self.cfg.rope_local_theta is None:
+                    rope[True] = rope[False]
+                    break
+
+        # Masks per window size; None = plain causal (SDPA's fused is_causal path).
+        masks: dict = {}
+        if cache is not None:  # keys live in slots 0..kv_len-1, slot == position
+            cache.kv_len = int(pos.max()) + 1
+            if cache.kv_len > cache.max_len:
+                raise ValueError(f"position {cache.kv_len - 1} is past the KV cache ({cache.max_len})")
+            k_pos = torch.arange(cache.kv_len, device=dev)[None]
+        else:
+            k_pos = pos
+        causal = self.cfg.causal
+        if attention_mask is not None and cache is not None:
+            raise ValueError("attention_mask is for whole sequences; with a KV cache, positions say what is seen")
+        padded = attention_mask is not None and not bool(attention_mask.all())  # all real: the fused paths
+        bias = self.rel_bias(pos, k_pos).to(x.dtype) if self.rel_bias is not None else None  # (B|1, H, T, S)
+        for w in {blk.attn.window for blk in self.blocks}:
+            span = w if causal or w is None else w // 2 + 1  # how far a key may be and still be seen
+            plain = cache is None and input_pos is None and not padded and (w is None or span >= T)
+            # Decoding one token with every row at the newest position (batch 1): each query
+            # sees every cached key (the window too), so no mask is built or applied.
+            one_query = cache is not None and T == 1 and pos.shape[0] == 1 and not padded \
+                and (w is None or cache.kv_len <= w)
+            # A position bias goes in as an additive mask, which then carries the causal mask too.
+            bare = one_query or (plain and (bias is None or not causal))
+            m = None if bare else attention_mask_for(pos, k_pos, w, causal, attention_mask if padded else None)
+            masks[w] = m if bias is None else (bias if m is None else bias.masked_fill(~m, float("-inf")))
+        if self.blocks[0].cross_attn is not None:  # which source tokens the decoder may see
+            valid = memory_mask if memory is not None else cache.src_valid[:B, : cache.shared["src_len"]]
+            masks["cross"] = None if valid is None or bool(valid.all()) else valid[:, None, None, :].bool()
+
+        for blk in self.blocks:
+            if self.gradient_checkpointing and self.training:
+                x = torch.utils.checkpoint.checkpoint(blk, x, rope, pos, masks, None, memory, use_reentrant=False)
+            else:
+                x = blk(x, rope, pos, masks, cache, memory)
+        return self.norm(x)
+
+
+class Encoder(Stack):
+    """The encoder half of an encoder-decoder (its token embedding is the model's, shared)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self._build_stack(cfg)
+
+
+class Transformer(Stack):
+    """The model: token embedding -> Stack -> head. With `cfg.n_encoder_layer` > 0 an
+    encoder-decoder (T5, BART): `self.encoder` reads the source, this stack is the decoder.
+
+        source ids -> embed -> encoder (bidirectional) -> memory (B, S, d) ----------.
+        target ids -> embed -> decoder blocks: self-attention (causal) -> cross-attention -> MLP
+                   -> norm -> lm_head -> logits
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        d = cfg.n_embd
+        self.embed = nn.Embedding(cfg.vocab_size, d)
+        self._build_stack(cfg, cross=cfg.is_seq2seq)
         # BERT's pretraining heads: the pooler (dense + tanh on [CLS]) and next-sentence prediction.
         self.pooler = nn.Linear(d, d) if cfg.pooler else None
         self.nsp_head = nn.Linear(d, 2) if cfg.pooler else None
@@ -366,10 +573,9 @@ class Transformer(nn.Module):
         self.lm_head: nn.Module = nn.Linear(d, cfg.vocab_size, bias=cfg.lm_head_bias)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.embed.weight
-        inv_freq, inv_freq_local = rope_tables(cfg)
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
-        self.register_buffer("inv_freq_local", inv_freq_local, persistent=False)
-        self.gradient_checkpointing = False
+        if cfg.logit_bias:  # BART keeps it out of training (a buffer in fairseq and transformers)
+            self.register_buffer("logit_bias", torch.zeros(cfg.vocab_size))
+        self.encoder = Encoder(cfg.encoder_config()) if cfg.is_seq2seq else None
         self.init_weights()
 
     @property
@@ -391,6 +597,12 @@ class Transformer(nn.Module):
             if isinstance(m, Norm):
                 m.reset_parameters()
 
+    def _embed(self, idx: torch.Tensor) -> torch.Tensor:
+        x = self.embed(idx)  # (B, T, d)
+        if self.cfg.embed_scale:  # Gemma: the scale is rounded to x's dtype, as in the reference
+            x = x * torch.tensor(self.cfg.n_embd**0.5, dtype=x.dtype)
+        return x
+
     def hidden_states(
         self,
         idx: torch.Tensor,
@@ -398,6 +610,8 @@ class Transformer(nn.Module):
         cache: Optional[KVCache] = None,
         attention_mask: Optional[torch.Tensor] = None,
         token_type_ids: Optional[torch.Tensor] = None,
+        memory: Optional[torch.Tensor] = None,
+        memory_mask: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """Final-normed hidden states (B, T, n_embd); `forward` applies the head to them.
 
@@ -405,66 +619,27 @@ class Transformer(nn.Module):
         cache: a KVCache to read and extend (positions then index its slots).
         attention_mask: (B, T), 1 at real tokens and 0 at padding, whose keys no query sees.
         token_type_ids: (B, T) segment ids (BERT's sentence A = 0 / B = 1), default 0.
+        memory, memory_mask: an encoder-decoder's encoder states (B, S, d) and source mask (B, S);
+        with a cache that holds them (`prefill_source`), neither is needed.
         """
-        B, T = idx.shape
-        if input_pos is None:
-            if cache is not None:
-                raise ValueError("input_pos is required with a KV cache")
-            pos = torch.arange(T, device=idx.device)[None]  # (1, T)
-        else:
-            pos = input_pos if input_pos.dim() == 2 else input_pos[None]  # (B|1, T)
-        x = self.embed(idx)  # (B, T, d)
-        if self.cfg.embed_scale:  # Gemma: the scale is rounded to x's dtype, as in the reference
-            x = x * torch.tensor(self.cfg.n_embd**0.5, dtype=x.dtype)
-        if self.pos_embed is not None:
-            x = x + self.pos_embed(pos + self.cfg.pos_offset if self.cfg.pos_offset else pos)
-        if self.type_embed is not None:
-            types = token_type_ids if token_type_ids is not None else torch.zeros_like(idx)
-            x = x + self.type_embed(types)
-        if self.embed_norm is not None:
-            x = self.embed_norm(x)
-        rope = {}  # {is_local: (cos, sin)}
-        if self.cfg.pos == "rope":
-            for local, inv_freq in ((False, self.inv_freq), (True, self.inv_freq_local)):
-                cos, sin = rope_cos_sin(inv_freq, pos)
-                if not torch.is_autocast_enabled(x.device.type):
-                    # Cast once here, not twice per layer in apply_rope (same values; under
-                    # autocast q/k's dtype is not x's, so apply_rope casts).
-                    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
-                rope[local] = (cos, sin)
-                if self.cfg.rope_local_theta is None:
-                    rope[True] = rope[False]
-                    break
+        if self.encoder is not None and memory is None and (cache is None or not cache.shared["src_len"]):
+            raise ValueError("an encoder-decoder needs its source: forward(idx, src=..., src_mask=...)")
+        return self.run(self._embed(idx), input_pos, cache, attention_mask, token_type_ids, memory, memory_mask)
 
-        # Masks per window size; None = plain causal (SDPA's fused is_causal path).
-        masks: dict = {}
-        if cache is not None:  # keys live in slots 0..kv_len-1, slot == position
-            cache.kv_len = int(pos.max()) + 1
-            if cache.kv_len > cache.max_len:
-                raise ValueError(f"position {cache.kv_len - 1} is past the KV cache ({cache.max_len})")
-            k_pos = torch.arange(cache.kv_len, device=idx.device)[None]
-        else:
-            k_pos = pos
-        causal = self.cfg.causal
-        if attention_mask is not None and cache is not None:
-            raise ValueError("attention_mask is for whole sequences; with a KV cache, positions say what is seen")
-        padded = attention_mask is not None and not bool(attention_mask.all())  # all real: the fused paths
-        for w in {blk.attn.window for blk in self.blocks}:
-            span = w if causal or w is None else w // 2 + 1  # how far a key may be and still be seen
-            plain = cache is None and input_pos is None and not padded and (w is None or span >= T)
-            # Decoding one token with every row at the newest position (batch 1): each query
-            # sees every cached key (the window too), so no mask is built or applied.
-            one_query = cache is not None and T == 1 and pos.shape[0] == 1 and not padded \
-                and (w is None or cache.kv_len <= w)
-            masks[w] = None if plain or one_query else attention_mask_for(
-                pos, k_pos, w, causal, attention_mask if padded else None)
+    def encode(self, src: torch.Tensor, src_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """An encoder-decoder's encoder states (B, S, d) for source ids (B, S) (mask: 1 = real)."""
+        if self.encoder is None:
+            raise ValueError("this model has no encoder (config n_encoder_layer = 0)")
+        return self.encoder.run(self._embed(src), attention_mask=src_mask)
 
-        for blk in self.blocks:
-            if self.gradient_checkpointing and self.training:
-                x = torch.utils.checkpoint.checkpoint(blk, x, rope, pos, masks, None, use_reentrant=False)
-            else:
-                x = blk(x, rope, pos, masks, cache)
-        return self.norm(x)
+    def prefill_source(self, src: torch.Tensor, src_mask: Optional[torch.Tensor], cache: KVCache) -> None:
+        """Run the encoder once and write every decoder layer's cross-attention keys/values (and
+        the source mask) into the first rows of `cache`: decoding then needs only target tokens."""
+        memory = self.encode(src, src_mask)  # (B, S, d)
+        for i, blk in enumerate(self.blocks):
+            cache.write_cross(i, *blk.cross_attn.kv(memory))
+        cache.set_source_mask(src_mask if src_mask is not None else torch.ones(src.shape, dtype=torch.bool,
+                                                                                 device=src.device))
 
     def forward(
         self,
@@ -477,6 +652,8 @@ class Transformer(nn.Module):
         nsp: bool = False,
         predict: Optional[torch.Tensor] = None,
         pool: Optional[str] = None,
+        src: Optional[torch.Tensor] = None,
+        src_mask: Optional[torch.Tensor] = None,
     ):
         """Logits (B, T, vocab), or (B, 1, vocab) for the last position with `last_only`.
 
@@ -486,8 +663,12 @@ class Transformer(nn.Module):
         `nsp`: (logits, next-sentence logits (B, 2)), BERT's two pretraining outputs at once
         (one forward, so DDP's hooks see both heads).
         `pool="mean"`: sentence embeddings (B, d) instead of logits, `mean_pool` over
-        `attention_mask` (through forward, so DDP / FSDP / torch.compile see the call)."""
-        h = self.hidden_states(idx, input_pos, cache, attention_mask, token_type_ids)
+        `attention_mask` (through forward, so DDP / FSDP / torch.compile see the call).
+        `src`, `src_mask`: an encoder-decoder's source ids and mask (B, S); idx is then the
+        decoder's input (the target shifted right). The encoder runs inside this call (one
+        forward for DDP); when decoding, `prefill_source` puts it in the cache instead."""
+        memory = self.encode(src, src_mask) if src is not None else None
+        h = self.hidden_states(idx, input_pos, cache, attention_mask, token_type_ids, memory, src_mask)
         if pool is not None:
             if pool != "mean" or attention_mask is None:
                 raise ValueError("pool='mean' with an attention_mask is the one pooling forward offers")
@@ -518,14 +699,22 @@ class Transformer(nn.Module):
     def _lm_logits(self, h: torch.Tensor) -> torch.Tensor:
         if self.lm_transform is not None:
             h = self.lm_transform(h)
+        if self.cfg.lm_head_rescale:  # T5 v1.0 (Mesh TensorFlow): the tied embedding, rescaled
+            h = h * self.cfg.n_embd**-0.5
         logits = self.lm_head(h)
+        if self.cfg.logit_bias:
+            logits = logits + self.logit_bias.to(logits.dtype)
         if self.cfg.final_softcap is not None:  # Gemma 2
             logits = torch.tanh(logits / self.cfg.final_softcap) * self.cfg.final_softcap
         return logits
 
-    def new_cache(self, batch_size: int, max_len: Optional[int] = None, dtype=None) -> KVCache:
+    def new_cache(self, batch_size: int, max_len: Optional[int] = None, dtype=None,
+                  src_len: Optional[int] = None) -> KVCache:
+        """A KV cache; an encoder-decoder's also holds sources of up to `src_len` tokens."""
         p = self.embed.weight
-        return KVCache(self.cfg, batch_size, min(max_len or self.max_seq_len, self.max_seq_len), p.device, dtype or p.dtype)
+        src = (src_len or self.max_seq_len) if self.encoder is not None else 0
+        return KVCache(self.cfg, batch_size, min(max_len or self.max_seq_len, self.max_seq_len), p.device,
+                       dtype or p.dtype, src_len=src)
 
 
 def mean_pool(hidden: torch.Tensor, mask: torch.Tensor, normalize: bool = True) -> torch.Tensor:

@@ -8,6 +8,11 @@ transform is how one HF tensor becomes llmkit tensors and back:
     qkv / qkv_t one fused [q; k; v] tensor split in three (Phi-3 qkv_proj; GPT-2 c_attn, transposed)
     gate_up     one fused [gate; up] tensor split in two (Phi-3 gate_up_proj, ModernBERT Wi)
     alias       a second name HF keeps for a tied tensor (BERT's decoder bias): read once, written twice
+    tied        a name HF ties to another and saves once (T5's encoder.embed_tokens): read and dropped
+    row         a (1, n) buffer stored as an (n,) one (BART's final_logits_bias)
+
+Encoder-decoders (T5, BART) name the encoder's blocks `encoder.blocks.{}` on the llmkit side;
+those rows expand over `n_encoder_layer`, the decoder's over `n_layer`.
 
 The backbone's table is shared by every task; each task has its head's rows (`Family.heads`):
 "lm" (the causal or masked LM head, BERT's pretraining heads), "sequence", "token" and "span"
@@ -167,11 +172,64 @@ def _encoder_tasks(prefix: str) -> dict:
             "token": prefix + "ForTokenClassification", "span": prefix + "ForQuestionAnswering"}
 
 
+# --- encoder-decoders: T5 (v1.0, v1.1 / Flan-T5), BART --------------------------------------------
+def _t5_attn(hf: str, ours: str) -> list:
+    return [(f"{hf}.{p}.weight", (f"{ours}.{p}.weight",), "copy") for p in "qkvo"]
+
+
+def _t5_mlp(hf: str, ours: str) -> list:
+    return [(hf + ".DenseReluDense." + a + ".weight", (ours + ".mlp." + b + ".weight",), "copy")
+            for a, b in (("wi", "up"), ("wi_0", "gate"), ("wi_1", "up"), ("wo", "down"))]
+
+
+_TE, _TD, _EB = "encoder.block.{}.layer.", "decoder.block.{}.layer.", "encoder.blocks.{}."
+_T5_MAP = [
+    ("shared.weight", ("embed.weight",), "copy"),
+    ("encoder.embed_tokens.weight", ("embed.weight",), "tied"),
+    ("decoder.embed_tokens.weight", ("embed.weight",), "tied"),
+    ("encoder.final_layer_norm.weight", ("encoder.norm.weight",), "copy"),
+    ("decoder.final_layer_norm.weight", ("norm.weight",), "copy"),
+    # The bias table sits in block 0's attention in HF; the stack owns it here (its layers share it).
+    ("encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight", ("encoder.rel_bias.weight",), "copy"),
+    ("decoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight", ("rel_bias.weight",), "copy"),
+    (_TE + "0.layer_norm.weight", (_EB + "attn_norm.weight",), "copy"),
+    (_TE + "1.layer_norm.weight", (_EB + "mlp_norm.weight",), "copy"),
+    (_TD + "0.layer_norm.weight", (_B + "attn_norm.weight",), "copy"),
+    (_TD + "1.layer_norm.weight", (_B + "cross_norm.weight",), "copy"),
+    (_TD + "2.layer_norm.weight", (_B + "mlp_norm.weight",), "copy"),
+] + _t5_attn(_TE + "0.SelfAttention", _EB + "attn") + _t5_mlp(_TE + "1", _EB[:-1]) \
+  + _t5_attn(_TD + "0.SelfAttention", _B + "attn") + _t5_attn(_TD + "1.EncDecAttention", _B + "cross_attn") \
+  + _t5_mlp(_TD + "2", _B[:-1])
+
+
+def _bart_layer(hf: str, ours: str, cross: bool) -> list:
+    parts = [("self_attn.q_proj", "attn.q"), ("self_attn.k_proj", "attn.k"), ("self_attn.v_proj", "attn.v"),
+             ("self_attn.out_proj", "attn.o"), ("self_attn_layer_norm", "attn_norm"), ("fc1", "mlp.up"),
+             ("fc2", "mlp.down"), ("final_layer_norm", "mlp_norm")]
+    if cross:
+        parts += [("encoder_attn.q_proj", "cross_attn.q"), ("encoder_attn.k_proj", "cross_attn.k"),
+                  ("encoder_attn.v_proj", "cross_attn.v"), ("encoder_attn.out_proj", "cross_attn.o"),
+                  ("encoder_attn_layer_norm", "cross_norm")]
+    return [row for a, b in parts for row in _linear(hf + a, ours + b)]
+
+
+_BART_MAP = [
+    ("model.shared.weight", ("embed.weight",), "copy"),
+    ("model.encoder.embed_tokens.weight", ("embed.weight",), "tied"),
+    ("model.decoder.embed_tokens.weight", ("embed.weight",), "tied"),
+    ("model.encoder.embed_positions.weight", ("encoder.pos_embed.weight",), "copy"),
+    ("model.decoder.embed_positions.weight", ("pos_embed.weight",), "copy"),
+] + _linear("model.encoder.layernorm_embedding", "encoder.embed_norm") + _linear(
+    "model.decoder.layernorm_embedding", "embed_norm") + _bart_layer("model.encoder.layers.{}.", _EB, False) \
+  + _bart_layer("model.decoder.layers.{}.", _B, True)
+_BART_LM = [("lm_head.weight", ("lm_head.weight",), "copy"), ("final_logits_bias", ("logit_bias",), "row")]
+
 # Buffers some HF checkpoints carry that are recomputed, never loaded.
 _IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias", "rotary_emb.inv_freq", "embeddings.position_ids",
                      "embeddings.token_type_ids")
 # Token ids that travel in config.json / generation_config.json (kept in ModelConfig.extra).
-EXTRA_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id")
+EXTRA_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id", "forced_bos_token_id",
+              "forced_eos_token_id")
 
 
 # --- config fields that only some families have ---------------------------------------------------
@@ -411,6 +469,78 @@ def _modernbert_sizes_to(cfg: ModelConfig, hf: dict) -> None:
               intermediate_size=cfg.ffn_size, max_position_embeddings=cfg.block_size)
 
 
+_T5_MLPS = {"relu": dict(mlp="relu"), "gelu": dict(mlp="gelu", gelu_approx="none"),
+            "gated-gelu": dict(mlp="geglu", gelu_approx="tanh"), "gated-gelu_new": dict(mlp="geglu", gelu_approx="tanh"),
+            "gated-silu": dict(mlp="swiglu")}
+
+
+def _t5_sizes_from(hf: dict, common: dict) -> dict:
+    """T5: pre-norm RMSNorm ("T5LayerNorm"), no biases, unscaled attention logits (the scale is
+    folded into the init), a relative position bias per stack. v1.0 ties the output layer to the
+    embedding and rescales the decoder's output by d_model**-0.5; v1.1 / Flan-T5 do neither
+    (transformers 5 keeps that as `scale_decoder_outputs`)."""
+    proj = hf.get("feed_forward_proj", "relu")
+    if proj not in _T5_MLPS:
+        raise LLMKitError(f"T5 feed_forward_proj '{proj}' is not supported ({', '.join(_T5_MLPS)})")
+    rescale = bool(hf.get("scale_decoder_outputs", hf.get("tie_word_embeddings", True) is not False))
+    d, n_head, d_kv = hf["d_model"], hf["num_heads"], hf.get("d_kv", hf["d_model"] // hf["num_heads"])
+    return dict(common, **_T5_MLPS[proj], n_layer=hf.get("num_decoder_layers") or hf["num_layers"],
+                n_encoder_layer=hf["num_layers"], n_embd=d, n_head=n_head,
+                head_dim=d_kv if d_kv != d // n_head or d % n_head else None, intermediate_size=hf["d_ff"],
+                block_size=hf.get("n_positions", 512), norm_eps=hf.get("layer_norm_epsilon", 1e-6),
+                rel_buckets=hf.get("relative_attention_num_buckets", 32),
+                rel_max_distance=hf.get("relative_attention_max_distance", 128),
+                tie_embeddings=rescale, lm_head_rescale=rescale)
+
+
+def _t5_sizes_to(cfg: ModelConfig, hf: dict) -> None:
+    proj = next(k for k, v in _T5_MLPS.items() if all(getattr(cfg, f) == x for f, x in v.items()))
+    hf.update(num_layers=cfg.n_encoder_layer, num_decoder_layers=cfg.n_layer, d_model=cfg.n_embd,
+              num_heads=cfg.n_head, d_kv=cfg.head_size, d_ff=cfg.ffn_size, feed_forward_proj=proj,
+              relative_attention_num_buckets=cfg.rel_buckets, relative_attention_max_distance=cfg.rel_max_distance,
+              layer_norm_epsilon=cfg.norm_eps, n_positions=cfg.block_size, dropout_rate=0.0,
+              is_encoder_decoder=True, tie_word_embeddings=cfg.tie_embeddings,
+              scale_decoder_outputs=cfg.lm_head_rescale)
+    hf.setdefault("decoder_start_token_id", cfg.extra.get("decoder_start_token_id", cfg.extra.get("pad_token_id", 0)))
+
+
+_BART_ACTS = {"gelu": dict(mlp="gelu", gelu_approx="none"), "gelu_new": dict(mlp="gelu", gelu_approx="tanh"),
+              "relu": dict(mlp="relu")}
+
+
+def _bart_sizes_from(hf: dict, common: dict) -> dict:
+    """BART (Lewis et al. 2020): post-norm like BERT, learned positions numbered from 2 (fairseq's
+    padding offset), a LayerNorm after the embeddings of both stacks, biases everywhere, the
+    output layer tied to the embedding plus `final_logits_bias`."""
+    act = hf.get("activation_function", "gelu")
+    if act not in _BART_ACTS:
+        raise LLMKitError(f"BART activation_function '{act}' is not supported ({', '.join(_BART_ACTS)})")
+    for a, b in (("encoder_attention_heads", "decoder_attention_heads"), ("encoder_ffn_dim", "decoder_ffn_dim")):
+        if hf.get(a, 16) != hf.get(b, 16):
+            raise LLMKitError(f"BART with {a} != {b} is not supported")
+    if hf.get("add_final_layer_norm") or hf.get("normalize_before"):
+        raise LLMKitError("mBART-style pre-norm BART variants are not supported")
+    return dict(common, **_BART_ACTS[act], n_layer=hf["decoder_layers"], n_encoder_layer=hf["encoder_layers"],
+                n_embd=hf["d_model"], n_head=hf["encoder_attention_heads"], intermediate_size=hf["encoder_ffn_dim"],
+                block_size=hf.get("max_position_embeddings", 1024), pos="learned", pos_offset=2, norm="layer",
+                norm_eps=1e-5, norm_bias=True, qkv_bias=True, attn_out_bias=True, mlp_bias=True,
+                norm_position="post", embed_norm=True, final_norm=False, embed_scale=bool(hf.get("scale_embedding")),
+                logit_bias=True)
+
+
+def _bart_sizes_to(cfg: ModelConfig, hf: dict) -> None:
+    act = next(k for k, v in _BART_ACTS.items() if all(getattr(cfg, f) == x for f, x in v.items()))
+    hf.update(encoder_layers=cfg.n_encoder_layer, decoder_layers=cfg.n_layer, d_model=cfg.n_embd,
+              encoder_attention_heads=cfg.n_head, decoder_attention_heads=cfg.n_head,
+              encoder_ffn_dim=cfg.ffn_size, decoder_ffn_dim=cfg.ffn_size, max_position_embeddings=cfg.block_size,
+              activation_function=act, scale_embedding=cfg.embed_scale, is_encoder_decoder=True, dropout=0.0,
+              attention_dropout=0.0, activation_dropout=0.0, forced_eos_token_id=None)
+    hf.update({k: v for k, v in cfg.extra.items() if k in EXTRA_KEYS})
+    for key, default in (("pad_token_id", 1), ("bos_token_id", 0), ("eos_token_id", 2)):
+        hf.setdefault(key, default)
+    hf.setdefault("decoder_start_token_id", hf["eos_token_id"])
+
+
 # --- the families -------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Family:
@@ -428,6 +558,7 @@ class Family:
     base: Optional[str] = None  # the bare backbone's class (BertModel): no head weights
     pretraining: Optional[str] = None  # the class with BERT's pooler and next-sentence head too
     pooling_key: Optional[str] = None  # config.json key of a sequence head's pooling (ModernBERT's cls/mean)
+    head_from_embedding: bool = False  # an untied head absent from the checkpoint is the embedding (T5 in HF 5)
 
     def arch(self, task: str) -> str:
         return self.architecture if task == "lm" else self.tasks[task]
@@ -471,16 +602,23 @@ FAMILIES: dict[str, Family] = {
                                               token="classifier", span="classifier", hidden=_MODERNBERT_HEAD),
                          tasks=_encoder_tasks("ModernBert"), base="ModernBertModel",
                          pooling_key="classifier_pooling"),
+    "t5": Family(_T5_MAP, "T5ForConditionalGeneration", True, prefix="", sizes_from=_t5_sizes_from,
+                 sizes_to=_t5_sizes_to, fixed=dict(pos="relative", norm="rms", attn_scale=1.0),
+                 head_from_embedding=True),
+    "bart": Family(_BART_MAP, "BartForConditionalGeneration", True, sizes_from=_bart_sizes_from,
+                   sizes_to=_bart_sizes_to, heads={"lm": _BART_LM}),
 }
 WEIGHT_MAPS = {mt: f.weights for mt, f in FAMILIES.items()}
 ARCHITECTURES = {mt: f.architecture for mt, f in FAMILIES.items()}
 
 
 # --- weights ------------------------------------------------------------------------------------
-def _expand(table, n_layer: int):
-    """[(hf_name, native_names, transform)] with the layer index filled in."""
+def _expand(table, cfg: ModelConfig):
+    """[(hf_name, native_names, transform)] with the layer index filled in (an encoder-decoder's
+    `encoder.blocks.{}` rows over its encoder layers)."""
     for hf, natives, kind in table:
         if "{}" in hf:
+            n_layer = cfg.n_encoder_layer if natives[0].startswith("encoder.") else cfg.n_layer
             for i in range(n_layer):
                 yield hf.format(i), tuple(n.format(i) for n in natives), kind
         else:
@@ -521,14 +659,16 @@ def state_dict_from_hf(hf_sd: dict[str, torch.Tensor], cfg: ModelConfig, source:
             k = family.prefix + k  # a base-model checkpoint (e.g. openai-community/gpt2, BertModel)
         sd[k] = v
     out: dict[str, torch.Tensor] = {}
-    for hf, natives, kind in _expand(_table(family, task), cfg.n_layer):
+    for hf, natives, kind in _expand(_table(family, task), cfg):
         if hf not in sd:
             continue
         t = sd.pop(hf)
-        if kind == "alias" or (task in (None, "lm") and _tied(cfg, natives)):
+        if kind in ("alias", "tied") or (task in (None, "lm") and _tied(cfg, natives)):
             continue  # the same tensor under its other name
         if kind == "copy":
             out[natives[0]] = t
+        elif kind == "row":
+            out[natives[0]] = t.reshape(-1)
         elif kind == "t":
             out[natives[0]] = t.t()
         elif kind in ("qkv", "qkv_t", "gate_up"):
@@ -538,6 +678,8 @@ def state_dict_from_hf(hf_sd: dict[str, torch.Tensor], cfg: ModelConfig, source:
                 raise LLMKitError(f"{source}: shape mismatch for {hf}: {tuple(t.shape)} does not split into {sizes}")
             for name, part in zip(natives, torch.split(t, sizes, dim=dim)):
                 out[name] = part.t() if kind == "qkv_t" else part
+    if family.head_from_embedding and not cfg.tie_embeddings and "lm_head.weight" not in out and "embed.weight" in out:
+        out["lm_head.weight"] = out["embed.weight"].clone()  # HF ties a head it did not save
     if not cfg.pooler:  # a bare backbone's pooler (BertModel): only BERT's pretraining heads use it
         for k in [k for k in out if k.startswith(("pooler.", "nsp_head."))]:
             del out[k]
@@ -552,8 +694,8 @@ def state_dict_to_hf(sd: dict[str, torch.Tensor], cfg: ModelConfig, model_type: 
                      task: Optional[str] = None) -> dict:
     """llmkit tensors -> HF tensors (the tied head omitted, as HF saves it)."""
     out = {}
-    for hf, natives, kind in _expand(_table(FAMILIES[model_type], task), cfg.n_layer):
-        if not all(n in sd for n in natives):
+    for hf, natives, kind in _expand(_table(FAMILIES[model_type], task), cfg):
+        if not all(n in sd for n in natives) or kind == "tied":
             continue
         if _tied(cfg, natives):
             continue
@@ -564,6 +706,8 @@ def state_dict_to_hf(sd: dict[str, torch.Tensor], cfg: ModelConfig, model_type: 
             out[hf] = parts[0]
         elif kind == "t":
             out[hf] = parts[0].t()
+        elif kind == "row":
+            out[hf] = parts[0][None]
         elif kind == "qkv_t":
             out[hf] = torch.cat([p.t() for p in parts], dim=1)
         else:
@@ -650,6 +794,8 @@ def infer_hf_model_type(cfg: ModelConfig) -> str:
     """The HF family a config belongs to: its own, else the plainest one that expresses it."""
     if cfg.hf_model_type:
         return cfg.hf_model_type
+    if cfg.is_seq2seq:
+        return "t5" if cfg.pos == "relative" else "bart"
     if not cfg.causal:
         return "modernbert" if cfg.pos == "rope" else ("bert" if cfg.type_vocab_size > 1 else "distilbert")
     if cfg.pos == "learned":

@@ -48,6 +48,22 @@ _MODERNBERT = dict(
     extra=dict(pad_token_id=50283, bos_token_id=50281, eos_token_id=50282, cls_token_id=50281, sep_token_id=50282),
 )
 
+# Encoder-decoders. T5 (Raffel et al. 2020): pre-norm RMSNorm, no biases, relative position bias,
+# unscaled attention; v1.0 ReLU with a tied, rescaled head, v1.1 / Flan-T5 (Chung et al. 2022)
+# gated GELU and an untied head. BART (Lewis et al. 2020): post-norm, learned positions from 2.
+_T5 = dict(
+    hf_model_type="t5", vocab_size=32128, block_size=512, pos="relative", norm="rms", norm_eps=1e-6,
+    attn_scale=1.0, mlp="relu", tie_embeddings=True, lm_head_rescale=True,
+    extra=dict(pad_token_id=0, eos_token_id=1, decoder_start_token_id=0),
+)
+_FLAN_T5 = dict(_T5, mlp="geglu", gelu_approx="tanh", tie_embeddings=False, lm_head_rescale=False, head_dim=64)
+_BART = dict(
+    hf_model_type="bart", vocab_size=50265, block_size=1024, pos="learned", pos_offset=2, norm="layer",
+    norm_eps=1e-5, norm_bias=True, norm_position="post", embed_norm=True, final_norm=False, mlp="gelu",
+    gelu_approx="none", qkv_bias=True, attn_out_bias=True, mlp_bias=True, tie_embeddings=True, logit_bias=True,
+    extra=dict(pad_token_id=1, bos_token_id=0, eos_token_id=2, decoder_start_token_id=2, forced_eos_token_id=2),
+)
+
 PRESETS: dict[str, dict] = {
     # --- GPT-2 (Radford et al. 2019) ---------------------------------------------------------
     "gpt2": dict(_GPT2, name="gpt2", n_layer=12, n_embd=768, n_head=12, hf_repo="openai-community/gpt2"),
@@ -152,6 +168,21 @@ PRESETS: dict[str, dict] = {
                             intermediate_size=1152, hf_repo="answerdotai/ModernBERT-base"),
     "modernbert-large": dict(_MODERNBERT, name="modernbert-large", n_layer=28, n_embd=1024, n_head=16,
                              intermediate_size=2624, hf_repo="answerdotai/ModernBERT-large"),
+    # --- encoder-decoders ----------------------------------------------------------------------
+    "t5-small": dict(_T5, name="t5-small", n_layer=6, n_encoder_layer=6, n_embd=512, n_head=8,
+                     intermediate_size=2048, hf_repo="google-t5/t5-small"),
+    "t5-base": dict(_T5, name="t5-base", n_layer=12, n_encoder_layer=12, n_embd=768, n_head=12,
+                    intermediate_size=3072, hf_repo="google-t5/t5-base"),
+    "flan-t5-small": dict(_FLAN_T5, name="flan-t5-small", n_layer=8, n_encoder_layer=8, n_embd=512, n_head=6,
+                          intermediate_size=1024, hf_repo="google/flan-t5-small"),
+    "flan-t5-base": dict(_FLAN_T5, name="flan-t5-base", n_layer=12, n_encoder_layer=12, n_embd=768, n_head=12,
+                         intermediate_size=2048, hf_repo="google/flan-t5-base"),
+    "flan-t5-large": dict(_FLAN_T5, name="flan-t5-large", n_layer=24, n_encoder_layer=24, n_embd=1024, n_head=16,
+                          intermediate_size=2816, hf_repo="google/flan-t5-large"),
+    "bart-base": dict(_BART, name="bart-base", n_layer=6, n_encoder_layer=6, n_embd=768, n_head=12,
+                      intermediate_size=3072, hf_repo="facebook/bart-base"),
+    "bart-large": dict(_BART, name="bart-large", n_layer=12, n_encoder_layer=12, n_embd=1024, n_head=16,
+                       intermediate_size=4096, hf_repo="facebook/bart-large"),
     # --- tiny presets: tests, the quickstart, laptop pretraining -------------------------------
     "tiny-llama": dict(
         _LLAMA, name="tiny-llama", vocab_size=512, n_layer=2, n_embd=64, n_head=4, n_kv_heads=2,
@@ -161,6 +192,11 @@ PRESETS: dict[str, dict] = {
     # ~6M parameters, the encoder the quickstart pretrains (`--arch bert`).
     "micro-bert": dict(_BERT, name="micro-bert", vocab_size=4096, n_layer=6, n_embd=256, n_head=8,
                        intermediate_size=1024, block_size=512),
+    "tiny-t5": dict(_FLAN_T5, name="tiny-t5", vocab_size=512, n_layer=2, n_encoder_layer=2, n_embd=64, n_head=4,
+                    head_dim=16, intermediate_size=128, block_size=256, rel_buckets=16, rel_max_distance=64),
+    # ~8M parameters, the encoder-decoder the quickstart pretrains (`--arch t5`).
+    "micro-t5": dict(_FLAN_T5, name="micro-t5", vocab_size=4096, n_layer=4, n_encoder_layer=4, n_embd=256,
+                     n_head=8, head_dim=32, intermediate_size=640, block_size=512),
     "tiny-gpt2": dict(_GPT2, name="tiny-gpt2", vocab_size=512, n_layer=2, n_embd=64, n_head=4, block_size=256),
     # ~6M parameters: what 2 CPU cores pretrain to readable text in minutes.
     "micro-llama": dict(
