@@ -12,9 +12,15 @@ V = 140
 FAMILIES = ["t5", "t5v1.1", "bart"]
 
 
-def tiny_hf_config(family: str):
+def tiny_hf_config(family: str, vocab: int = V, **kw):
     import transformers as T
 
+    if kw:
+        c = tiny_hf_config(family, vocab)
+        for k, v in kw.items():
+            setattr(c, k, v)
+        return c
+    V = vocab
     if family in ("t5", "t5v1.1"):
         v11 = family == "t5v1.1"
         return T.T5Config(vocab_size=V, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_decoder_layers=3, num_heads=4,
@@ -27,11 +33,12 @@ def tiny_hf_config(family: str):
                         eos_token_id=2, decoder_start_token_id=2, forced_eos_token_id=None)
 
 
-def make_hf(family: str, seed: int = 0):
+def make_hf(family: str, seed: int = 0, vocab: int = V, **kw):
     import transformers as T
 
     torch.manual_seed(seed)
-    model = T.AutoModelForSeq2SeqLM.from_config(tiny_hf_config(family), attn_implementation="eager").eval()
+    model = T.AutoModelForSeq2SeqLM.from_config(tiny_hf_config(family, vocab, **kw), attn_implementation="eager").eval()
+    V = vocab
     with torch.no_grad():  # every tensor random, norms and biases included: a swapped name shows
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.2)
@@ -162,3 +169,62 @@ def test_seq2seq_forward_without_a_source_is_refused():
     cfg = ModelConfig(n_layer=1, n_encoder_layer=1, n_embd=16, n_head=2, vocab_size=50, pos="relative")
     with pytest.raises(ValueError, match="needs its source"):
         Transformer(cfg)(torch.zeros(1, 3, dtype=torch.long))
+
+
+# --- generation -----------------------------------------------------------------------------------
+GEN_V = 320  # the test tokenizer's vocabulary
+
+
+def _gen_setup(family, tmp_path, seed=0, **kw):
+    from tests.helpers import build_tokenizer
+
+    # Equal depths: transformers 5's generate cache sizes itself by the encoder's depth for T5.
+    depth = {"num_decoder_layers": 2} if family.startswith("t5") else {"decoder_layers": 2}
+    theirs = make_hf(family, seed=seed, vocab=GEN_V, **depth)
+    for k, v in kw.items():  # forced tokens: transformers 5 keeps them in generation_config.json
+        setattr(theirs.generation_config, k, v)
+    theirs.save_pretrained(tmp_path / "hf")
+    tok = build_tokenizer(tmp_path / "tok", vocab_size=GEN_V)
+    return theirs, load_model(tmp_path / "hf").model.eval(), tok
+
+
+def _sources(n=4, seed=2):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(3, GEN_V, (int(L),), generator=g).tolist() for L in torch.randint(3, 14, (n,), generator=g)]
+
+
+@pytest.mark.parametrize("family,kw", [("t5", {}), ("t5v1.1", {}), ("bart", {}),
+                                       ("bart", dict(forced_bos_token_id=0, forced_eos_token_id=2))])
+def test_greedy_generation_is_token_identical_to_transformers(family, kw, tmp_path):
+    """Greedy decoding (encoder once, cross keys/values cached, one decoder token per step)
+    gives transformers' `generate` tokens, one source at a time and all sources in one batch."""
+    from llmkit.generate import generate, generate_batch
+
+    theirs, ours, tok = _gen_setup(family, tmp_path, **kw)
+    eos = theirs.config.eos_token_id
+    srcs = _sources()
+    expected = []
+    for src in srcs:
+        out = theirs.generate(torch.tensor([src]), max_new_tokens=10, do_sample=False, num_beams=1,
+                              eos_token_id=eos, pad_token_id=theirs.config.pad_token_id)
+        ids = out[0, 1:].tolist()  # after the decoder-start token
+        expected.append(ids[: ids.index(eos) + 1] if eos in ids else ids)
+    alone = [generate(ours, tok, src, max_new_tokens=10, stop_ids={eos}).token_ids for src in srcs]
+    assert alone == expected
+    together = [c.token_ids for c in generate_batch(ours, tok, srcs, max_new_tokens=10, stop_ids={eos})]
+    assert together == expected
+
+
+def test_streaming_and_sampling_on_an_encoder_decoder(tmp_path):
+    from llmkit.generate import generate, stream
+
+    _, ours, tok = _gen_setup("t5v1.1", tmp_path, seed=4)
+    src = _sources(1)[0]
+    s = stream(ours, tok, src, max_new_tokens=8, stop_ids=set())
+    text = "".join(s)
+    full = generate(ours, tok, src, max_new_tokens=8, stop_ids=set())
+    assert text == full.text and s.completion.token_ids == full.token_ids and len(full.token_ids) == 8
+    a = generate(ours, tok, src, max_new_tokens=8, temperature=1.0, seed=3, stop_ids=set())
+    b = generate(ours, tok, src, max_new_tokens=8, temperature=1.0, seed=3, stop_ids=set())
+    c = generate(ours, tok, src, max_new_tokens=8, temperature=1.0, seed=4, stop_ids=set())
+    assert a.token_ids == b.token_ids and a.token_ids != c.token_ids

@@ -443,6 +443,10 @@ def read_config(model_dir: str | Path) -> tuple[ModelConfig, str]:
     if raw.get("format") == "llmkit":
         return ModelConfig.from_file(path), "llmkit"
     if "model_type" in raw:
+        gen = _read_json(Path(model_dir) / "generation_config.json")
+        if isinstance(gen, dict):  # transformers 5 keeps an encoder-decoder's forced tokens there
+            raw = {**raw, **{k: gen[k] for k in ("decoder_start_token_id", "forced_bos_token_id",
+                                                  "forced_eos_token_id") if gen.get(k) is not None}}
         try:
             return config_from_hf(raw), "hf"
         except LLMKitError as e:

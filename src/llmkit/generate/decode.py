@@ -14,6 +14,11 @@ sequences can join between steps. `generate`, `generate_batch` and `stream` belo
 their prompts up front; the server's engine (llmkit.serve) adds and removes them as requests
 come and go (continuous batching).
 
+An encoder-decoder (T5, BART) decodes the same way: its prompt is the source, which the
+prefill runs through the encoder once, writing each decoder layer's cross-attention keys and
+values into the row's cache; the decoder then starts from the decoder-start token at position
+0 (`Sequence.context_ids`), and a step is one decoder token per row, exactly as for a decoder.
+
 The prefill runs on all prompt tokens but the last; the first decode step then feeds each
 row's last prompt token at its own position. That gives every row its next-token logits from
 a `last_only` forward (one vocabulary projection per row, not per prompt token) even when the
@@ -94,7 +99,9 @@ class Sequence:
         self.prompt_logprobs: Optional[list[TokenLogprob]] = None
         self.cancelled = False
         self.max_len = 0  # set by DecodeBatch.add: the cache length bounds prompt + generation
-        # Decoding state: the next token to feed and its position.
+        # Decoding state: the next token to feed and its position. The decoder's context is the
+        # prompt, or for an encoder-decoder the decoder-start token(s) (`start_decoder`).
+        self.context_ids = self.prompt_ids
         self.next_input = self.prompt_ids[-1]
         self.pos = len(self.prompt_ids) - 1
         self._decoder = StreamDecoder(tokenizer)
@@ -106,6 +113,12 @@ class Sequence:
     @property
     def finished(self) -> bool:
         return self.finish_reason is not None
+
+    def start_decoder(self, start_ids: list[int]) -> None:
+        """An encoder-decoder's sequence: the prompt is the source; the decoder begins with
+        `start_ids` (the decoder-start token, then any forced first token, e.g. BART's BOS)."""
+        self.context_ids = list(start_ids)
+        self.next_input, self.pos = self.context_ids[-1], len(self.context_ids) - 1
 
     def _finish(self, reason: str) -> None:
         self.finish_reason = reason
@@ -148,7 +161,7 @@ class Sequence:
         else:
             out = self._release(self._decoder.push(token_id), final=False)
             if not self.finished and (len(self.token_ids) >= self.params.max_new_tokens
-                                      or len(self.prompt_ids) + len(self.token_ids) >= self.max_len):
+                                      or len(self.context_ids) + len(self.token_ids) >= self.max_len):
                 out += self._release(self._decoder.flush(), final=True)
                 if not self.finished:
                     self._finish("length")
@@ -177,14 +190,22 @@ def _top_logprobs(logprobs: torch.Tensor, chosen: torch.Tensor, k: int) -> list[
 class DecodeBatch:
     """Sequences decoding together: row i of one preallocated KV cache holds `seqs[i]`."""
 
-    def __init__(self, model, batch_size: int, max_len: Optional[int] = None):
+    def __init__(self, model, batch_size: int, max_len: Optional[int] = None, src_len: Optional[int] = None):
         self.model = model
         self.max_len = min(max_len or model.max_seq_len, model.max_seq_len)
         self.batch_size = batch_size
+        self.seq2seq = model.cfg.is_seq2seq
+        self.src_len = min(src_len or model.max_seq_len, model.max_seq_len) if self.seq2seq else 0
         with torch.inference_mode():
-            self.cache = model.new_cache(batch_size, self.max_len)
+            self.cache = model.new_cache(batch_size, self.max_len, src_len=self.src_len or None)
         self.device = self.cache.k[0].device
         self.seqs: list[Sequence] = []
+        extra = model.cfg.extra
+        # Where an encoder-decoder's decoder starts (T5: the pad token; BART: </s>), and the tokens
+        # a checkpoint's config forces first and last (BART: <s>, </s>), as transformers' generate.
+        self.start_ids = [extra.get("decoder_start_token_id", extra.get("pad_token_id", 0))]
+        self.forced_bos = extra.get("forced_bos_token_id") if self.seq2seq else None
+        self.forced_eos = extra.get("forced_eos_token_id") if self.seq2seq else None
 
     @property
     def free(self) -> int:
@@ -193,7 +214,12 @@ class DecodeBatch:
     def check(self, seq: Sequence) -> None:
         """Raise LLMKitError if `seq` cannot run in this batch."""
         n = len(seq.prompt_ids)
-        if n >= self.max_len:
+        if self.seq2seq and n > self.src_len:
+            raise LLMKitError(f"the source is {n} tokens; the encoder takes at most {self.src_len}")
+        if self.seq2seq and seq.params.prompt_logprobs is not None:
+            raise LLMKitError("prompt log-probabilities are for decoder-only models (an encoder-decoder's "
+                              "prompt is its source, which nothing predicts)")
+        if not self.seq2seq and n >= self.max_len:
             raise LLMKitError(f"the prompt is {n} tokens; the context is {self.max_len} tokens "
                               "(at least one more is needed to generate)")
         vocab = self.model.cfg.vocab_size
@@ -209,6 +235,8 @@ class DecodeBatch:
         for s in seqs:
             self.check(s)
             s.max_len = self.max_len
+            if self.seq2seq:
+                s.start_decoder(self.start_ids)
         # Rows for prompt log-probabilities come last: they prefill one at a time with logits
         # at every position; the others prefill together, right-padded.
         plain = [s for s in seqs if s.params.prompt_logprobs is None]
@@ -223,15 +251,33 @@ class DecodeBatch:
             else:
                 self.seqs.append(s)
 
+    def _prefill_sources(self, row: int, seqs: list[Sequence]) -> None:
+        """An encoder-decoder's prefill: the sources, right-padded, through the encoder once, in
+        chunks of rows; their cross-attention keys/values land in rows row, row+1, ..."""
+        rows_per_chunk = max(1, PREFILL_CHUNK_TOKENS // max(len(s.prompt_ids) for s in seqs))
+        for r0 in range(0, len(seqs), rows_per_chunk):
+            chunk = seqs[r0: r0 + rows_per_chunk]
+            S = max(len(s.prompt_ids) for s in chunk)
+            src = torch.zeros(len(chunk), S, dtype=torch.long)
+            mask = torch.zeros(len(chunk), S, dtype=torch.bool)
+            for i, s in enumerate(chunk):
+                src[i, : len(s.prompt_ids)] = torch.tensor(s.prompt_ids)
+                mask[i, : len(s.prompt_ids)] = True
+            self.model.prefill_source(src.to(self.device), mask.to(self.device),
+                                      self.cache.rows(row + r0, row + r0 + len(chunk)))
+
     def _prefill(self, row: int, seqs: list[Sequence]) -> None:
-        """Write prompts[:-1] of `seqs` into rows row, row+1, ...; logits only when scoring."""
-        lengths = [len(s.prompt_ids) - 1 for s in seqs]
+        """Write context[:-1] of `seqs` (the prompt; an encoder-decoder's decoder-start tokens,
+        after its source) into rows row, row+1, ...; logits only when scoring."""
+        if self.seq2seq and seqs:
+            self._prefill_sources(row, seqs)
+        lengths = [len(s.context_ids) - 1 for s in seqs]
         T = max(lengths, default=0)
         if T == 0:
             return
         ids = torch.zeros(len(seqs), T, dtype=torch.long)
         for i, s in enumerate(seqs):
-            ids[i, : lengths[i]] = torch.tensor(s.prompt_ids[:-1])
+            ids[i, : lengths[i]] = torch.tensor(s.context_ids[:-1])
         ids = ids.to(self.device)
         # Right-padded, every row at positions 0..T-1: one shared (T,) position vector, which
         # the cache writes with a single copy (padding slots are overwritten when decoding).
@@ -259,6 +305,14 @@ class DecodeBatch:
         for i, s in enumerate(seqs):
             if s.params.min_new_tokens > len(s.token_ids) and s.stop_ids:
                 logits[i, list(s.stop_ids)] = float("-inf")
+            # The first token is BOS and the last one max_new_tokens allows is EOS when a checkpoint's
+            # config asks (transformers' ForcedBOS/ForcedEOSTokenLogitsProcessor; BART's does).
+            forced = self.forced_bos if not s.token_ids else None
+            if self.forced_eos is not None and len(s.token_ids) + 1 >= s.params.max_new_tokens:
+                forced = self.forced_eos
+            if forced is not None:
+                logits[i] = torch.where(torch.arange(logits.shape[-1], device=logits.device) == forced,
+                                        0.0, float("-inf"))
         if all(s.params.greedy for s in seqs):
             tokens = logits.argmax(-1)
         else:
@@ -300,9 +354,7 @@ class DecodeBatch:
         last = len(self.seqs) - 1
         if i != last:  # move the last row into the hole: live rows stay at the front
             moved = self.seqs[last]
-            n = min(moved.pos + 1, self.max_len)  # slots written so far
-            for buf in self.cache.k + self.cache.v:
-                buf[i, :, :n].copy_(buf[last, :, :n])
+            self.cache.move_row(last, i, min(moved.pos + 1, self.max_len))  # slots written so far
             self.seqs[i] = moved
         self.seqs.pop()
 
@@ -336,8 +388,14 @@ def _params(params: Optional[SamplingParams], overrides: dict) -> SamplingParams
 
 
 def _cache_len(model, prompt_lens: list[int], params: SamplingParams) -> int:
-    # Just what these sequences need: a short cache keeps attention and memory small.
-    return min(model.max_seq_len, max(prompt_lens) + max(params.max_new_tokens, 1))
+    # Just what these sequences need: a short cache keeps attention and memory small. An
+    # encoder-decoder's decoder holds its start tokens and the generated ones, not the source.
+    context = 2 if model.cfg.is_seq2seq else max(prompt_lens)
+    return min(model.max_seq_len, context + max(params.max_new_tokens, 1))
+
+
+def _new_batch(model, n: int, prompt_lens: list[int], params: SamplingParams) -> DecodeBatch:
+    return DecodeBatch(model, n, _cache_len(model, prompt_lens, params), src_len=max(prompt_lens))
 
 
 def generate_batch(model, tokenizer: "Tokenizer", prompts: Seq["str | Seq[int]"],
@@ -353,7 +411,7 @@ def generate_batch(model, tokenizer: "Tokenizer", prompts: Seq["str | Seq[int]"]
     seqs = [Sequence(p, params, tokenizer, stop_ids) for p in ids]
     if not seqs:
         return []
-    batch = DecodeBatch(model, len(seqs), _cache_len(model, [len(p) for p in ids], params))
+    batch = _new_batch(model, len(seqs), [len(p) for p in ids], params)
     batch.add(seqs)
     while batch.seqs:
         batch.step()
@@ -381,7 +439,7 @@ class GenerationStream:
 
     def __iter__(self) -> Iterator[str]:
         seq = self.seq
-        batch = DecodeBatch(self.model, 1, _cache_len(self.model, [len(seq.prompt_ids)], seq.params))
+        batch = _new_batch(self.model, 1, [len(seq.prompt_ids)], seq.params)
         batch.add([seq])
         while batch.seqs:
             for _, text in batch.step():
