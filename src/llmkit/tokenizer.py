@@ -1,4 +1,4 @@
-"""Tokenizers: load Hugging Face tokenizer folders, train byte-level BPE or WordPiece, stream-decode.
+"""Tokenizers: load Hugging Face tokenizer folders, train byte-level BPE, WordPiece or Unigram, stream-decode.
 
 `Tokenizer` wraps a `tokenizers.Tokenizer` (the Rust library behind HF's fast tokenizers) and
 adds what the rest of llmkit needs and the raw library does not know about: special tokens and
@@ -17,7 +17,11 @@ Special tokens are never added by the backend's post-processor: `encode` always 
 for the plain ids and adds BOS/EOS itself, so a tokenizer whose `tokenizer.json` template already
 prepends BOS (Llama) cannot end up with two. The same goes for BERT-style encoders: when the
 template wraps a text as `[CLS] text [SEP]`, `encode` adds the two itself (`add_cls_sep`), which
-gives exactly the ids of HF's `tokenizer(text)["input_ids"]`.
+gives exactly the ids of HF's `tokenizer(text)["input_ids"]`, and for T5-style templates that
+append EOS (`$A </s>`): `encode` appends it itself (`add_eos`).
+
+T5's sentinels (`<extra_id_0>`, `<extra_id_1>`, ..., at the top of the vocabulary, `<extra_id_0>`
+highest) are listed in `sentinel_ids`, which span corruption (data/spans.py) reads.
 
 Extractive tasks (token classification, question answering) need more than ids: `encode_offsets`
 and `encode_windows` return an `Encoded` (ids, token type ids, character offsets, word and
@@ -34,8 +38,8 @@ is lossy, and `decode(encode(text)) == text` is an invariant the data pipeline r
 from __future__ import annotations
 
 import json
-import shutil
 import threading
+from functools import lru_cache
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence, Union
@@ -52,7 +56,11 @@ _SPECIAL_KEYS = ("bos_token", "eos_token", "pad_token", "unk_token", "cls_token"
 # reserves them as ids 0..4.
 BERT_SPECIAL_TOKENS = {"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]", "sep_token": "[SEP]",
                        "mask_token": "[MASK]"}
-TOKENIZER_KINDS = ("bpe", "wordpiece")
+# T5's special tokens, in the order of its vocabulary (<pad> = 0, </s> = 1, <unk> = 2);
+# `train_tokenizer(kind="unigram")` reserves them as ids 0..2 and puts the sentinels at the top.
+T5_SPECIAL_TOKENS = {"pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>"}
+SENTINEL = "<extra_id_{}>"  # T5's sentinel tokens, <extra_id_0> first
+TOKENIZER_KINDS = ("bpe", "wordpiece", "unigram")
 # The input of `encode_offsets` / `encode_windows`: a text, or its words (`is_pretokenized`).
 TextInput = Union[str, Sequence[str]]
 # Truncation state lives on a Rust tokenizer object, so windows are cut on a private copy of the
@@ -247,6 +255,18 @@ class Tokenizer:
             self.add_bos: bool = self.config["add_bos_token"]
         else:
             self.add_bos = not self.add_cls_sep and self._post_processor_adds_bos()
+        # EOS the same way: T5's template appends </s> to every text (`$A </s>`), and so does
+        # transformers' tokenizer(text); a CLS ... SEP template's closing SEP is `_wrap`'s.
+        if isinstance(self.config.get("add_eos_token"), bool):
+            self.add_eos: bool = self.config["add_eos_token"]
+        else:
+            self.add_eos = not self.add_cls_sep and self._post_processor_adds_eos()
+        # T5's sentinels <extra_id_0>, <extra_id_1>, ... (span corruption's mask tokens), in that
+        # order whatever their ids (T5 counts them down from the top of the vocabulary); empty
+        # when the vocabulary has none.
+        self.sentinel_ids: list[int] = []
+        while (sentinel := backend.token_to_id(SENTINEL.format(len(self.sentinel_ids)))) is not None:
+            self.sentinel_ids.append(sentinel)
         self.chat_template = chat_template
         self._windows_backend: Optional[_Backend] = None  # see `encode_windows`
 
@@ -284,6 +304,13 @@ class Tokenizer:
         plain = self.backend.encode("a", add_special_tokens=False).ids
         return len(with_specials) > len(plain) and with_specials[0] == self.bos_id and plain[:1] != [self.bos_id]
 
+    def _post_processor_adds_eos(self) -> bool:
+        if self.eos_id is None:
+            return False
+        with_specials = self.backend.encode("a", add_special_tokens=True).ids
+        plain = self.backend.encode("a", add_special_tokens=False).ids
+        return with_specials == plain + [self.eos_id] and plain[-1:] != [self.eos_id]
+
     def _post_processor_adds_cls_sep(self) -> bool:
         if self.cls_id is None or self.sep_id is None:
             return False
@@ -302,25 +329,30 @@ class Tokenizer:
 
     def __repr__(self) -> str:
         extra = f", cls_id={self.cls_id}, sep_id={self.sep_id}, mask_id={self.mask_id}" if self.add_cls_sep else ""
+        if self.add_eos:
+            extra += ", add_eos=True"
+        if self.sentinel_ids:
+            extra += f", sentinels={len(self.sentinel_ids)}"
         return (f"Tokenizer(vocab_size={self.vocab_size}, bos_id={self.bos_id}, eos_id={self.eos_id}, "
                 f"pad_id={self.pad_id}, add_bos={self.add_bos}{extra})")
 
     # --- encode / decode ----------------------------------------------------------------------
-    def _wrap(self, ids: list[int], bos: Optional[bool], eos: bool) -> list[int]:
+    def _wrap(self, ids: list[int], bos: Optional[bool], eos: Optional[bool]) -> list[int]:
         wrapped = self.add_cls_sep and bos is not False
         if wrapped:  # BERT: [CLS] text [SEP], as HF's template adds them
             ids = [self.cls_id] + ids + [self.sep_id]
         if (self.add_bos if bos is None else bos) and self.bos_id is not None \
                 and not (wrapped and self.cls_id == self.bos_id):  # RoBERTa's <s> is both: once
             ids = [self.bos_id] + ids
-        if eos:
+        if self.add_eos if eos is None else eos:
             if self.eos_id is None:
                 raise LLMKitError("the tokenizer has no EOS token (set eos_token in tokenizer_config.json)")
             ids = ids + [self.eos_id]
         return ids
 
-    def encode(self, text: str, bos: Optional[bool] = None, eos: bool = False) -> list[int]:
-        """Token ids of `text`; BOS when `bos` (None: `self.add_bos`), EOS when `eos`.
+    def encode(self, text: str, bos: Optional[bool] = None, eos: Optional[bool] = None) -> list[int]:
+        """Token ids of `text`; BOS when `bos` (None: `self.add_bos`), EOS when `eos` (None:
+        `self.add_eos`, true for T5's `$A </s>` template, so `encode(text)` is HF's ids).
 
         For a BERT-style tokenizer (`add_cls_sep`) the text is `[CLS] text [SEP]` unless `bos` is
         False (the bare pieces). Special-token strings inside `text` (e.g. "<|endoftext|>") map
@@ -328,7 +360,8 @@ class Tokenizer:
         """
         return self._wrap(self.backend.encode(text, add_special_tokens=False).ids, bos, eos)
 
-    def encode_batch(self, texts: list[str], bos: Optional[bool] = None, eos: bool = False) -> list[list[int]]:
+    def encode_batch(self, texts: list[str], bos: Optional[bool] = None,
+                     eos: Optional[bool] = None) -> list[list[int]]:
         """`encode` over many texts at once: the Rust backend spreads them over all cores."""
         fast = getattr(self.backend, "encode_batch_fast", None)  # tokenizers >= 0.21: skips offsets
         encodings = (fast or self.backend.encode_batch)(list(texts), add_special_tokens=False)
@@ -409,27 +442,30 @@ class Tokenizer:
     # --- saving -------------------------------------------------------------------------------
     def save(self, out_dir: str | Path) -> Path:
         """Write tokenizer.json + tokenizer_config.json (and copy the side files it was loaded
-        with) so that both `Tokenizer.from_dir` and `transformers.AutoTokenizer` load the folder."""
+        with) so that both `Tokenizer.from_dir` and `transformers.AutoTokenizer` load the folder.
+        Each file is written atomically (a temp file renamed over it): a crash never leaves a
+        half-written tokenizer.json."""
+        from llmkit.checkpoint import atomic_copy, atomic_write, atomic_write_text
+
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        self.backend.save(str(out / "tokenizer.json"))
+        atomic_write(out / "tokenizer.json", lambda tmp: self.backend.save(str(tmp)))
         config = dict(self.config)
         config.setdefault("tokenizer_class", "PreTrainedTokenizerFast")
         config.update(self.special_tokens)
         config["add_bos_token"] = self.add_bos
-        config.setdefault("add_eos_token", False)
+        config["add_eos_token"] = self.add_eos
         # Keep AutoTokenizer's decode lossless, like ours (see the module docstring).
         config.setdefault("clean_up_tokenization_spaces", False)
         copied = set()
         if self.source_dir is not None and self.source_dir.resolve() != out.resolve():
             for name in _SIDE_FILES:
                 if (self.source_dir / name).is_file():
-                    shutil.copyfile(self.source_dir / name, out / name)
+                    atomic_copy(self.source_dir / name, out / name)
                     copied.add(name)
         if self.chat_template is not None and "chat_template.jinja" not in copied:
             config["chat_template"] = self.chat_template
-        (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n",
-                                                   encoding="utf-8")
+        atomic_write_text(out / "tokenizer_config.json", json.dumps(config, indent=2, ensure_ascii=False) + "\n")
         return out
 
 
@@ -480,8 +516,9 @@ class StreamDecoder:
 
 def train_tokenizer(files: list[str], vocab_size: int = 8192, out: str = "tokenizer", min_frequency: int = 2,
                     special_tokens: Optional[list[str]] = None, text_field: str = "text", kind: str = "bpe",
-                    lowercase: bool = True) -> None:
-    """Train a byte-level BPE (decoders) or a WordPiece (BERT-style encoders) tokenizer on text files.
+                    lowercase: Optional[bool] = None, extra_ids: int = 100) -> None:
+    """Train a byte-level BPE (decoders), a WordPiece (BERT-style encoders) or a Unigram (T5-style
+    encoder-decoders) tokenizer on text files.
 
     bpe: the GPT-2 recipe (Radford et al. 2019, sec. 2.2): BPE over UTF-8 bytes after the GPT-2
     regex pre-tokenizer, so any text round-trips without an unknown token.
@@ -489,22 +526,34 @@ def train_tokenizer(files: list[str], vocab_size: int = 8192, out: str = "tokeni
     normalizer (clean-up, CJK characters split, optional lower-casing with accent stripping),
     split on whitespace and punctuation, WordPiece with "##" continuation pieces and [UNK] for
     unseen characters, and the `[CLS] A [SEP] B [SEP]` template with token type ids.
+    unigram: the T5 recipe (Raffel et al. 2020, sec. 2.2: a SentencePiece unigram LM vocabulary,
+    Kudo 2018; HF's T5 tokenizer.json pipeline): NFKC normalization (`nfkc_charsmap`), words split
+    at whitespace (runs of spaces, tabs and newlines are one boundary, as SentencePiece's
+    remove_extra_whitespaces), "▁" marking each word's start (Metaspace), a Unigram model with
+    <pad> = 0, </s> = 1, <unk> = 2 (unseen characters) and `extra_ids` sentinels at the top
+    (<extra_id_0> the highest id), and the `$A </s>` template (pairs `$A </s> $B </s>`).
     The result loads with `Tokenizer.from_dir` and with `transformers.AutoTokenizer.from_pretrained(out)`
-    (for wordpiece, as a `BertTokenizerFast`).
+    (for wordpiece, as a `BertTokenizerFast`; for unigram, as a `T5Tokenizer`).
 
     Args:
         files: text files (.txt/.md, one document per file), JSONL/JSON/Parquet files, or folders
             of them (searched recursively) - the same sources as `llmkit data prepare`.
-        vocab_size: size of the vocabulary, the 256 byte tokens and the special tokens included.
+        vocab_size: size of the vocabulary, the 256 byte tokens (bpe), the special tokens and
+            the sentinels (unigram) included.
         out: folder to write tokenizer.json and tokenizer_config.json to.
-        min_frequency: a pair must occur this often to be merged.
+        min_frequency: a pair must occur this often to be merged (bpe, wordpiece; the Unigram
+            trainer prunes by likelihood instead and ignores it).
         special_tokens: special tokens to reserve (ids 0, 1, ...). bpe: the first is the document
             separator, used as BOS, EOS and padding; default ["<|endoftext|>"]. wordpiece: extra
-            tokens reserved after [PAD], [UNK], [CLS], [SEP], [MASK] (always ids 0..4).
+            tokens reserved after [PAD], [UNK], [CLS], [SEP], [MASK] (always ids 0..4). unigram:
+            extra tokens reserved after <pad>, </s>, <unk> (always ids 0..2).
         text_field: field holding the text in JSONL/JSON/Parquet sources.
-        kind: "bpe" (byte-level BPE) or "wordpiece" (BERT).
-        lowercase: wordpiece only: lower-case and strip accents, as BERT uncased does (false:
-            keep both, as BERT cased). Ignored for bpe, which keeps every byte.
+        kind: "bpe" (byte-level BPE), "wordpiece" (BERT) or "unigram" (T5).
+        lowercase: lower-case the text. Default: true for wordpiece (BERT uncased, which also
+            strips accents; false keeps both, as BERT cased), false for unigram (T5 is cased).
+            Ignored for bpe, which keeps every byte.
+        extra_ids: unigram only: how many sentinel tokens <extra_id_0> ... <extra_id_{N-1}> to put
+            at the top of the vocabulary for span corruption (T5: 100; 0 for none).
     """
     from tqdm import tqdm
 
@@ -512,19 +561,37 @@ def train_tokenizer(files: list[str], vocab_size: int = 8192, out: str = "tokeni
 
     if kind not in TOKENIZER_KINDS:
         raise LLMKitError(f"unknown tokenizer kind {kind!r}: expected one of {', '.join(TOKENIZER_KINDS)}")
-    wordpiece = kind == "wordpiece"
+    wordpiece, unigram = kind == "wordpiece", kind == "unigram"
+    if lowercase is None:
+        lowercase = wordpiece  # BERT's common checkpoints are uncased, T5's vocabulary is cased
+    if not unigram and extra_ids != 100:
+        raise LLMKitError(f"extra_ids is for --kind unigram (T5's sentinels), not {kind}")
     if wordpiece:
         specials = list(BERT_SPECIAL_TOKENS.values()) + list(special_tokens or [])
+    elif unigram:
+        specials = list(T5_SPECIAL_TOKENS.values()) + list(special_tokens or [])
     else:
         specials = list(special_tokens) if special_tokens else ["<|endoftext|>"]
     if len(set(specials)) != len(specials):
         raise LLMKitError(f"duplicate special tokens: {specials}")
-    # WordPiece's alphabet is the corpus's characters, so only the specials set a floor.
-    minimum = len(specials) + 1 if wordpiece else 256 + len(specials)
-    if vocab_size < minimum:
-        what = "" if wordpiece else "the 256 byte tokens and "
-        raise LLMKitError(f"vocab_size {vocab_size} is too small: {what}"
-                          f"{len(specials)} special token(s) need at least {minimum}")
+    if unigram:
+        if extra_ids < 0:
+            raise LLMKitError(f"extra_ids must be >= 0, got {extra_ids}")
+        clash = [t for t in specials if t.startswith("<extra_id_")]
+        if clash:
+            raise LLMKitError(f"special token {clash[0]} is a sentinel name; sentinels come from extra_ids")
+        # The specials, the sentinels and at least the word-start piece "▁".
+        minimum = len(specials) + extra_ids + 1
+        if vocab_size < minimum:
+            raise LLMKitError(f"vocab_size {vocab_size} is too small: {len(specials)} special token(s) and "
+                              f"{extra_ids} sentinel(s) (extra_ids) need at least {minimum}")
+    else:
+        # WordPiece's alphabet is the corpus's characters, so only the specials set a floor.
+        minimum = len(specials) + 1 if wordpiece else 256 + len(specials)
+        if vocab_size < minimum:
+            what = "" if wordpiece else "the 256 byte tokens and "
+            raise LLMKitError(f"vocab_size {vocab_size} is too small: {what}"
+                              f"{len(specials)} special token(s) need at least {minimum}")
     if min_frequency < 1:
         raise LLMKitError(f"min_frequency must be >= 1, got {min_frequency}")
 
@@ -538,6 +605,15 @@ def train_tokenizer(files: list[str], vocab_size: int = 8192, out: str = "tokeni
         trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
                                             special_tokens=specials, continuing_subword_prefix="##",
                                             show_progress=True)
+    elif unigram:
+        backend = _Backend(models.Unigram())
+        _t5_pipeline(backend, lowercase)
+        # SentencePiece's defaults (Kudo 2018; spm_train): pieces of at most 16 characters, 25% of
+        # the candidates pruned per EM round, 2 EM sub-iterations. The trainer's vocab_size counts
+        # the specials; the sentinels are appended after training.
+        trainer = trainers.UnigramTrainer(vocab_size=vocab_size - extra_ids, special_tokens=specials,
+                                          unk_token=T5_SPECIAL_TOKENS["unk_token"], max_piece_length=16,
+                                          shrinking_factor=0.75, n_sub_iterations=2, show_progress=True)
     else:
         backend = _Backend(models.BPE())
         backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -555,12 +631,23 @@ def train_tokenizer(files: list[str], vocab_size: int = 8192, out: str = "tokeni
             n_docs += 1
             yield doc.text
 
-    backend.train_from_iterator(texts(), trainer=trainer)
+    try:
+        backend.train_from_iterator(texts(), trainer=trainer)
+    except LLMKitError:
+        raise
+    except Exception as e:  # the Rust trainer's refusals, e.g. a Unigram vocabulary below the alphabet
+        if not unigram or n_docs == 0:
+            raise
+        raise LLMKitError(f"cannot train a Unigram vocabulary of {vocab_size} ({extra_ids} sentinels included) "
+                          f"on {', '.join(files)}: {e}") from None
     if n_docs == 0:
         raise LLMKitError(f"no text found in {', '.join(files)}")
 
     if wordpiece:
         _finish_wordpiece(backend, out, lowercase, n_docs)
+        return
+    if unigram:
+        _finish_unigram(backend, out, lowercase, extra_ids, specials, n_docs)
         return
 
     sep = specials[0]
@@ -573,6 +660,8 @@ def train_tokenizer(files: list[str], vocab_size: int = 8192, out: str = "tokeni
 
 def _finish_wordpiece(backend: _Backend, out: str, lowercase: bool, n_docs: int) -> None:
     """Add BERT's template and write the folder as transformers' BertTokenizerFast saves it."""
+    from llmkit.checkpoint import atomic_write_text
+
     cls, sep = BERT_SPECIAL_TOKENS["cls_token"], BERT_SPECIAL_TOKENS["sep_token"]
     backend.post_processor = processors.TemplateProcessing(
         single=f"{cls} $A {sep}", pair=f"{cls} $A {sep} $B:1 {sep}:1",
@@ -581,5 +670,144 @@ def _finish_wordpiece(backend: _Backend, out: str, lowercase: bool, n_docs: int)
               "tokenize_chinese_chars": True, **BERT_SPECIAL_TOKENS, "model_max_length": 512}
     tok = Tokenizer(backend, config=config)
     path = tok.save(out)
-    (path / "special_tokens_map.json").write_text(json.dumps(BERT_SPECIAL_TOKENS, indent=2) + "\n", encoding="utf-8")
+    atomic_write_text(path / "special_tokens_map.json", json.dumps(BERT_SPECIAL_TOKENS, indent=2) + "\n")
     print(f"trained WordPiece on {n_docs} document(s): {tok.vocab_size} tokens -> {out}")
+
+
+def _t5_pipeline(backend: _Backend, lowercase: bool) -> None:
+    """T5's normalizer, pre-tokenizer and decoder, as transformers 5's `T5Tokenizer` builds them
+    (tokenization_t5.py): NFKC as a SentencePiece charsmap (`nfkc_charsmap`), WhitespaceSplit
+    then Metaspace("▁", prepend_scheme="always", split=True), the matching Metaspace decoder."""
+    backend.normalizer = normalizers.Precompiled(nfkc_charsmap(lowercase))
+    backend.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.WhitespaceSplit(),
+        pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=True)])
+    backend.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always", split=True)
+
+
+def _finish_unigram(backend: _Backend, out: str, lowercase: bool, extra_ids: int, specials: list[str],
+                    n_docs: int) -> None:
+    """Append the sentinels, add T5's template and write the folder as a T5Tokenizer's.
+
+    The sentinels are Unigram pieces (score 0) as well as special added tokens, in T5's order:
+    <extra_id_{N-1}> first, <extra_id_0> last, i.e. at vocab_size - 1 (T5's
+    `noise_span_to_unique_sentinel` counts down from the top; transformers' T5Converter appends
+    them the same way), so that every loader, including transformers 5's T5Tokenizer, which
+    rebuilds the model from the vocabulary list, gives them the same ids."""
+    data = json.loads(backend.to_str())
+    sentinels = [SENTINEL.format(i) for i in range(extra_ids)]
+    data["model"]["vocab"] += [[s, 0.0] for s in reversed(sentinels)]
+    data["model"]["unk_id"] = specials.index(T5_SPECIAL_TOKENS["unk_token"])
+    data["model"]["byte_fallback"] = False
+    backend = _Backend.from_str(json.dumps(data))
+    backend.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in reversed(sentinels)])
+    eos = T5_SPECIAL_TOKENS["eos_token"]
+    backend.post_processor = processors.TemplateProcessing(
+        single=f"$A {eos}", pair=f"$A {eos} $B {eos}", special_tokens=[(eos, backend.token_to_id(eos))])
+    # transformers' T5Tokenizer checks that additional_special_tokens hold exactly `extra_ids` sentinels.
+    config = {"tokenizer_class": "T5Tokenizer", **T5_SPECIAL_TOKENS, "extra_ids": extra_ids,
+              "additional_special_tokens": sentinels + specials[len(T5_SPECIAL_TOKENS):],
+              "do_lower_case": lowercase}
+    tok = Tokenizer(backend, config=config)
+    tok.save(out)
+    print(f"trained Unigram (T5) on {n_docs} document(s): {tok.vocab_size} tokens, "
+          f"{len(tok.sentinel_ids)} sentinels -> {out}")
+
+
+# --- Unigram (T5) -----------------------------------------------------------------------------------
+def _double_array(keys: dict[bytes, int]) -> list[int]:
+    """A darts-clone double-array trie over byte strings -> int values: the trie format of
+    SentencePiece's `precompiled_charsmap`, as tokenizers' `Precompiled` normalizer reads it
+    (the `spm_precompiled` crate's `DoubleArray::common_prefix_search`).
+
+    Each 32-bit unit holds a label (bits 0-7), a has-leaf flag (bit 8) and the XOR offset from
+    its own position to the base of its children (bits 10-30; the extension bit 9 is never
+    needed below 2^21 units). From a node at position p with base b = p ^ offset, the child of
+    byte c is at b ^ c (and must carry label c), and a key ending at the node stores its value
+    at b itself, with bit 31 set so that it never matches a label. Bases are placed greedily,
+    breadth first, at the first free slots: a few hundred thousand units for a charsmap.
+    """
+    trie: dict = {}
+    for key, value in keys.items():
+        node = trie
+        for byte in key:
+            node = node.setdefault(byte, {})
+        node[None] = value  # the key ends here
+    units = [0] * 256
+    used = bytearray(256)
+    used[0] = 1  # the root's unit
+    bases: set[int] = set()
+    queue, cursor = [(trie, 0)], 1
+    for node, pos in queue:  # breadth first: the queue grows while it is walked
+        labels = sorted(k for k in node if k is not None)
+        slots = labels + [0] if None in node else labels  # 0: the value slot, at the base itself
+        p = cursor
+        while True:  # the first base whose slots are all free
+            p = used.find(0, p)
+            if p < 0:
+                p = len(used)
+            base = p ^ slots[0]
+            if (base | 255) + 1 > len(used):  # a base's 256 slots share its block of 256
+                grow = (base | 255) + 1 - len(used)
+                units += [0] * grow
+                used += bytes(grow)
+            if base not in bases and not any(used[base ^ c] for c in slots):
+                break
+            p += 1
+        bases.add(base)
+        if pos ^ base >= 1 << 21:
+            raise LLMKitError("normalization table too large for the charsmap's double-array trie")
+        units[pos] |= (pos ^ base) << 10
+        if None in node:
+            units[pos] |= 1 << 8
+            units[base] = 1 << 31 | node[None]
+            used[base] = 1
+        for c in labels:
+            units[base ^ c] = c
+            used[base ^ c] = 1
+            queue.append((node[c], base ^ c))
+        found = used.find(0, cursor)
+        cursor = found if found >= 0 else len(used)
+    return units
+
+
+@lru_cache(maxsize=2)
+def nfkc_charsmap(lowercase: bool = False) -> bytes:
+    """A SentencePiece `precompiled_charsmap` that maps each character to its NFKC form (then
+    lower-cased, with `lowercase`): T5's normalization (SentencePiece's `nmt_nfkc` rule) in the
+    one form both `tokenizers.normalizers.Precompiled` and transformers 5's `T5Tokenizer` keep.
+
+    Why not `normalizers.NFKC()`: transformers 5 rebuilds a T5Tokenizer's pipeline from the
+    vocabulary and keeps only a `Precompiled` normalizer (tokenization_t5.py), so any other
+    normalizer would make its ids differ from ours on text that NFKC changes ("ﬁ", "Ａ", "…").
+
+    Layout (SentencePiece normalizer.cc): u32 size of the trie in bytes, the trie's u32 units
+    (`_double_array`, keyed by each character's UTF-8 bytes), then the replacement strings, each
+    NUL-terminated, the trie's values being their byte offsets. Per character, not per sequence:
+    a decomposed "e" + U+0301 stays two characters (NFKC would compose them), and, as the
+    `Precompiled` normalizer replaces a whole grapheme of under 6 bytes by the mapping of its
+    first character when that one is mapped (tokenizers' precompiled.rs), a mapped character
+    followed by a combining mark loses the mark: rare in text, and the same in llmkit and
+    transformers, which run this one normalizer. The table follows this Python's Unicode version.
+    """
+    import struct
+    import unicodedata
+
+    pool = bytearray()
+    offsets: dict[str, int] = {}
+    keys: dict[bytes, int] = {}
+    for cp in range(0x110000):
+        if 0xD800 <= cp < 0xE000:  # surrogates are not characters
+            continue
+        c = chr(cp)
+        n = unicodedata.normalize("NFKC", c)
+        if lowercase:
+            n = n.lower()
+        if n == c:
+            continue
+        if n not in offsets:
+            offsets[n] = len(pool)
+            pool += n.encode("utf-8") + b"\0"
+        keys[c.encode("utf-8")] = offsets[n]
+    units = _double_array(keys)
+    return struct.pack(f"<I{len(units)}I", 4 * len(units), *units) + bytes(pool)

@@ -197,7 +197,7 @@ class DecodeBatch:
         self.seq2seq = model.cfg.is_seq2seq
         self.src_len = min(src_len or model.max_seq_len, model.max_seq_len) if self.seq2seq else 0
         with torch.inference_mode():
-            self.cache = model.new_cache(batch_size, self.max_len, src_len=self.src_len or None)
+            self.cache = model.new_cache(batch_size, self.max_len, **({"src_len": self.src_len} if self.seq2seq else {}))
         self.device = self.cache.k[0].device
         self.seqs: list[Sequence] = []
         extra = model.cfg.extra
