@@ -283,3 +283,48 @@ def build_encoder_dir(out_dir, family: str = "bert", task: str = "lm", seed: int
             shutil.copy(f, d / f.name)
     shutil.rmtree(out_dir / "_tok")
     return d
+
+
+def build_t5_tokenizer(out_dir, vocab_size: int = 160, extra_ids: int = 8) -> Path:
+    """A tiny T5-style Unigram tokenizer (<pad>=0 </s>=1 <unk>=2, sentinels at the top) trained
+    with llmkit's own `tokenizer train --kind unigram`."""
+    from llmkit.tokenizer import train_tokenizer
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    text = out_dir / "_text.txt"
+    text.write_text("\n".join(ENCODER_TEXT + TRAIN_TEXT) * 3, encoding="utf-8")
+    train_tokenizer([str(text)], vocab_size=vocab_size, out=str(out_dir), kind="unigram", extra_ids=extra_ids)
+    text.unlink()
+    return out_dir
+
+
+def build_seq2seq_dir(out_dir, family: str = "t5", seed: int = 0, noise: float = 0.2) -> Path:
+    """A tiny transformers encoder-decoder (T5 v1.1 / "t5" v1.0 / BART) with random weights,
+    saved with its tokenizer (T5: a Unigram one; BART: RoBERTa's BPE) in one folder."""
+    import shutil
+
+    import transformers as T
+
+    from llmkit.tokenizer import Tokenizer
+    from tests.test_seq2seq_models import tiny_hf_config
+
+    out_dir = Path(out_dir)
+    tok = build_roberta(out_dir / "_tok") if family == "bart" else build_t5_tokenizer(out_dir / "_tok")
+    vocab = Tokenizer.from_dir(tok).vocab_size
+    depth = {"num_decoder_layers": 2} if family.startswith("t5") else {"decoder_layers": 2}
+    cfg = tiny_hf_config(family, vocab, **depth)
+    torch.manual_seed(seed)
+    model = T.AutoModelForSeq2SeqLM.from_config(cfg, attn_implementation="eager").eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * noise)
+        if family == "t5v1.1":
+            model.lm_head.weight = torch.nn.Parameter(torch.randn_like(model.lm_head.weight) * 0.3)
+    d = out_dir / family
+    model.save_pretrained(d)
+    for f in tok.iterdir():
+        if f.is_file():
+            shutil.copy(f, d / f.name)
+    shutil.rmtree(tok)
+    return d

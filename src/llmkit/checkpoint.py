@@ -310,8 +310,9 @@ def build_model(cfg: ModelConfig, state_dict: dict[str, torch.Tensor], source: s
     model.load_state_dict(sd, strict=not cfg.tie_embeddings, assign=True)
     if cfg.tie_embeddings:
         model.lm_head.weight = model.embed.weight
-    # non-persistent buffers: rebuilt, not loaded
-    model.inv_freq, model.inv_freq_local = (t.to(device) for t in rope_tables(cfg))
+    # non-persistent buffers: rebuilt, not loaded (an encoder-decoder's encoder has its own)
+    for stack in (model, model.encoder) if model.encoder is not None else (model,):
+        stack.inv_freq, stack.inv_freq_local = (t.to(device) for t in rope_tables(stack.cfg))
     return model.eval()
 
 

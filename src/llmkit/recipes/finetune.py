@@ -50,10 +50,16 @@ def finetune(
     samples: int = 3,
     sample_tokens: int = 64,
     epochs: Optional[float] = None,
+    source_field: Optional[str] = None,
+    target_field: Optional[str] = None,
+    prefix: str = "",
+    max_source_len: Optional[int] = None,
+    max_target_len: Optional[int] = None,
     train: TrainConfig = TrainConfig(lr=None, micro_batch_size=8, warmup_steps=20, weight_decay=0.0,
                                      beta2=0.999, eval_every=100, log_every=10, save_every=200),
 ) -> dict:
     """Finetune a model on instruction data (supervised finetuning): loss on the answers only.
+    An encoder-decoder (T5, BART) trains on (source, target) pairs instead: loss on the target.
 
     Args:
         model: the base model: an llmkit checkpoint dir, a Hugging Face model dir or a hub repo id.
@@ -82,6 +88,13 @@ def finetune(
         sample_tokens: longest sample answer, in tokens.
         epochs: training length in passes over the training examples; used when no --train
             budget (max_steps, max_tokens, max_time) is set (default then: 1 epoch).
+        source_field: an encoder-decoder's source field in --data (default: detected: source,
+            src, input, document, article, text, en, or Alpaca's instruction + input).
+        target_field: its target field (default: detected: target, tgt, output, summary, tldr, de).
+        prefix: text put before every source, e.g. T5's "summarize: " or
+            "translate English to German: ".
+        max_source_len: an encoder-decoder's longest source in tokens (default: the context).
+        max_target_len: its longest target in tokens (default: 128, or the context if shorter).
         train: training loop settings. --train.lr, when not given, is 2e-4 for lora and 2e-5
             for full and freeze.
     """
@@ -105,6 +118,20 @@ def finetune(
     if epochs is not None and not epochs > 0:
         raise LLMKitError(f"epochs must be > 0, got {epochs}")
     run = Run(model, out, train)
+    if run.config().is_seq2seq:
+        from llmkit.recipes.seq2seq import finetune_seq2seq
+
+        if packing or prompt_style not in (None, "auto"):
+            raise LLMKitError("--packing and --prompt-style are for decoder-only models; an encoder-decoder "
+                              "reads the source and writes the target")
+        return finetune_seq2seq(run, data, val_data=val_data, val_fraction=val_fraction, source_field=source_field,
+                                target_field=target_field, prefix=prefix, max_source_len=max_source_len,
+                                max_target_len=max_target_len, truncation=truncation, method=method, lora=lora,
+                                train_last=train_last, quantize=quantize, eval_batches=eval_batches,
+                                samples=samples, sample_tokens=sample_tokens, epochs=epochs, train=train,
+                                lr_default=LORA_LR if method == "lora" else FULL_LR)
+    if source_field or target_field or prefix:
+        raise LLMKitError("--source-field, --target-field and --prefix are for encoder-decoder models")
     tokenizer = run.tokenizer
     style = resolve_style(tokenizer, prompt_style)
     examples = instruct.load_examples(data)

@@ -99,6 +99,15 @@ class Run:
         tok = self.tokenizer
         return next(i for i in (tok.pad_id, tok.eos_id, 0) if i is not None)
 
+    def config(self) -> ModelConfig:
+        """The model's architecture, read without loading any weights (a recipe picks its data
+        format by it: an encoder-decoder takes (source, target) pairs)."""
+        if self.new:
+            return model_config(self.spec)
+        from llmkit.checkpoint import read_config
+
+        return read_config(self.model_dir)[0]
+
     @property
     def main(self) -> bool:
         return self.rt is None or self.rt.main

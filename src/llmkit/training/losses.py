@@ -48,7 +48,7 @@ def mlm_loss(model, batch) -> dict:
 def mlm_targets(batch) -> torch.Tensor:
     """How many tokens of a masked-LM batch carry loss: the Trainer's weight_fn, so micro-batches
     with more masked tokens weigh more, as one big batch would."""
-    return (batch["labels"] != IGNORE_INDEX).sum()
+    return labelled_count(batch)
 
 
 @torch.no_grad()
@@ -79,6 +79,40 @@ def mean_lm_loss(model, batches) -> dict:
         total += float(F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), ignore_index=IGNORE_INDEX,
                                        reduction="sum"))
         count += int((y != IGNORE_INDEX).sum())
+    if count == 0:
+        return {}
+    loss = total / count
+    return {"val_loss": loss, "val_ppl": float(torch.tensor(loss).exp())}
+
+
+def seq2seq_loss(model, batch) -> dict:
+    """An encoder-decoder's cross-entropy on the target tokens (teacher forcing, Sutskever et al.
+    2014): the encoder reads `src` (padding masked), the decoder reads `idx` (the target shifted
+    right after the decoder-start token) and predicts `labels`. One forward, so DDP sees both
+    halves. "tokens" counts what the step read: real source tokens plus target tokens."""
+    labels = batch["labels"]
+    logits = model(batch["idx"], src=batch["src"], src_mask=batch["src_mask"])  # (B, T, vocab)
+    loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX)
+    return {"loss": loss, "tokens": batch["src_mask"].sum() + (labels != IGNORE_INDEX).sum()}
+
+
+def labelled_count(batch) -> torch.Tensor:
+    """How many tokens of a dict batch carry loss (labels != IGNORE_INDEX): the Trainer's
+    weight_fn for masked-LM and seq2seq batches, so micro-batches weigh by their targets."""
+    return (batch["labels"] != IGNORE_INDEX).sum()
+
+
+@torch.no_grad()
+def mean_seq2seq_loss(model, batches) -> dict:
+    """Validation loss per target token, and its perplexity, of an encoder-decoder."""
+    total, count = 0.0, 0
+    dev = next(model.parameters()).device
+    for batch in batches:
+        b = {k: v.to(dev) for k, v in batch.items()}
+        logits = model(b["idx"], src=b["src"], src_mask=b["src_mask"])
+        total += float(F.cross_entropy(logits.flatten(0, 1).float(), b["labels"].flatten(),
+                                       ignore_index=IGNORE_INDEX, reduction="sum"))
+        count += int((b["labels"] != IGNORE_INDEX).sum())
     if count == 0:
         return {}
     loss = total / count
