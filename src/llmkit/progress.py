@@ -18,6 +18,12 @@ import time
 from typing import Optional, TextIO
 
 
+def short_text(text: str, n: int = 80) -> str:
+    """`text` on one line, cut to `n` characters with "..." (sample outputs in training logs)."""
+    text = " ".join(text.split())
+    return text if len(text) <= n else text[: n - 3] + "..."
+
+
 def _fmt_time(seconds: float) -> str:
     seconds = max(0, int(round(seconds)))
     h, rem = divmod(seconds, 3600)

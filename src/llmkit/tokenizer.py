@@ -39,8 +39,8 @@ from __future__ import annotations
 
 import json
 import threading
-from functools import lru_cache
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence, Union
 
@@ -445,7 +445,7 @@ class Tokenizer:
         with) so that both `Tokenizer.from_dir` and `transformers.AutoTokenizer` load the folder.
         Each file is written atomically (a temp file renamed over it): a crash never leaves a
         half-written tokenizer.json."""
-        from llmkit.checkpoint import atomic_copy, atomic_write, atomic_write_text
+        from llmkit.fileio import atomic_copy, atomic_write, atomic_write_text
 
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -660,7 +660,7 @@ def train_tokenizer(files: list[str], vocab_size: int = 8192, out: str = "tokeni
 
 def _finish_wordpiece(backend: _Backend, out: str, lowercase: bool, n_docs: int) -> None:
     """Add BERT's template and write the folder as transformers' BertTokenizerFast saves it."""
-    from llmkit.checkpoint import atomic_write_text
+    from llmkit.fileio import atomic_write_text
 
     cls, sep = BERT_SPECIAL_TOKENS["cls_token"], BERT_SPECIAL_TOKENS["sep_token"]
     backend.post_processor = processors.TemplateProcessing(

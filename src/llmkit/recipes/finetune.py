@@ -263,11 +263,9 @@ def write_samples(model, tokenizer, style, sample_set, step: int, max_new_tokens
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
     from tqdm.auto import tqdm
 
+    from llmkit.progress import short_text
+
     for r in rows:  # through tqdm: the loop's progress bar is redrawn below, not mixed in
-        tqdm.write(f"  [step {step}] {_short(r['prompt'])!r} -> {_short(r['response'])!r}")
+        tqdm.write(f"  [step {step}] {short_text(r['prompt'])!r} -> {short_text(r['response'])!r}")
     return rows
 
-
-def _short(text: str, n: int = 80) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= n else text[: n - 3] + "..."

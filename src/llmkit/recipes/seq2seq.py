@@ -133,7 +133,7 @@ def write_seq2seq_samples(model, tokenizer, sample_set, step: int, max_new_token
     from tqdm.auto import tqdm
 
     from llmkit.generate import generate_batch
-    from llmkit.recipes.finetune import _short
+    from llmkit.progress import short_text
 
     was_training = model.training
     model.eval()
@@ -149,5 +149,5 @@ def write_seq2seq_samples(model, tokenizer, sample_set, step: int, max_new_token
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
     for row in rows:
-        tqdm.write(f"  [step {step}] {_short(row['source'])!r} -> {_short(row['output'])!r}")
+        tqdm.write(f"  [step {step}] {short_text(row['source'])!r} -> {short_text(row['output'])!r}")
     return rows
