@@ -177,6 +177,7 @@ def test_masked_batches_follow_the_recipe(bert_data):
 
 def test_objective_errors_are_one_line(bert_data, tmp_path, capsys):
     cli_error(capsys, _args(bert_data, tmp_path / "a", "--objective", "mlm", "--model", "tiny-llama"),
-              "causal (decoder) model", "micro-bert")
+              "a decoder", "needs an encoder", "micro-bert")
     cli_error(capsys, _args(bert_data, tmp_path / "b", "--objective", "clm"), "encoder", "--objective mlm")
-    cli_error(capsys, _args(bert_data, tmp_path / "c", "--objective", "span"), "unknown objective")
+    cli_error(capsys, _args(bert_data, tmp_path / "c", "--objective", "span"), "an encoder-decoder", "micro-t5")
+    cli_error(capsys, _args(bert_data, tmp_path / "d", "--objective", "wat"), "unknown objective")
