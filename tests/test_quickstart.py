@@ -56,6 +56,24 @@ def test_quickstart_bert_pretrains_an_encoder_and_shows_fill_mask(tmp_path, caps
     assert tok["tokenizer_class"] == "BertTokenizerFast"
 
 
+def test_quickstart_t5_pretrains_an_encoder_decoder_and_shows_span_fills(tmp_path, capsys):
+    from llmkit.checkpoint import load_model
+    from llmkit.recipes.quickstart import SPANS
+
+    corpus = tmp_path / "corpus.txt"
+    words = "the function returns the value of the list and the file is read".split()
+    corpus.write_text("\n\n".join(" ".join(words[(i + j) % len(words)] for j in range(40)) for i in range(60)))
+    out = tmp_path / "qst5"
+    result = quickstart(out=str(out), minutes=0.02, corpus=[str(corpus)], arch="t5", model="tiny-t5",
+                        vocab_size=200, seq_len=32, batch_size=4, lr=3e-3)
+    printed = capsys.readouterr().out
+    assert result["step"] >= 1 and load_model(out / "run" / "final").config.is_seq2seq
+    assert printed.count("--- span fills") == 2 and all(f"{m!r} -> " in printed for m in SPANS)
+    assert "objective: span corruption" in printed and "AutoModelForSeq2SeqLM" in printed
+    tok = json.loads((out / "tokenizer" / "tokenizer_config.json").read_text())
+    assert tok["tokenizer_class"] == "T5Tokenizer"
+
+
 def test_quickstart_refuses_a_mismatched_arch(tmp_path):
     import pytest
 

@@ -3,7 +3,8 @@
 corpus -> tokenizer -> token shards -> samples from the untrained model -> pretraining for a few
 minutes -> samples again. `--arch llama` (the default) pretrains a small decoder on next tokens
 and samples text; `--arch bert` a small encoder (WordPiece, masked-LM) and shows its fill-mask
-predictions. The corpus is real English text that every Python installation
+predictions; `--arch t5` a small encoder-decoder (Unigram with sentinels, T5's span corruption)
+and shows how it fills sentinel spans. The corpus is real English text that every Python installation
 carries: the docstrings of the standard library (a few MB of prose about code), extracted with
 `ast` (nothing is imported or executed). `--corpus` uses your own files instead.
 """
@@ -21,7 +22,11 @@ from llmkit.errors import LLMKitError
 PROMPTS = ("Return the", "This module provides", "If the file")
 MASKED = ("Return the [MASK] of the list.", "This module provides functions for [MASK] files.",
           "If the file does not [MASK], an error is raised.")
-ARCHS = {"llama": "micro-llama", "bert": "micro-bert"}  # --arch -> the preset it pretrains
+SPANS = ("Return the <extra_id_0> of the list.", "This module provides <extra_id_0> for <extra_id_1> files.",
+         "If the file does not <extra_id_0>, an error is raised.")
+ARCHS = {"llama": "micro-llama", "bert": "micro-bert", "t5": "micro-t5"}  # --arch -> the preset it pretrains
+KINDS = {"llama": "decoder", "bert": "encoder", "t5": "encoder-decoder"}
+TOKENIZERS = {"llama": "bpe", "bert": "wordpiece", "t5": "unigram"}
 
 
 def stdlib_docstrings(out: Path, max_bytes: int = 4_000_000) -> tuple[int, int]:
@@ -99,6 +104,17 @@ def _fill_mask_samples(model, tokenizer, title: str, top_k: int = 5) -> None:
     print(flush=True)
 
 
+def _span_samples(model, tokenizer, title: str) -> None:
+    """Each sentence with sentinel gaps and the model's greedy targets (sentinels shown)."""
+    from llmkit.generate import generate
+
+    print(f"\n--- {title} ---")
+    for text in SPANS:
+        c = generate(model, tokenizer, text, max_new_tokens=16, temperature=0.0)
+        print(f"{text!r} -> {tokenizer.decode(c.token_ids, skip_special=False)!r}")
+    print(flush=True)
+
+
 def quickstart(
     out: Optional[str] = None,
     minutes: float = 5.0,
@@ -114,14 +130,15 @@ def quickstart(
 
     Args:
         out: output directory (corpus, tokenizer, data, run with checkpoints and loss.png;
-            default out/quickstart, out/quickstart-bert for --arch bert).
+            default out/quickstart, out/quickstart-bert / out/quickstart-t5 for --arch bert / t5).
         minutes: pretraining time budget.
         corpus: your own text/JSONL/Parquet files or folders (default: the Python standard
             library's docstrings, already on this machine).
-        arch: llama (a decoder, next-token prediction, text samples) or bert (an encoder,
-            masked-LM, fill-mask predictions).
-        model: the architecture preset to pretrain (default: micro-llama / micro-bert).
-        vocab_size: tokenizer vocabulary size (BPE, or WordPiece for --arch bert).
+        arch: llama (a decoder, next-token prediction, text samples), bert (an encoder,
+            masked-LM, fill-mask predictions) or t5 (an encoder-decoder, span corruption,
+            sentinel fills).
+        model: the architecture preset to pretrain (default: micro-llama / micro-bert / micro-t5).
+        vocab_size: tokenizer vocabulary size (BPE; WordPiece for bert; Unigram for t5).
         seq_len: training sequence length.
         batch_size: sequences per step.
         lr: peak learning rate.
@@ -130,7 +147,7 @@ def quickstart(
 
     from llmkit.data.prepare import prepare
     from llmkit.model import Transformer
-    from llmkit.recipes.pretrain import ENCODER_NEXT_STEPS, NEXT_STEPS, pretraining_run
+    from llmkit.recipes.pretrain import ENCODER_NEXT_STEPS, NEXT_STEPS, SEQ2SEQ_NEXT_STEPS, pretraining_run
     from llmkit.recipes.scaffold import model_config
     from llmkit.tokenizer import Tokenizer, train_tokenizer
     from llmkit.training.loop import TrainConfig
@@ -139,9 +156,10 @@ def quickstart(
         raise LLMKitError(f"unknown --arch '{arch}' (choose from {', '.join(ARCHS)})")
     bert = arch == "bert"
     model = model or ARCHS[arch]
-    if model_config(model).causal == bert:
-        raise LLMKitError(f"--arch {arch} pretrains {'an encoder' if bert else 'a decoder'}; '{model}' is not one")
-    o = Path(out or ("out/quickstart-bert" if bert else "out/quickstart"))
+    if model_config(model).kind != KINDS[arch]:
+        raise LLMKitError(f"--arch {arch} pretrains {'an' if KINDS[arch][0] == 'e' else 'a'} {KINDS[arch]}; "
+                          f"'{model}' is not one")
+    o = Path(out or ("out/quickstart" if arch == "llama" else f"out/quickstart-{arch}"))
     o.mkdir(parents=True, exist_ok=True)
     if corpus:
         sources = list(corpus)
@@ -152,8 +170,7 @@ def quickstart(
         sources = [str(src)]
     tok_dir = o / "tokenizer"
     if not (tok_dir / "tokenizer.json").exists():
-        train_tokenizer(sources, vocab_size=vocab_size, out=str(tok_dir), kind="wordpiece" if bert else "bpe",
-                        lowercase=bert)
+        train_tokenizer(sources, vocab_size=vocab_size, out=str(tok_dir), kind=TOKENIZERS[arch], lowercase=bert)
     data = o / "data"
     if not (data / "manifest.json").exists():
         prepare(sources, tokenizer=str(tok_dir), out=str(data), seq_len=seq_len, val_fraction=0.02)
@@ -165,8 +182,9 @@ def quickstart(
         return finished
     torch.manual_seed(42)
     untrained = Transformer(model_config(model, vocab_size=tok.vocab_size))
-    samples = _fill_mask_samples if bert else _samples
-    samples(untrained.eval(), tok, "fill-mask before training" if bert else "samples before training")
+    samples = {"llama": _samples, "bert": _fill_mask_samples, "t5": _span_samples}[arch]
+    what = {"llama": "samples", "bert": "fill-mask", "t5": "span fills"}[arch]
+    samples(untrained.eval(), tok, f"{what} before training")
     train = TrainConfig(max_time=minutes * 60, micro_batch_size=batch_size, lr=lr, warmup_steps=50,
                         eval_every=100, log_every=10, save_every=200, tensorboard=True)
     run, result = pretraining_run(model, str(data), str(o / "run"), seq_len, 16, None, train)
@@ -174,10 +192,10 @@ def quickstart(
     from llmkit.checkpoint import load_model
 
     trained = load_model(result["final"]).model
-    samples(trained, tok, f"{'fill-mask' if bert else 'samples'} after {result['step']} steps ({minutes:g} min)")
+    samples(trained, tok, f"{what} after {result['step']} steps ({minutes:g} min)")
     print(f"validation loss: {result.get('val_loss', float('nan')):.3f} (ppl {result.get('val_ppl', float('nan')):.1f}); "
           f"loss curve: {o / 'run' / 'loss.png'}; model: {result['final']}")
-    steps = ENCODER_NEXT_STEPS if bert else NEXT_STEPS
+    steps = {"llama": NEXT_STEPS, "bert": ENCODER_NEXT_STEPS, "t5": SEQ2SEQ_NEXT_STEPS}[arch]
     print("next steps (the rest of the cycle, on this model):\n"
           + "\n".join("  " + c.format(final=result["final"]).replace('"..."', '"Return the"') for c in steps))
     return result
