@@ -228,3 +228,33 @@ def test_streaming_and_sampling_on_an_encoder_decoder(tmp_path):
     b = generate(ours, tok, src, max_new_tokens=8, temperature=1.0, seed=3, stop_ids=set())
     c = generate(ours, tok, src, max_new_tokens=8, temperature=1.0, seed=4, stop_ids=set())
     assert a.token_ids == b.token_ids and a.token_ids != c.token_ids
+
+
+@pytest.mark.parametrize("family,kw", [("t5v1.1", {}), ("bart", dict(forced_bos_token_id=0, forced_eos_token_id=2))])
+@pytest.mark.parametrize("num_beams,length_penalty,early_stopping", [(4, 1.0, False), (3, 2.0, True), (2, 0.6, "never")])
+def test_beam_search_is_token_identical_to_transformers(family, kw, num_beams, length_penalty, early_stopping,
+                                                        tmp_path):
+    """What summarization users run: beam search with a length penalty, on an encoder-decoder
+    (the source encoded once, every beam's rows sharing its cross-attention keys/values)."""
+    from llmkit.generate import beam_search, beam_search_batch
+
+    theirs, ours, tok = _gen_setup(family, tmp_path, seed=7, **kw)
+    eos = theirs.config.eos_token_id
+    srcs = _sources(3, seed=9)
+    alone = []
+    for src in srcs:
+        out = theirs.generate(torch.tensor([src]), max_new_tokens=9, do_sample=False, num_beams=num_beams,
+                              length_penalty=length_penalty, early_stopping=early_stopping, num_return_sequences=2,
+                              eos_token_id=eos, pad_token_id=theirs.config.pad_token_id, output_scores=True,
+                              return_dict_in_generate=True)
+        mine = beam_search(ours, tok, src, num_beams=num_beams, max_new_tokens=9, length_penalty=length_penalty,
+                           early_stopping=early_stopping, num_return_sequences=2, stop_ids={eos})
+        for row, r in zip(out.sequences, mine):
+            ids = [t for t in row[1:].tolist()]
+            ids = ids[: ids.index(eos) + 1] if eos in ids else ids
+            assert r.token_ids == ids
+        torch.testing.assert_close(torch.tensor([r.score for r in mine]), out.sequences_scores, atol=1e-4, rtol=1e-4)
+        alone.append([r.token_ids for r in mine])
+    together = beam_search_batch(ours, tok, srcs, num_beams=num_beams, max_new_tokens=9, length_penalty=length_penalty,
+                                 early_stopping=early_stopping, num_return_sequences=2, stop_ids={eos})
+    assert [[r.token_ids for r in rs] for rs in together] == alone

@@ -48,6 +48,11 @@ def evaluate(
     truncate: bool = False,
     apply_chat_template: bool = False,
     seed: int = 1234,
+    source_field: Optional[str] = None,
+    target_field: Optional[str] = None,
+    prefix: str = "",
+    num_beams: int = 1,
+    length_penalty: float = 1.0,
 ) -> dict:
     """Evaluate a model: harness tasks, perplexity, generated responses with an LLM judge.
 
@@ -56,6 +61,7 @@ def evaluate(
         llmkit evaluate MODEL --tasks my_task --include-path configs/eval
         llmkit evaluate MODEL --perplexity data/a.txt data/b.jsonl --stride 512
         llmkit evaluate MODEL --generate-data alpaca_eval.json --judge-url http://host:8000/v1
+        llmkit evaluate T5_MODEL --generate-data test.jsonl --prefix "summarize: " --num-beams 4
         llmkit evaluate --compare eval/run1 eval/run2
 
     Args:
@@ -73,7 +79,11 @@ def evaluate(
         max_length: context length for tasks and perplexity windows (default: the model's).
         generate_data: a JSON/JSONL file of Alpaca records (instruction, input, output) or chat
             records (messages) to generate responses for and score against the reference
-            ("output", or the last assistant reply): the files `llmkit finetune` reads.
+            ("output", or the last assistant reply): the files `llmkit finetune` reads. For an
+            encoder-decoder (T5, BART): (source, target) records (fields detected or named with
+            --source-field / --target-field; a list of targets is several references), scored
+            with ROUGE (rouge_score) and BLEU / chrF (sacrebleu) next to the lead-sentence and
+            copy-the-source baselines.
         prompt_style: how --generate-data prompts are written: "alpaca" (llmkit's instruction
             finetuning format), "chat" (the model's chat template, or the style its vocabulary
             suggests), or a built-in style: chatml, llama3, llama2, mistral, phi3, gemma, plain.
@@ -99,6 +109,11 @@ def evaluate(
             backend does silently, instead of stopping with an error.
         apply_chat_template: render harness prompts with the model's chat template.
         seed: random seed of the harness (few-shot sampling, sampled generation).
+        source_field: an encoder-decoder's source field in --generate-data (default: detected).
+        target_field: its reference field (default: detected).
+        prefix: text put before every source (T5's "summarize: ", "translate English to German: ").
+        num_beams: beam search width for an encoder-decoder's outputs (1: greedy).
+        length_penalty: beam search's length penalty (> 1 favours longer outputs).
     """
     from llmkit.evaluate.report import compare_table, load_result, run_markdown, write_results
 
@@ -116,7 +131,9 @@ def evaluate(
             atomic_write_text(Path(out) / "compare.md", table + "\n")
         return {"compare": table}
     _check_arguments(models, tasks, perplexity, generate_data, responses, prompt_style, judge_url, judge_model,
-                     compare_model, compare_responses, batch_size, limit)
+                     compare_model, compare_responses, batch_size, limit, (source_field, target_field, prefix))
+    if num_beams < 1:
+        raise LLMKitError(f"--num-beams must be >= 1, got {num_beams}")
     judge = None
     if judge_url:
         from llmkit.evaluate.judge import OpenAIJudge
@@ -149,7 +166,9 @@ def evaluate(
             generate_data=generate_data, prompt_style=prompt_style, max_new_tokens=max_new_tokens,
             responses=responses, judge=judge, judge_concurrency=judge_concurrency, compare_model=compare_model,
             compare_responses=compare_responses, device=device, dtype=dtype, truncate=truncate,
-            apply_chat_template=apply_chat_template, seed=seed, out=target)
+            apply_chat_template=apply_chat_template, seed=seed, out=target,
+            seq2seq=dict(source_field=source_field, target_field=target_field, prefix=prefix, num_beams=num_beams,
+                         length_penalty=length_penalty))
         result["settings"] = {k: v for k, v in settings.items() if v is not None}
         print(run_markdown(result))
         if target:
@@ -162,7 +181,7 @@ def evaluate(
 
 
 def _check_arguments(models, tasks, perplexity, generate_data, responses, prompt_style, judge_url, judge_model,
-                     compare_model, compare_responses, batch_size, limit) -> None:
+                     compare_model, compare_responses, batch_size, limit, pair_fields=(None, None, "")) -> None:
     """Every check that needs no model, done before loading one: a typo in the last option
     should not surface after an hour of harness tasks."""
     if not models and not responses:
@@ -188,7 +207,15 @@ def _check_arguments(models, tasks, perplexity, generate_data, responses, prompt
     from llmkit.evaluate.generative import load_examples, load_responses
 
     if generate_data:
-        load_examples(generate_data)
+        try:
+            load_examples(generate_data)
+        except LLMKitError as e:  # not instruction records: (source, target) pairs for an encoder-decoder?
+            from llmkit.data.seq2seq import read_seq2seq
+
+            try:
+                read_seq2seq(generate_data, *pair_fields)
+            except LLMKitError:
+                raise e from None
         if prompt_style not in ("alpaca", "chat", "auto"):
             from llmkit.prompts import PromptStyle
 
@@ -200,7 +227,8 @@ def _check_arguments(models, tasks, perplexity, generate_data, responses, prompt
 
 def _evaluate_one(spec: Optional[str], *, tasks, num_fewshot, limit, batch_size, include_path, perplexity_files,
                   stride, max_length, generate_data, prompt_style, max_new_tokens, responses, judge, judge_concurrency,
-                  compare_model, compare_responses, device, dtype, truncate, apply_chat_template, seed, out) -> dict:
+                  compare_model, compare_responses, device, dtype, truncate, apply_chat_template, seed, out,
+                  seq2seq: Optional[dict] = None) -> dict:
     from llmkit.checkpoint import load_model
 
     result: dict = {"model": spec, "model_name": Path(str(spec)).name if spec else None,
@@ -231,7 +259,14 @@ def _evaluate_one(spec: Optional[str], *, tasks, num_fewshot, limit, batch_size,
         result["perplexity"] = perplexity(model, tokenizer, perplexity_files, max_length=max_length, stride=stride,
                                           batch_size=batch_size)
         result["seconds"]["perplexity"] = round(time.perf_counter() - t, 2)
-    if generate_data or responses:
+    if generate_data and model is not None and model.cfg.is_seq2seq:
+        from llmkit.evaluate.seq2seq import evaluate_seq2seq
+
+        t = time.perf_counter()
+        result["seq2seq"] = evaluate_seq2seq(model, tokenizer, generate_data, max_new_tokens=max_new_tokens,
+                                             batch_size=batch_size, limit=limit, out=out, **(seq2seq or {}))
+        result["seconds"]["seq2seq"] = round(time.perf_counter() - t, 2)
+    elif generate_data or responses:
         from llmkit.evaluate.generative import evaluate_responses
 
         t = time.perf_counter()

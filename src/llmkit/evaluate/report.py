@@ -36,6 +36,12 @@ def metric_rows(result: dict) -> dict[tuple[str, str], tuple[float, Optional[flo
             label = f"ppl:{Path(name).name}" if name != "overall" else "ppl:overall"
             for metric in ("perplexity", "bits_per_byte", "tokens"):
                 rows[(label, metric)] = (r[metric], None)
+    s2s = result.get("seq2seq")
+    if s2s:
+        label = f"s2s:{Path(s2s.get('data', 'data')).name}"
+        for metric, value in s2s["metrics"].items():
+            if not metric.endswith("signature"):
+                rows[(label, metric)] = (value, None)
     gen = result.get("generative")
     if gen:
         label = f"gen:{Path(gen.get('data', 'data')).name}"
@@ -82,6 +88,10 @@ def run_markdown(result: dict) -> str:
         parts += [", ".join(f"{k}: {v}" for k, v in shown.items() if v not in (None, "")), ""]
     rows = [[task, metric, _fmt(v, e)] for (task, metric), (v, e) in metric_rows(result).items()]
     parts.append(markdown_table(["task", "metric", "value"], rows) if rows else "(no metrics)")
+    if result.get("seq2seq"):
+        from llmkit.evaluate.seq2seq import seq2seq_markdown
+
+        parts += ["", seq2seq_markdown(result["seq2seq"])]
     judge = (result.get("generative") or {}).get("judge")
     if judge and judge.get("histogram"):
         parts += ["", "Judge scores by decile:", "", histogram_text(judge["histogram"])]
