@@ -18,6 +18,9 @@ trained or converted. The tasks (one module each) and what the model must be:
     feature-extraction                            any                    [[[float] per token]]
     zero-shot-classification                      NLI sequence head      {sequence, labels, scores}
     text-generation                               causal LM              [{generated_text}]
+    text2text-generation                          encoder-decoder        [{generated_text}]
+    summarization                                 encoder-decoder        [{summary_text}]
+    translation, translation_XX_to_YY             encoder-decoder        [{translation_text}]
 
 Each module's docstring gives its options (the names transformers uses, e.g. `top_k`,
 `aggregation_strategy`, `candidate_labels`, `max_new_tokens`); `pipeline(...)`'s keyword
@@ -29,6 +32,7 @@ decoding, see question_answering.py).
 from __future__ import annotations
 
 import importlib
+import re
 from typing import Optional
 
 from llmkit.errors import LLMKitError
@@ -42,6 +46,9 @@ TASKS = {
     "feature-extraction": "llmkit.pipelines.feature_extraction:FeatureExtractionPipeline",
     "zero-shot-classification": "llmkit.pipelines.classification:ZeroShotClassificationPipeline",
     "text-generation": "llmkit.pipelines.text_generation:TextGenerationPipeline",
+    "text2text-generation": "llmkit.pipelines.text2text:Text2TextGenerationPipeline",
+    "summarization": "llmkit.pipelines.text2text:SummarizationPipeline",
+    "translation": "llmkit.pipelines.text2text:TranslationPipeline",
 }
 ALIASES = {"sentiment-analysis": "text-classification", "ner": "token-classification"}
 
@@ -50,6 +57,8 @@ def resolve_task(task: str) -> str:
     """The task's name (aliases resolved; underscores accepted for dashes)."""
     name = str(task).strip().lower().replace("_", "-")
     name = ALIASES.get(name, name)
+    if re.fullmatch(r"translation-[a-z]+-to-[a-z]+", name):  # transformers' translation_en_to_de
+        return "translation"
     if name not in TASKS:
         import difflib
 
@@ -66,7 +75,8 @@ def pipeline(task: str, model, device: str = "cpu", dtype: Optional[str] = None,
 
     Args:
         task: fill-mask, text-classification (sentiment-analysis), token-classification (ner),
-            question-answering, feature-extraction, zero-shot-classification, text-generation.
+            question-answering, feature-extraction, zero-shot-classification, text-generation,
+            text2text-generation, summarization, translation (or translation_en_to_de, ...).
         model: a model directory (llmkit or Hugging Face, with its tokenizer files), a hub repo
             id, or a model already loaded with `llmkit.checkpoint.load_model`.
         device: cpu, cuda, cuda:N, mps or auto.
@@ -77,6 +87,8 @@ def pipeline(task: str, model, device: str = "cpu", dtype: Optional[str] = None,
     from llmkit.checkpoint import Loaded, load_model
 
     name = resolve_task(task)
+    if name == "translation":  # its task name picks config.json's task_specific_params
+        options.setdefault("task", str(task).strip().lower().replace("-", "_"))
     module, _, cls = TASKS[name].partition(":")
     pipe_cls = getattr(importlib.import_module(module), cls)
     if isinstance(model, Loaded):

@@ -88,8 +88,9 @@ def render_table(item, result) -> list[str]:
     elif isinstance(result, dict):
         lines += _table([result])
     elif isinstance(result, list) and result and all(isinstance(r, dict) for r in result):
-        if all(set(r) == {"generated_text"} and isinstance(r["generated_text"], str) for r in result):
-            lines += [f"  {r['generated_text']}" for r in result]
+        text_keys = ({"generated_text"}, {"summary_text"}, {"translation_text"})
+        if all(set(r) in text_keys and isinstance(next(iter(r.values())), str) for r in result):
+            lines += [f"  {next(iter(r.values()))}" for r in result]
         else:
             lines += _table(result)
     elif isinstance(result, list) and result and all(isinstance(r, list) for r in result) \
@@ -135,6 +136,11 @@ def pipeline_cli(
     seed: Optional[int] = None,
     stop_sequence: Optional[list[str]] = None,
     return_full_text: Optional[bool] = None,
+    num_beams: Optional[int] = None,
+    length_penalty: Optional[float] = None,
+    no_repeat_ngram_size: Optional[int] = None,
+    min_new_tokens: Optional[int] = None,
+    prefix: Optional[str] = None,
     truncation: bool = False,
 ) -> list:
     """Run a task pipeline (fill-mask, ner, question-answering, ...) on texts, printing JSON lines.
@@ -145,7 +151,8 @@ def pipeline_cli(
 
     Args:
         task: fill-mask, text-classification (sentiment-analysis), token-classification (ner),
-            question-answering, feature-extraction, zero-shot-classification, text-generation.
+            question-answering, feature-extraction, zero-shot-classification, text-generation,
+            text2text-generation, summarization, translation (or translation_en_to_de, ...).
         model: a model directory (llmkit or Hugging Face, with tokenizer files) or a hub repo id.
         inputs: the texts (question-answering: questions about --context, or JSON objects
             {"question": ..., "context": ...}).
@@ -177,6 +184,12 @@ def pipeline_cli(
         seed: text-generation: random seed for sampling.
         stop_sequence: text-generation: strings that end the generation.
         return_full_text: text-generation: false prints only the new text.
+        num_beams: text2text-generation, summarization, translation: beam search width (1: greedy).
+        length_penalty: with beams: > 1 favours longer outputs, < 1 shorter ones.
+        no_repeat_ngram_size: text2text tasks: never repeat an n-gram of this size.
+        min_new_tokens: generation tasks: the fewest new tokens before the end token may come.
+        prefix: text2text tasks: put before every input (default: the model's task prefix, e.g.
+            T5's "summarize: ").
         truncation: cut inputs longer than the model reads (fill-mask, text-classification,
             feature-extraction).
     """
@@ -199,9 +212,11 @@ def pipeline_cli(
                  handle_impossible_answer=handle_impossible_answer or None, candidate_labels=candidate_labels,
                  hypothesis_template=hypothesis_template, multi_label=multi_label or None,
                  max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_p=top_p, seed=seed,
-                 stop_sequence=stop_sequence, return_full_text=return_full_text, truncation=truncation or None)
+                 stop_sequence=stop_sequence, return_full_text=return_full_text, truncation=truncation or None,
+                 num_beams=num_beams, length_penalty=length_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
+                 min_new_tokens=min_new_tokens, prefix=prefix)
     given = {k: v for k, v in given.items() if v is not None}
-    pipe = pipeline(name, model, device=device, dtype=dtype, batch_size=batch_size)
+    pipe = pipeline(task, model, device=device, dtype=dtype, batch_size=batch_size)
     stray = sorted(set(given) - set(pipe.OPTIONS))
     if stray:
         raise LLMKitError(f"{', '.join('--' + s for s in stray)} do{'es' if len(stray) == 1 else ''} not apply "

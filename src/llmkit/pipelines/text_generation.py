@@ -49,6 +49,9 @@ class TextGenerationPipeline(Pipeline):
         if not self.model.cfg.causal:
             raise LLMKitError(f"text-generation needs a causal language model; {self.name} is an encoder "
                               f"(masked language model): try fill-mask")
+        if self.model.cfg.is_seq2seq:
+            raise LLMKitError(f"text-generation continues a prompt; {self.name} is an encoder-decoder: try "
+                              f"text2text-generation, summarization or translation")
 
     def _items(self, inputs, opts):
         if isinstance(inputs, str) or _is_chat(inputs):
