@@ -3,7 +3,6 @@ target, full / LoRA / freeze / QLoRA, exact resume after SIGTERM, 2 DDP processe
 
 from __future__ import annotations
 
-import csv
 import json
 import random
 import signal
@@ -18,6 +17,7 @@ from llmkit.checkpoint import load_model, load_weights
 from llmkit.cli import main
 from tests.conftest import run_two_ways, sigterm_at_call
 from tests.helpers import build_seq2seq_dir, cli_error
+from tests.test_finetune import Spy, args, losses, summary  # the instruction tests' helpers
 
 WORDS = "fox dog cat bird horse cow sheep goat duck hen owl bee".split()
 
@@ -42,29 +42,6 @@ def data(tmp_path_factory) -> Path:
     p = tmp_path_factory.mktemp("s2sdata") / "train.jsonl"
     p.write_text("\n".join(json.dumps(r) for r in pairs(64)) + "\n")
     return p
-
-
-def args(base, data, out, *extra) -> list[str]:
-    return ["finetune", str(base), str(data), "--out", str(out), "--train.tensorboard", "false",
-            "--train.warmup_steps", "0", "--train.micro_batch_size", "8", "--samples", "2", "--sample_tokens", "6",
-            *extra]
-
-
-def losses(out: Path) -> dict[int, str]:
-    with open(out / "metrics.csv") as f:
-        return {int(r["step"]): r["value"] for r in csv.DictReader(f) if r["metric"] == "loss"}
-
-
-def summary(out: Path) -> dict:
-    return json.loads((out / "summary.json").read_text())
-
-
-class Spy(scaffold.Trainer):
-    last = None
-
-    def __init__(self, *a, **k):
-        super().__init__(*a, **k)
-        Spy.last = self
 
 
 def test_full_finetuning_learns_the_pairs(t5, data, tmp_path):

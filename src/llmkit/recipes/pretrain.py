@@ -173,7 +173,8 @@ def pretraining_run(model: str, data: Optional[str], out: str, seq_len: Optional
     if rt.main:
         what = {"clm": "next-token", "mlm": "masked-LM" + (" + next-sentence" if nsp else ""),
                 "span": "span corruption (T5)", "denoise": "text infilling (BART)"}[objective]
-        print(f"model: {cfg.name}, {n_params:,} parameters, {cfg.n_layer} layers, d_model {cfg.n_embd}; "
+        layers = f"{cfg.n_encoder_layer}+{cfg.n_layer}" if cfg.is_seq2seq else str(cfg.n_layer)
+        print(f"model: {cfg.name}, {n_params:,} parameters, {layers} layers, d_model {cfg.n_embd}; "
               f"data: {len(train_shards):,} train tokens, seq_len {T}; objective: {what}", flush=True)
     return run, run.fit(train, batches, loss_fn, evaluate=evaluate, flops_per_token=cfg.flops_per_token(T),
                         weight_fn=weight_fn)
