@@ -258,3 +258,22 @@ def test_beam_search_is_token_identical_to_transformers(family, kw, num_beams, l
     together = beam_search_batch(ours, tok, srcs, num_beams=num_beams, max_new_tokens=9, length_penalty=length_penalty,
                                  early_stopping=early_stopping, num_return_sequences=2, stop_ids={eos})
     assert [[r.token_ids for r in rs] for rs in together] == alone
+
+
+def test_generate_cli_greedy_and_beams(tmp_path, capsys):
+    from llmkit.generate import beam_search, generate, load_for_inference
+    from tests.helpers import build_seq2seq_dir, cli_error, cli_run
+
+    d = build_seq2seq_dir(tmp_path, "t5v1.1")
+    loaded, tok = load_for_inference(str(d))
+    code, out, err = cli_run(capsys, ["generate", str(d), "--prompt", "the quick fox", "--max_new_tokens", "6",
+                                      "--temperature", "0"])
+    assert code == 0, err
+    assert out == generate(loaded.model, tok, "the quick fox", max_new_tokens=6).text + "\n"
+    code, out, err = cli_run(capsys, ["generate", str(d), "--prompt", "the quick fox", "--max_new_tokens", "6",
+                                      "--temperature", "0", "--num-beams", "3", "--length-penalty", "2.0"])
+    assert code == 0, err
+    best = beam_search(loaded.model, tok, "the quick fox", num_beams=3, max_new_tokens=6, length_penalty=2.0)[0]
+    assert out == best.text + "\n" and "3 beams" in err
+    cli_error(capsys, ["generate", str(d), "--prompt", "x", "--num-beams", "2", "--temperature", "0.7"],
+              "deterministic")

@@ -32,6 +32,8 @@ def generate_cli(
     system: Optional[str] = None,
     device: str = "cpu",
     dtype: Optional[str] = None,
+    num_beams: int = 1,
+    length_penalty: float = 1.0,
 ) -> None:
     """Generate a continuation of a prompt, streamed to stdout (timing on stderr).
 
@@ -52,7 +54,15 @@ def generate_cli(
         system: system prompt (with --style or --chat_template).
         device: cpu, cuda, cuda:1, mps...
         dtype: float32 or bfloat16 (default: the checkpoint's).
+        num_beams: beam search with this many beams (what summarization and translation use;
+            deterministic, printed when done rather than streamed). 1: greedy or sampling.
+        length_penalty: with beams, a finished beam scores sum(log p) / length ** this (> 1
+            favours longer outputs, < 1 shorter ones).
     """
+    if num_beams < 1:
+        raise LLMKitError(f"--num-beams must be >= 1, got {num_beams}")
+    if num_beams > 1 and (temperature > 0 or stop):
+        raise LLMKitError("beam search is deterministic and takes no stop strings: give --temperature 0 and no --stop")
     params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                             seed=seed, stop=tuple(stop or ()))
     if system is not None and style is None and chat_template is None:
@@ -70,9 +80,23 @@ def generate_cli(
         ids = chat_style.encode(tokenizer, messages)
         params, stop_ids = with_style_stops(params, chat_style, tokenizer)
     context = loaded.model.max_seq_len
-    if len(ids) >= context:
+    seq2seq = loaded.model.cfg.is_seq2seq  # the prompt is the encoder's source; the decoder has its own context
+    if len(ids) > context or (len(ids) == context and not seq2seq):
         raise LLMKitError(f"the prompt is {len(ids)} tokens; the model's context is {context} tokens")
-    params = params.replace(max_new_tokens=min(params.max_new_tokens, context - len(ids)))
+    params = params.replace(max_new_tokens=min(params.max_new_tokens, context - (1 if seq2seq else len(ids))))
+    if num_beams > 1:
+        import time
+
+        from llmkit.generate import beam_search
+
+        t0 = time.perf_counter()
+        best = beam_search(loaded.model, tokenizer, ids, num_beams=num_beams, max_new_tokens=params.max_new_tokens,
+                           length_penalty=length_penalty, stop_ids=stop_ids)[0]
+        print(best.text, flush=True)
+        print(timing_line(time.perf_counter() - t0, len(best.token_ids)), file=sys.stderr)
+        print(f"Prompt: {len(ids)} tokens, {num_beams} beams, score {best.score:.4f}; finish reason: "
+              f"{best.finish_reason}", file=sys.stderr)
+        return
     gen = stream(loaded.model, tokenizer, ids, params, stop_ids=stop_ids)
     for text in gen:
         sys.stdout.write(text)
