@@ -51,3 +51,9 @@ def test_bad_pairs_file_is_one_line(t5, tmp_path, capsys):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"foo": 1}\n')
     cli_error(capsys, ["evaluate", str(t5), "--generate-data", str(bad)], "bad.jsonl")
+
+
+def test_perplexity_of_an_encoder_decoder_is_refused_clearly(t5, tmp_path, capsys):
+    text = tmp_path / "a.txt"
+    text.write_text("the quick brown fox " * 20)
+    cli_error(capsys, ["evaluate", str(t5), "--perplexity", str(text)], "encoder-decoder", "--generate-data")

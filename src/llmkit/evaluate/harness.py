@@ -18,13 +18,36 @@ so that numbers are comparable with published ones:
   with one token of context), `generate_until` the same left-truncation to
   `max_length - max_gen_toks`, stop strings and EOS handling.
 
+Encoder-decoders (T5, BART; `cfg.is_seq2seq`) follow the hf backend's `backend="seq2seq"`:
+
+* `loglikelihood`: context and continuation are tokenized apart, the context with the
+  tokenizer's own special tokens (T5: `... </s>`, BART: `<s> ... </s>`), the continuation with
+  none. The context (its last `max_length` tokens) is the encoder's input; the decoder reads
+  the decoder-start token then the continuation minus its last token (what transformers'
+  `shift_tokens_right` makes of `labels`) and scores the continuation; `is_greedy` is the
+  argmax at each of those positions. An empty context becomes the prefix token (BOS, else EOS).
+* `loglikelihood_rolling`: the same token windows as for a decoder, scored as above, so the
+  encoder sees one token (the prefix token, then the token before each window) and the decoder
+  predicts the window: what the hf backend does (its own TODO says so), kept for comparable
+  numbers.
+* `generate_until`: the context, with the tokenizer's special tokens and cut to its last
+  `max_length` tokens, is the source; the decoder starts from the decoder-start token and
+  writes `max_gen_toks` tokens at most, stopped at EOS or an `until` string. Two hf-backend
+  quirks are not copied, since they make a request's text depend on its batch: transformers'
+  `max_length` counts decoder tokens, so the hf backend lets a seq2seq model write
+  (longest source in the batch) + max_gen_toks - 1 tokens; and it left-pads sources, which
+  moves BART's learned encoder positions. Here sources are right-padded under a mask, so a
+  request gives the text the hf backend gives it alone, whenever EOS or a stop string ends it
+  within max_gen_toks tokens.
+
 Speed comes from sharing work the hf backend repeats. A request's input is split into a
 *prefix* (the context without its last token) and a *suffix* (the last context token plus the
 continuation minus its last token, i.e. exactly the positions whose logits are scored). Requests
 with the same prefix (the choices of a multiple-choice question, whose contexts are identical)
 run the prefix once; its keys and values are copied into a KV cache row per request, and only
-the short suffixes run again. The vocabulary projection is applied only at scored positions, not
-to the context or to padding.
+the short suffixes run again. An encoder-decoder's requests with the same context run the encoder
+once. The vocabulary projection is applied only at scored positions, not to the context or to
+padding.
 """
 
 from __future__ import annotations
@@ -62,13 +85,10 @@ def require_lm_eval() -> None:
 
 def output_logits(model, h: torch.Tensor) -> torch.Tensor:
     """The model's output head on hidden states `h` (..., n_embd), as `Transformer.forward` applies
-    it. Applied here at chosen positions only: on (B, T, vocab) logits of a padded batch most
-    rows would be context or padding, and with a 150k vocabulary they dominate memory."""
-    logits = model.lm_head(h)
-    cap = model.cfg.final_softcap
-    if cap is not None:  # Gemma 2
-        logits = torch.tanh(logits / cap) * cap
-    return logits
+    it (Gemma 2's softcap, BART's logit bias, T5 v1.0's rescaled tied embedding). Applied here at
+    chosen positions only: on (B, T, vocab) logits of a padded batch most rows would be context
+    or padding, and with a 150k vocabulary they dominate memory."""
+    return model._lm_logits(h)
 
 
 @register_model("llmkit")
@@ -102,7 +122,8 @@ class LLMKitLM(TemplateLM):
                 already loaded `Transformer` (then `tokenizer` is required).
             tokenizer: an `llmkit.tokenizer.Tokenizer` or a tokenizer directory.
             batch_size: requests per forward pass.
-            max_length: context length used for scoring (default: the model's block_size).
+            max_length: context length used for scoring (default: the model's block_size); for an
+                encoder-decoder the longest source, and the longest continuation scored.
             max_gen_toks: default number of new tokens for `generate_until`.
             truncate: cut over-long inputs from the left like the hf backend, instead of failing.
             add_bos_token: force BOS on (True) or off (False); None follows the tokenizer.
@@ -127,6 +148,13 @@ class LLMKitLM(TemplateLM):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self._device = next(model.parameters()).device
+        # An encoder-decoder: the harness's TemplateLM reads `backend` to tokenize context and
+        # continuation apart; the decoder starts from the config's decoder-start token (T5: pad,
+        # BART: </s>), as transformers' shift_tokens_right and generate do.
+        self.seq2seq = bool(model.cfg.is_seq2seq)
+        self.backend = "seq2seq" if self.seq2seq else "causal"
+        extra = model.cfg.extra or {}
+        self.decoder_start_id = int(extra.get("decoder_start_token_id", extra.get("pad_token_id", 0)))
         try:
             self.batch_size = int(batch_size)
         except (TypeError, ValueError):
@@ -203,7 +231,9 @@ class LLMKitLM(TemplateLM):
         bos = self._bos_flag(add_special_tokens)
         if add_special_tokens is None and self._starts_with_bos(string):
             bos = False  # the text carries its BOS already (e.g. a chat template put it there)
-        ids = self.tokenizer.encode(string, bos=bos)
+        # No special tokens at all, as transformers' add_special_tokens=False: no T5 </s> after
+        # a seq2seq continuation either.
+        ids = self.tokenizer.encode(string, bos=bos, eos=False if bos is False else None)
         if left_truncate_len:
             ids = ids[-left_truncate_len:]
         return ids
@@ -223,6 +253,14 @@ class LLMKitLM(TemplateLM):
 
     def _too_long(self, n_ctx: int, n_cont: int) -> LLMKitError:
         where = f"task {self._tasks}: " if self._tasks else ""
+        if self.seq2seq and n_cont > self.max_length:
+            return LLMKitError(f"{where}a continuation of {n_cont} tokens does not fit {self._context_name} of "
+                               f"{self.max_length} tokens (the decoder's input)")
+        if self.seq2seq:
+            return LLMKitError(
+                f"{where}a context of {n_ctx} tokens does not fit {self._context_name} of {self.max_length} tokens "
+                "(the encoder's input); use fewer few-shot examples (--num-fewshot), or --truncate to cut contexts "
+                "from the left as the harness's hf backend does")
         return LLMKitError(
             f"{where}a prompt of {n_ctx} context + {n_cont} continuation tokens does not fit {self._context_name} "
             f"of {self.max_length} tokens; use fewer few-shot examples (--num-fewshot), or --truncate to cut "
@@ -231,8 +269,8 @@ class LLMKitLM(TemplateLM):
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False,
                               override_bs: Optional[int] = None) -> list[tuple[float, bool]]:
         """Score `(key, context_ids, continuation_ids)` requests: (sum log p(continuation), greedy?)."""
-        from tqdm import tqdm
-
+        if self.seq2seq:
+            return self._seq2seq_loglikelihood_tokens(requests, disable_tqdm, override_bs)
         L = self.max_length
         items = []  # (prefix ids, suffix ids, target ids) per request
         for _, ctx, cont in requests:
@@ -246,36 +284,68 @@ class LLMKitLM(TemplateLM):
             n = len(cont)
             items.append((tuple(inp[:-n]), inp[-n:], cont))
 
-        # Group requests by prefix; longest first, so each batch pads to similar lengths and a
-        # batch that does not fit in memory fails at once rather than at the end.
-        groups: dict[tuple, list[int]] = defaultdict(list)
-        for i, (prefix, _, _) in enumerate(items):
-            groups[prefix].append(i)
-        order = sorted(groups, key=lambda p: (-(len(p) + max(len(items[i][1]) for i in groups[p])), p))
-        batch_size = override_bs or self.batch_size
-        batches: list[list[int]] = []
-        current: list[int] = []
-        for prefix in order:
-            members = sorted(groups[prefix], key=lambda i: -len(items[i][1]))
-            for start in range(0, len(members), batch_size):  # a group larger than a batch is split
-                chunk = members[start:start + batch_size]
-                if current and len(current) + len(chunk) > batch_size:
-                    batches.append(current)
-                    current = []
-                current.extend(chunk)
-        if current:
-            batches.append(current)
+        batches = _plan_batches([p for p, _, _ in items], [len(s) for _, s, _ in items],
+                                override_bs or self.batch_size)
+        return self._run_batches(requests, items, batches, self._score_batch, disable_tqdm)
+
+    def _run_batches(self, requests, items: list, batches: list[list[int]], score, disable_tqdm: bool):
+        """`score` each batch of `items`; results in request order, each added to the harness's cache."""
+        from tqdm import tqdm
 
         results: list[Optional[tuple[float, bool]]] = [None] * len(items)
         with tqdm(total=len(items), desc="loglikelihood", disable=disable_tqdm or None, leave=False) as bar:
             for batch in batches:
-                for i, res in zip(batch, self._score_batch([items[i] for i in batch])):
+                for i, res in zip(batch, score([items[i] for i in batch])):
                     results[i] = res
                     key = requests[i][0]
                     if key is not None:
                         self.cache_hook.add_partial("loglikelihood", key, res)
                 bar.update(len(batch))
         return results  # type: ignore[return-value]
+
+    def _seq2seq_loglikelihood_tokens(self, requests, disable_tqdm: bool = False,
+                                      override_bs: Optional[int] = None) -> list[tuple[float, bool]]:
+        """An encoder-decoder's scores, as the hf seq2seq backend computes them: the context's last
+        max_length tokens are the source, the continuation the decoder's target."""
+        L = self.max_length
+        items = []  # (source ids, continuation ids) per request
+        for _, ctx, cont in requests:
+            if not cont:
+                raise LLMKitError("empty continuation: nothing to score")
+            if not ctx:  # the harness gives an empty context the prefix token
+                raise LLMKitError("empty context: an encoder-decoder needs a source")
+            if len(cont) > L or (len(ctx) > L and not self.truncate):
+                raise self._too_long(len(ctx), len(cont))
+            items.append((tuple(ctx[-L:]), list(cont)))
+        batches = _plan_batches([c for c, _ in items], [len(t) for _, t in items], override_bs or self.batch_size)
+        return self._run_batches(requests, items, batches, self._score_seq2seq_batch, disable_tqdm)
+
+    @torch.inference_mode()
+    def _score_seq2seq_batch(self, items: Sequence[tuple[tuple, list[int]]]) -> list[tuple[float, bool]]:
+        """One batch: each distinct source through the encoder once (right-padded, masked), then
+        every decoder row [start] + continuation[:-1] against its source's states. Decoder rows are
+        right-padded too: the causal mask keeps the padding after a row's tokens invisible."""
+        model, dev = self.model, self.device
+        sources = list(dict.fromkeys(src for src, _ in items))
+        src_ids, _ = _right_pad(sources, dev)
+        src_len = torch.tensor([len(src) for src in sources], device=dev)
+        src_mask = torch.arange(src_ids.shape[1], device=dev)[None, :] < src_len[:, None]  # (U, S)
+        memory = model.encode(src_ids, src_mask)  # (U, S, d)
+        where = {src: r for r, src in enumerate(sources)}
+        row = torch.tensor([where[src] for src, _ in items], device=dev)
+        dec_ids, _ = _right_pad([[self.decoder_start_id] + cont[:-1] for _, cont in items], dev)  # (B, T)
+        h = model.hidden_states(dec_ids, memory=memory.index_select(0, row),
+                                memory_mask=src_mask.index_select(0, row))  # (B, T, d)
+        lengths = torch.tensor([len(cont) for _, cont in items], device=dev)
+        real = torch.arange(dec_ids.shape[1], device=dev)[None, :] < lengths[:, None]  # (B, T)
+        targets = torch.tensor([t for _, cont in items for t in cont], device=dev)
+        logp, greedy = token_logprobs(model, h[real], targets)
+        out, k = [], 0
+        for _, cont in items:
+            m = len(cont)
+            out.append((float(logp[k:k + m].sum()), bool(greedy[k:k + m].all())))
+            k += m
+        return out
 
     @torch.inference_mode()
     def _score_batch(self, items: Sequence[tuple[tuple, list[int], list[int]]]) -> list[tuple[float, bool]]:
@@ -324,7 +394,12 @@ class LLMKitLM(TemplateLM):
 
     # --- loglikelihood_rolling ----------------------------------------------------------------
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
-        """Whole-document log-likelihoods over disjoint max_length windows (hf backend windows)."""
+        """Whole-document log-likelihoods over disjoint max_length windows (hf backend windows).
+
+        An encoder-decoder scores each window as the hf seq2seq backend does: the window's one
+        context token (the prefix token, then the token before the window) is the source and the
+        decoder predicts the window. That is a decoder language model over a one-token source,
+        not what the model was trained for; kept to give the harness's numbers."""
         from lm_eval import utils as lm_utils
 
         windows, owner = [], []
@@ -349,7 +424,9 @@ class LLMKitLM(TemplateLM):
         """Greedy (or sampled, per the task's gen_kwargs) generation, stopped at `until` strings.
 
         Requests with the same generation settings run together, longest prompt first, through
-        llmkit's batched KV-cache generation.
+        llmkit's batched KV-cache generation. An encoder-decoder's prompt is its source and its
+        decoder writes up to max_gen_toks tokens (see the module notes for the hf backend's own
+        seq2seq budget, which depends on the batch).
         """
         from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs, postprocess_generated_text
         from tqdm import tqdm
@@ -368,7 +445,13 @@ class LLMKitLM(TemplateLM):
             kwargs = normalize_gen_kwargs(copy.deepcopy(args[members[0]][1]), self.max_gen_toks)
             until = handle_stop_sequences(kwargs.pop("until", None), eos=eos_text)
             max_new = int(kwargs.pop("max_gen_toks"))
-            max_ctx = self.max_length - max_new
+            # A decoder-only prompt shares the context with the new tokens; an encoder-decoder's
+            # source has max_length to itself, and its decoder holds the start token + new tokens.
+            max_ctx = self.max_length if self.seq2seq else self.max_length - max_new
+            if self.seq2seq and max_new + 1 > self.model.cfg.block_size:
+                raise LLMKitError(f"task {', '.join(sorted({str(requests[i].task_name) for i in members}))}: "
+                                  f"{max_new} new tokens do not fit the decoder's context of "
+                                  f"{self.model.cfg.block_size} tokens (the decoder-start token and the new tokens)")
             if max_ctx <= 0:
                 raise LLMKitError(f"task {', '.join(sorted({str(requests[i].task_name) for i in members}))}: "
                                   f"{max_new} new tokens leave no room for a prompt in {self._context_name} of "
@@ -376,13 +459,17 @@ class LLMKitLM(TemplateLM):
             temperature = float(kwargs.get("temperature", 0.0)) if kwargs.get("do_sample") else 0.0
             prompts = []
             for i in members:
-                ids = self.tok_encode(args[i][0])
+                # hf seq2seq backend: the tokenizer's own special tokens on every source (its batch
+                # encoding applies neither the BOS-prefix rule nor add_bos_token).
+                ids = self.tokenizer.encode(args[i][0]) if self.seq2seq else self.tok_encode(args[i][0])
                 if len(ids) > max_ctx and not self.truncate:
                     self._tasks = requests[i].task_name or ""
+                    what = (f"a source of {len(ids)} tokens does not fit" if self.seq2seq else
+                            f"a prompt of {len(ids)} tokens plus {max_new} new tokens does not fit")
                     raise LLMKitError(
-                        f"task {self._tasks}: a prompt of {len(ids)} tokens plus {max_new} new tokens does not fit "
-                        f"{self._context_name} of {self.max_length} tokens; use fewer few-shot examples "
-                        "(--num-fewshot), or --truncate to cut prompts from the left as the hf backend does")
+                        f"task {self._tasks}: {what} {self._context_name} of {self.max_length} tokens; use fewer "
+                        "few-shot examples (--num-fewshot), or --truncate to cut prompts from the left as the hf "
+                        "backend does")
                 prompts.append(ids[-max_ctx:])
             order = sorted(range(len(members)), key=lambda j: -len(prompts[j]))
             for start in range(0, len(order), self.batch_size):
@@ -397,6 +484,29 @@ class LLMKitLM(TemplateLM):
                 bar.update(len(chunk))
         bar.close()
         return out
+
+
+def _plan_batches(keys: Sequence[tuple], sizes: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Batches of item indices: items with the same key (a shared prefix or source) together, a
+    group larger than a batch split; longest (key + size) first, so each batch pads to similar
+    lengths and a batch that does not fit in memory fails at once rather than at the end."""
+    groups: dict[tuple, list[int]] = defaultdict(list)
+    for i, key in enumerate(keys):
+        groups[key].append(i)
+    order = sorted(groups, key=lambda k: (-(len(k) + max(sizes[i] for i in groups[k])), k))
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for key in order:
+        members = sorted(groups[key], key=lambda i: -sizes[i])
+        for start in range(0, len(members), batch_size):
+            chunk = members[start:start + batch_size]
+            if current and len(current) + len(chunk) > batch_size:
+                batches.append(current)
+                current = []
+            current.extend(chunk)
+    if current:
+        batches.append(current)
+    return batches
 
 
 def _right_pad(rows: Sequence[Sequence[int]], device: torch.device,

@@ -128,6 +128,11 @@ def perplexity(model, tokenizer, files: Iterable[str], max_length: Optional[int]
     """
     from llmkit.data import expand_sources
 
+    if model.cfg.is_seq2seq:
+        raise LLMKitError("--perplexity scores a decoder's next-token predictions; an encoder-decoder predicts a "
+                          "target from a source: evaluate it with --generate-data (ROUGE / BLEU) or --tasks")
+    if not model.cfg.causal:
+        raise LLMKitError("--perplexity needs a causal language model; this is an encoder (masked LM)")
     block = model.cfg.block_size
     max_length = max_length or block
     if not 1 < max_length <= block:
