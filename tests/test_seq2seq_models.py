@@ -277,3 +277,19 @@ def test_generate_cli_greedy_and_beams(tmp_path, capsys):
     assert out == best.text + "\n" and "3 beams" in err
     cli_error(capsys, ["generate", str(d), "--prompt", "x", "--num-beams", "2", "--temperature", "0.7"],
               "deterministic")
+
+
+def test_activation_checkpointing_gives_the_same_gradients():
+    """--train.activation_checkpointing recomputes both stacks' blocks: same loss, same grads."""
+    from llmkit.model import Transformer
+
+    torch.manual_seed(0)
+    m = Transformer(ModelConfig.from_name("tiny-t5")).train()
+    src, mask, dec = batch(seed=8)
+    m(dec, src=src, src_mask=mask).float().pow(2).mean().backward()
+    ref = {n: p.grad.clone() for n, p in m.named_parameters()}
+    m.zero_grad()
+    m.gradient_checkpointing = m.encoder.gradient_checkpointing = True
+    m(dec, src=src, src_mask=mask).float().pow(2).mean().backward()
+    for n, p in m.named_parameters():
+        torch.testing.assert_close(p.grad, ref[n], atol=1e-6, rtol=1e-5, msg=n)

@@ -299,7 +299,9 @@ class Trainer:
         if self.cfg.activation_checkpointing:
             if not hasattr(model, "gradient_checkpointing"):
                 raise LLMKitError("this model does not support activation checkpointing")
-            model.gradient_checkpointing = True
+            for stack in (model, getattr(model, "encoder", None)):  # an encoder-decoder's encoder too
+                if stack is not None:
+                    stack.gradient_checkpointing = True
         model.train()
         if self.rt.mode == "ddp":
             from torch.nn.parallel import DistributedDataParallel as DDP
