@@ -247,10 +247,15 @@ def test_prompt_and_token_logprobs_match_a_full_forward(tiny):
     assert all(e.top[0][0] == e.token_id for e in c.logprobs)  # greedy picks the top token
 
 
+@pytest.mark.parametrize("special", [True, False], ids=["special-kernel", "F.linear"])
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_prepare_for_decoding_keeps_results(tiny, dtype):
+def test_prepare_for_decoding_keeps_results(tiny, dtype, special, monkeypatch):
+    """Whichever kernel this CPU measures faster (both forced here), the values are the same."""
+    import llmkit.generate.kernels as kernels
     from llmkit.checkpoint import load_model
     from llmkit.generate import MATVEC_MAX_ROWS, MatVecLinear
+
+    monkeypatch.setattr(kernels, "fastest_kernel", lambda layer: special)
 
     ids = tiny.tok.encode("Hello world, how are you")
     model = load_model(tiny.dir, dtype=dtype).model
@@ -273,6 +278,19 @@ def test_prepare_for_decoding_keeps_results(tiny, dtype):
     tol = dict(rtol=1e-5, atol=1e-5) if dtype == "float32" else dict(rtol=0.02, atol=0.02)
     torch.testing.assert_close(after.float(), before.float(), **tol)  # same values, other kernels
     assert after.argmax(-1).tolist() == before.argmax(-1).tolist()
+    assert model.lm_head.special == special
+
+
+def test_the_decode_kernel_is_chosen_by_measuring_it_once_per_shape():
+    import llmkit.generate.kernels as kernels
+    from llmkit.generate import MatVecLinear
+
+    layer = MatVecLinear(torch.nn.Linear(64, 96, bias=False))
+    key = (96, 64, torch.float32)
+    assert kernels._CHOICE[key] == layer.special  # measured when the layer was made
+    kernels._CHOICE[key] = not layer.special  # a second layer of that shape reuses the measurement
+    assert MatVecLinear(torch.nn.Linear(64, 96, bias=False)).special == kernels._CHOICE[key]
+    del kernels._CHOICE[key]
 
 
 # --- CLI ----------------------------------------------------------------------------------------

@@ -2,15 +2,47 @@
 
 `prepare_for_decoding(model)` swaps every plain nn.Linear for a `MatVecLinear` sharing its
 Parameters; `load_for_inference` loads a checkpoint for the generate / chat / serve commands
-and prepares it so. Which kernel is fastest was measured (bench/bench_decode.py, BENCHMARKS.md
-"Decode speed"), not assumed.
+and prepares it so. Which kernel is fastest is measured on this machine, once per weight shape
+and dtype when a model is prepared (`fastest_kernel`): the CPU changes between machines and
+days, and a kernel that wins on one loses on another (the float32 row-block product: 1.8x
+faster than F.linear on an AMD EPYC, 2.3-3.5x slower on an Intel Xeon with AMX).
 """
 
 from __future__ import annotations
 
+import time
 from typing import Optional
 
 import torch
+
+_CHOICE: dict = {}  # (out, in, dtype) -> whether the special kernel beat F.linear for one row here
+
+
+def _best_time(fn, x, rounds: int = 5) -> float:
+    fn(x)  # warm-up
+    best = float("inf")
+    for _ in range(rounds):
+        t = time.perf_counter()
+        fn(x)
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def fastest_kernel(layer: "MatVecLinear") -> bool:
+    """Whether `layer`'s special one-row kernel is faster than F.linear on this CPU: both timed
+    on one row, alternately, best of 5 each, once per (shape, dtype) and process (a few ms for a
+    model; the output layer's matrix dominates)."""
+    w = layer.weight
+    key = (layer.out_features, layer.in_features, w.dtype)
+    if key not in _CHOICE:
+        with torch.inference_mode():
+            x = torch.randn(1, 1, layer.in_features, dtype=w.dtype)
+            special = lambda v: layer._special(v)  # noqa: E731
+            plain = lambda v: torch.nn.functional.linear(v, w, layer.bias)  # noqa: E731
+            a, b = _best_time(special, x), _best_time(plain, x)
+            a, b = min(a, _best_time(special, x)), min(b, _best_time(plain, x))  # alternated: load drifts
+        _CHOICE[key] = a < b
+    return _CHOICE[key]
 
 # Rows up to which float32 products take MatVecLinear's batched-kernel path (a serving batch
 # decodes one token per row): measured faster than F.linear for 1 to 16 rows, e.g. the
@@ -43,15 +75,24 @@ class MatVecLinear(torch.nn.Linear):
         # of out_features; 0 (plain F.linear) when it has none below 64 (a prime, e.g.).
         n = self.out_features
         self.blocks = next((b for b in range(2, 65) if n % b == 0), 0)
+        w = self.weight
+        usable = w.device.type == "cpu" and w.is_contiguous() and (
+            w.dtype == torch.bfloat16 or (w.dtype == torch.float32 and self.blocks))
+        self.special = usable and fastest_kernel(self)  # measured here, not assumed
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.weight
         rows = x.numel() // self.in_features
-        if rows > MATVEC_MAX_ROWS or w.device.type != "cpu" or not w.is_contiguous():
+        if not self.special or rows > MATVEC_MAX_ROWS or w.device.type != "cpu" or not w.is_contiguous() \
+                or (w.dtype == torch.bfloat16 and rows > 1):  # oneDNN is the fastest bf16 kernel for several rows
             return torch.nn.functional.linear(x, w, self.bias)
+        return self._special(x)
+
+    def _special(self, x: torch.Tensor) -> torch.Tensor:
+        """The row-block bmm (float32) or PyTorch's own matrix-vector kernel (bfloat16)."""
+        w = self.weight
+        rows = x.numel() // self.in_features
         if w.dtype == torch.bfloat16:
-            if rows > 1:  # oneDNN is the fastest bf16 kernel for several rows
-                return torch.nn.functional.linear(x, w, self.bias)
             mkldnn = torch._C._get_mkldnn_enabled()
             torch._C._set_mkldnn_enabled(False)
             try:
