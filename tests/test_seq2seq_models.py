@@ -293,3 +293,35 @@ def test_activation_checkpointing_gives_the_same_gradients():
     m(dec, src=src, src_mask=mask).float().pow(2).mean().backward()
     for n, p in m.named_parameters():
         torch.testing.assert_close(p.grad, ref[n], atol=1e-6, rtol=1e-5, msg=n)
+
+
+def test_the_decoder_learns_to_read_the_source():
+    """Copying random tokens can only be learned through cross-attention: after 400 steps the
+    cached greedy decoder reproduces most sources (a source-blind decoder scores ~1/60)."""
+    from llmkit.model import Transformer
+    from llmkit.training.losses import seq2seq_loss
+
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig.from_name("tiny-t5", vocab_size=64)).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+
+    def copy_batch(B):
+        src = torch.cat([torch.randint(3, 64, (B, 6)), torch.ones(B, 1, dtype=torch.long)], 1)  # ... </s>
+        idx = torch.cat([torch.zeros(B, 1, dtype=torch.long), src[:, :-1]], 1)  # decoder start 0
+        return {"src": src, "src_mask": torch.ones_like(src), "idx": idx, "labels": src.clone()}
+
+    for _ in range(400):
+        loss = seq2seq_loss(model, copy_batch(32))["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    b = copy_batch(16)
+    with torch.no_grad():
+        cache = model.new_cache(16, 8, src_len=7)
+        model.prefill_source(b["src"], b["src_mask"], cache)
+        tok, out = torch.zeros(16, 1, dtype=torch.long), []
+        for t in range(7):
+            tok = model(tok, torch.tensor([t]), cache)[:, -1:].argmax(-1)
+            out.append(tok)
+    assert (torch.cat(out, 1) == b["labels"]).float().mean() > 0.7

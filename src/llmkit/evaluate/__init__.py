@@ -169,7 +169,11 @@ def evaluate(
             apply_chat_template=apply_chat_template, seed=seed, out=target,
             seq2seq=dict(source_field=source_field, target_field=target_field, prefix=prefix, num_beams=num_beams,
                          length_penalty=length_penalty))
-        result["settings"] = {k: v for k, v in settings.items() if v is not None}
+        shown = dict(settings)
+        if "seq2seq" in result:  # an encoder-decoder's pairs: no prompt style, its own settings
+            shown.update(prompt_style=None, prefix=prefix or None, num_beams=num_beams,
+                         length_penalty=length_penalty if num_beams > 1 else None)
+        result["settings"] = {k: v for k, v in shown.items() if v is not None}
         print(run_markdown(result))
         if target:
             json_path, md_path = write_results(target, result)

@@ -177,6 +177,11 @@ def quickstart(
     tok = Tokenizer.from_dir(tok_dir)
     finished = _finished_run(o / "run", minutes * 60)
     if finished is not None:
+        from llmkit.checkpoint import read_config
+
+        if read_config(o / "run" / "final")[0].kind != KINDS[arch]:
+            raise LLMKitError(f"{o / 'run'} holds a finished run of another kind of model than --arch {arch}: "
+                              f"pass another --out")
         print(f"{o / 'run'} already holds a finished run ({finished['step']} steps, the {minutes:g}-minute budget "
               f"spent); its model: {o / 'run' / 'final'}. To train again, pass another --out or remove {o}.")
         return finished
