@@ -17,8 +17,8 @@ from llmkit.evaluate.metrics import (bleu_tokens, copy_source, corpus_bleu, lead
                                      rouge_l, rouge_scores, sacrebleu_scores, split_sentences, text_metrics)
 from tests.conftest import SHARED_DATA
 
-rouge_scorer = pytest.importorskip("rouge_score.rouge_scorer")
-sacrebleu = pytest.importorskip("sacrebleu")
+import sacrebleu  # noqa: E402  (dependencies of llmkit: their absence is a failure, not a skip)
+from rouge_score import rouge_scorer  # noqa: E402
 
 PREDS = ["The cats were sitting on the mats today.", "A quick brown fox jumped over the dogs.",
          "Hello world, how are you?", "We propose a new method for training networks. It is fast."]
@@ -228,12 +228,16 @@ def test_sentence_method_choice(monkeypatch):
         split_sentences("One.", "spacy")
 
 
-@pytest.mark.skipif(not M.punkt_available(), reason="nltk's punkt_tab data is not installed")
-def test_punkt_when_installed():
+def test_punkt_is_used_when_installed(monkeypatch):
+    """The punkt data cannot be downloaded here (offline): nltk's sent_tokenize is stood in for,
+    to check that "punkt" and "auto" route each line through it when the data is present."""
     import nltk
 
-    text = "Mr. Smith bought cheapsite.com for 1.5 million dollars. He paid a lot for it."
-    assert split_sentences(text, "punkt") == nltk.sent_tokenize(text)
+    calls = []
+    monkeypatch.setattr(M, "punkt_available", lambda: True)
+    monkeypatch.setattr(nltk, "sent_tokenize", lambda line: calls.append(line) or line.split(" | "))
+    assert split_sentences("a b | c d\ne f", "punkt") == ["a b", "c d", "e f"]
+    assert split_sentences("x | y", "auto") == ["x", "y"] and calls == ["a b | c d", "e f", "x | y"]
 
 
 def test_lead_and_copy_baselines():
