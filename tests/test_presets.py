@@ -97,6 +97,8 @@ def test_models_lists_presets_with_counts(capsys):
     assert list(rows) == list(PRESETS)
     for name, line in rows.items():
         assert f" {count_params(ModelConfig.from_name(name)):,} " in line, line
+    assert rows["t5-small"].split()[2:4] == ["encoder-decoder", "6+6"]
+    assert rows["bert-base-uncased"].split()[2] == "encoder" and rows["gpt2"].split()[2] == "decoder"
     code, out, err = cli_run(capsys, ["models", "--family", "qwen"])
     assert code == 0 and "qwen3-0.6b" in out and "gpt2" not in out
     assert [line.split()[0] for line in out.splitlines()[1:]] == [n for n in PRESETS if "qwen" in n]

@@ -91,7 +91,10 @@ def test_to_hf_parity_through_an_llmkit_checkpoint(family, tmp_path):
     native = load_model(tmp_path / "native")
     assert native.kind == "llmkit"
     to_hf(str(tmp_path / "native"), str(tmp_path / "back"))
-    back = T.AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "back", attn_implementation="eager").eval()
+    back, info = T.AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "back", attn_implementation="eager",
+                                                         output_loading_info=True)
+    back.eval()
+    assert not info["missing_keys"] and not info["unexpected_keys"], info  # exactly HF's tensors
     src, mask, dec = batch(seed=4)
     with torch.no_grad():
         torch.testing.assert_close(native.model(dec, src=src, src_mask=mask), hf_logits(back, src, mask, dec),
@@ -116,7 +119,10 @@ def test_a_fresh_llmkit_model_exports(family, tmp_path):
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.1)
     save_hf(tmp_path / "out", model)
-    back = T.AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "out", attn_implementation="eager").eval()
+    back, info = T.AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "out", attn_implementation="eager",
+                                                         output_loading_info=True)
+    back.eval()
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
     src, mask, dec = batch(seed=5)
     with torch.no_grad():
         torch.testing.assert_close(model(dec, src=src, src_mask=mask), hf_logits(back, src, mask, dec),

@@ -10,6 +10,7 @@ transform is how one HF tensor becomes llmkit tensors and back:
     alias       a second name HF keeps for a tied tensor (BERT's decoder bias): read once, written twice
     tied        a name HF ties to another and saves once (T5's encoder.embed_tokens): read and dropped
     row         a (1, n) buffer stored as an (n,) one (BART's final_logits_bias)
+    gated/plain a copy that applies only to a gated / an ungated MLP (T5's wi_0 + wi_1 vs wi)
 
 Encoder-decoders (T5, BART) name the encoder's blocks `encoder.blocks.{}` on the llmkit side;
 those rows expand over `n_encoder_layer`, the decoder's over `n_layer`.
@@ -178,8 +179,9 @@ def _t5_attn(hf: str, ours: str) -> list:
 
 
 def _t5_mlp(hf: str, ours: str) -> list:
-    return [(hf + ".DenseReluDense." + a + ".weight", (ours + ".mlp." + b + ".weight",), "copy")
-            for a, b in (("wi", "up"), ("wi_0", "gate"), ("wi_1", "up"), ("wo", "down"))]
+    return [(hf + ".DenseReluDense." + a + ".weight", (ours + ".mlp." + b + ".weight",), kind)
+            for a, b, kind in (("wi", "up", "plain"), ("wi_0", "gate", "gated"), ("wi_1", "up", "gated"),
+                               ("wo", "down", "copy"))]
 
 
 _TE, _TD, _EB = "encoder.block.{}.layer.", "decoder.block.{}.layer.", "encoder.blocks.{}."
@@ -616,7 +618,12 @@ ARCHITECTURES = {mt: f.architecture for mt, f in FAMILIES.items()}
 def _expand(table, cfg: ModelConfig):
     """[(hf_name, native_names, transform)] with the layer index filled in (an encoder-decoder's
     `encoder.blocks.{}` rows over its encoder layers)."""
+    gated = cfg.mlp in ("swiglu", "geglu")
     for hf, natives, kind in table:
+        if kind in ("gated", "plain"):  # rows for one kind of MLP: T5's wi vs wi_0 / wi_1
+            if (kind == "gated") != gated:
+                continue
+            kind = "copy"
         if "{}" in hf:
             n_layer = cfg.n_encoder_layer if natives[0].startswith("encoder.") else cfg.n_layer
             for i in range(n_layer):

@@ -25,7 +25,8 @@ def list_models(family: Optional[str] = None) -> None:
             continue
         cfg = ModelConfig.from_name(name)
         heads = f"{cfg.n_head}/{cfg.kv_heads}"
-        rows.append((name, f"{count_params(cfg):,}", "decoder" if cfg.causal else "encoder", str(cfg.n_layer),
+        layers = f"{cfg.n_encoder_layer}+{cfg.n_layer}" if cfg.is_seq2seq else str(cfg.n_layer)
+        rows.append((name, f"{count_params(cfg):,}", cfg.kind, layers,
                      str(cfg.n_embd), heads, str(cfg.block_size), cfg.hf_repo or "-"))
     header = ("preset", "parameters", "kind", "layers", "d_model", "heads/kv", "context", "hugging face repo")
     widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
