@@ -44,7 +44,7 @@ import torch
 
 from llmkit.errors import LLMKitError
 from llmkit.generate.decode import DecodeBatch, Sequence, encode_prompt
-from llmkit.generate.sampling import SamplingParams
+from llmkit.generate.sampling import SamplingParams, force_token, forced_tokens
 
 if TYPE_CHECKING:
     from llmkit.tokenizer import Tokenizer
@@ -186,8 +186,7 @@ def beam_search_batch(model, tokenizer: "Tokenizer", prompts: Seq["str | Seq[int
     max_len = min(model.max_seq_len, context + max_new_tokens)
     cache, starts = prefill(model, tokenizer, ids, max_len)
     search = _greedy if num_beams == 1 else _beams
-    extra = model.cfg.extra if model.cfg.is_seq2seq else {}  # BART's forced <s> first and </s> last
-    forced = (extra.get("forced_bos_token_id"), extra.get("forced_eos_token_id"))
+    forced = forced_tokens(model.cfg)  # BART's <s> first and </s> last
     hyps = search(model, cache, starts, stops, max_len, num_beams, max_new_tokens, float(length_penalty),
                   early_stopping, no_repeat_ngram_size, min_new_tokens, forced)
     results = []
@@ -236,8 +235,9 @@ def _process(logprobs: torch.Tensor, t: int, live: _Prompts, generated: torch.Te
     for token, rows in ((bos, slice(None) if t == 0 else None),
                         (eos, (t + 1 >= live.limit).nonzero().squeeze(1) if eos is not None else None)):
         if token is not None and rows is not None:
-            logprobs[rows] = float("-inf")
-            logprobs[rows, :, token] = 0.0
+            chosen = logprobs[rows]  # a view (all rows) or a copy (some rows): written back below
+            force_token(chosen, token)
+            logprobs[rows] = chosen
     if no_repeat:
         for q, ctx in enumerate(live.context):  # per prompt (contexts differ in length), not per beam
             n = logprobs.shape[1]

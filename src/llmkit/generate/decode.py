@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Iterator, Optional, Sequence as Seq
 import torch
 
 from llmkit.errors import LLMKitError
-from llmkit.generate.sampling import SamplingParams, sample
+from llmkit.generate.sampling import SamplingParams, force_token, forced_tokens, sample
 
 if TYPE_CHECKING:
     from llmkit.prompts import PromptStyle
@@ -116,7 +116,7 @@ class Sequence:
 
     def start_decoder(self, start_ids: list[int]) -> None:
         """An encoder-decoder's sequence: the prompt is the source; the decoder begins with
-        `start_ids` (the decoder-start token, then any forced first token, e.g. BART's BOS)."""
+        `start_ids` (its decoder-start token; a forced first token is chosen like any other, in `_pick`)."""
         self.context_ids = list(start_ids)
         self.next_input, self.pos = self.context_ids[-1], len(self.context_ids) - 1
 
@@ -204,8 +204,7 @@ class DecodeBatch:
         # Where an encoder-decoder's decoder starts (T5: the pad token; BART: </s>), and the tokens
         # a checkpoint's config forces first and last (BART: <s>, </s>), as transformers' generate.
         self.start_ids = [extra.get("decoder_start_token_id", extra.get("pad_token_id", 0))]
-        self.forced_bos = extra.get("forced_bos_token_id") if self.seq2seq else None
-        self.forced_eos = extra.get("forced_eos_token_id") if self.seq2seq else None
+        self.forced_bos, self.forced_eos = forced_tokens(model.cfg)
 
     @property
     def free(self) -> int:
@@ -311,8 +310,7 @@ class DecodeBatch:
             if self.forced_eos is not None and len(s.token_ids) + 1 >= s.params.max_new_tokens:
                 forced = self.forced_eos
             if forced is not None:
-                logits[i] = torch.where(torch.arange(logits.shape[-1], device=logits.device) == forced,
-                                        0.0, float("-inf"))
+                force_token(logits[i], forced)
         if all(s.params.greedy for s in seqs):
             tokens = logits.argmax(-1)
         else:

@@ -124,3 +124,20 @@ def sample(logits: torch.Tensor, temperature: float = 1.0, top_k: Optional[int] 
         logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
     probs = logits.softmax(-1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+# --- forced tokens ------------------------------------------------------------------------------
+def forced_tokens(cfg) -> tuple[Optional[int], Optional[int]]:
+    """(first, last) tokens a checkpoint's config forces (transformers' ForcedBOS /
+    ForcedEOSTokenLogitsProcessor: BART's <s> first, </s> at the last allowed step), read from
+    config.json / generation_config.json into `cfg.extra`; only encoder-decoders use them here."""
+    extra = cfg.extra if cfg.is_seq2seq else {}
+    return extra.get("forced_bos_token_id"), extra.get("forced_eos_token_id")
+
+
+def force_token(scores: torch.Tensor, token: int) -> None:
+    """Make `token` the only choice of every row of `scores` (..., vocab), in place: 0 there
+    (log-probability 1), -inf elsewhere."""
+    scores.fill_(float("-inf"))
+    scores[..., token] = 0.0
+

@@ -65,7 +65,8 @@ class Text2TextGenerationPipeline(Pipeline):
         d = dict(DEFAULTS)
         f = self.loaded.path / "generation_config.json"
         gen = read_json(f) if f.is_file() else {}
-        layers = [gen if isinstance(gen, dict) else {}, self.task_params(),
+        task = self.task_params()
+        layers = [gen if isinstance(gen, dict) else {}, task,
                   {k: opts[k] for k in GENERATION_KEYS if opts[k] is not None}]
         for layer in layers:
             if "max_new_tokens" in layer and layer["max_new_tokens"] is not None:
@@ -76,7 +77,7 @@ class Text2TextGenerationPipeline(Pipeline):
         new = d.get("max_new_tokens")
         d["max_new_tokens"] = int(new) if new is not None else max(int(d["max_length"]) - 1, 1)
         d["min_new_tokens"] = int(d.get("min_new_tokens") or max(int(d.get("min_length") or 0) - 1, 0))
-        prefix = opts["prefix"] if opts["prefix"] is not None else self.task_params().get("prefix", "")
+        prefix = opts["prefix"] if opts["prefix"] is not None else task.get("prefix", "")
         return {**d, "prefix": prefix or ""}
 
     def _run(self, items: list, opts: dict) -> list:

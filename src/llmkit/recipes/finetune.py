@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from pathlib import Path
 from typing import Optional
 
@@ -100,9 +99,8 @@ def finetune(
     """
     from llmkit.checkpoint import atomic_write_json, resume_point
     from llmkit.data import instruct
-    from llmkit.lora import weight_bytes
     from llmkit.prompts import builtin_template, resolve_style
-    from llmkit.recipes.tuning import check_method, setup_method
+    from llmkit.recipes.tuning import check_method, tune
 
     # --- check settings and read everything that can fail before loading the model ----------
     check_method(method, quantize)
@@ -158,18 +156,10 @@ def finetune(
     val_batches = instruct.eval_batches(val_enc, train.micro_batch_size, pad_id, eval_batches)
 
     # --- method and loop settings ------------------------------------------------------------
-    bytes_before = weight_bytes(net)
-    n_params = sum(p.numel() for p in net.parameters())  # the base model's (a quantized base has buffers, not parameters)
-    method_line = setup_method(net, method, lora, train_last, quantize)
-    bytes_after = weight_bytes(net)
-    n_trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
-    changes: dict = {}
-    if train.lr is None:  # not given: the usual rate of the method
-        changes["lr"] = LORA_LR if method == "lora" else FULL_LR
-    steps_per_epoch = math.ceil(batches.steps_per_epoch / train.grad_accum)
-    if not (train.max_steps or train.max_tokens or train.max_time):
-        changes["max_steps"] = max(1, math.ceil((epochs or 1.0) * steps_per_epoch))
-    tc = dataclasses.replace(train, **changes) if changes else train
+    t = tune(net, method, lora, train_last, quantize, train, batches.steps_per_epoch, epochs,
+             LORA_LR if method == "lora" else FULL_LR)
+    tc, steps_per_epoch, method_line = t.train, t.steps_per_epoch, t.line
+    n_params, n_trainable, bytes_before, bytes_after = t.params, t.trainable, t.bytes_before, t.bytes_after
 
     out_dir = Path(out)
     resuming = resume_point(out_dir, tc.resume) is not None

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from pathlib import Path
 from typing import Optional
 
@@ -40,8 +39,7 @@ def finetune_seq2seq(run: Run, data: str, *, val_data: Optional[str], val_fracti
     from llmkit.checkpoint import atomic_write_json, resume_point
     from llmkit.data import seq2seq as s2s
     from llmkit.data.instruct import split_examples
-    from llmkit.lora import weight_bytes
-    from llmkit.recipes.tuning import setup_method
+    from llmkit.recipes.tuning import tune
 
     tokenizer = run.tokenizer
     records = s2s.read_seq2seq(data, source_field, target_field, prefix)
@@ -64,17 +62,8 @@ def finetune_seq2seq(run: Run, data: str, *, val_data: Optional[str], val_fracti
                                  world_size=rt.world)
     val_batches = s2s.eval_batches(val_ex, train.micro_batch_size, pad_id, start, eval_batches) if val_ex else []
 
-    bytes_before = weight_bytes(net)
-    n_params = sum(p.numel() for p in net.parameters())
-    method_line = setup_method(net, method, lora, train_last, quantize)
-    n_trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
-    changes: dict = {}
-    if train.lr is None:
-        changes["lr"] = lr_default
-    steps_per_epoch = math.ceil(batches.steps_per_epoch / train.grad_accum)
-    if not (train.max_steps or train.max_tokens or train.max_time):
-        changes["max_steps"] = max(1, math.ceil((epochs or 1.0) * steps_per_epoch))
-    tc = dataclasses.replace(train, **changes) if changes else train
+    t = tune(net, method, lora, train_last, quantize, train, batches.steps_per_epoch, epochs, lr_default)
+    tc, steps_per_epoch, method_line = t.train, t.steps_per_epoch, t.line
 
     out_dir = Path(run.out)
     resuming = resume_point(out_dir, tc.resume) is not None
@@ -108,9 +97,9 @@ def finetune_seq2seq(run: Run, data: str, *, val_data: Optional[str], val_fracti
         return result
     before = json.loads(baseline_path.read_text()) if baseline_path.exists() else {}
     summary = {
-        "model": str(run.spec), "kind": "encoder-decoder", "method": method, "params": n_params,
-        "trainable_params": n_trainable, "trainable_percent": 100 * n_trainable / n_params, "quantize": quantize,
-        "weight_bytes_before": bytes_before, "weight_bytes_after": weight_bytes(net), "lr": tc.lr,
+        "model": str(run.spec), "kind": "encoder-decoder", "method": method, "params": t.params,
+        "trainable_params": t.trainable, "trainable_percent": 100 * t.trainable / t.params, "quantize": quantize,
+        "weight_bytes_before": t.bytes_before, "weight_bytes_after": t.bytes_after, "lr": tc.lr,
         "steps": result["step"], "tokens": result["tokens"],
         "epochs": round(result["step"] * tc.grad_accum / batches.steps_per_epoch, 3),
         "step_time_s": run.trainer.elapsed / max(result["step"], 1), "train_loss": result.get("loss"),

@@ -6,14 +6,54 @@ is `llmkit merge-lora` (checkpoint.py).
 
 from __future__ import annotations
 
-from typing import Optional
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Optional
 
 import torch
 
 from llmkit.errors import LLMKitError
 from llmkit.lora import LoRAConfig
 
+if TYPE_CHECKING:
+    from llmkit.training.loop import TrainConfig
+
 METHODS = ("full", "lora", "freeze")
+
+
+@dataclass
+class Tuning:
+    """What `tune` did to a model and the loop settings it chose."""
+
+    line: str  # setup_method's one-line summary
+    params: int  # the base model's parameters (before LoRA / quantization)
+    trainable: int
+    bytes_before: int
+    bytes_after: int
+    steps_per_epoch: int  # optimizer steps per pass over the training data
+    train: "TrainConfig"  # the given settings, lr and max_steps filled in
+
+
+def tune(model: torch.nn.Module, method: str, lora: LoRAConfig, train_last: int, quantize: Optional[str], train,
+         micro_batches_per_epoch: int, epochs: Optional[float], lr_default: float) -> Tuning:
+    """`setup_method`, then the loop settings a finetuning recipe derives from it: the method's
+    usual learning rate when none was given, and `epochs` (default 1) passes over the data when
+    no budget (max_steps, max_tokens, max_time) was."""
+    from llmkit.lora import weight_bytes
+
+    before = weight_bytes(model)
+    params = sum(p.numel() for p in model.parameters())  # a quantized base holds buffers, not parameters
+    line = setup_method(model, method, lora, train_last, quantize)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    changes: dict = {}
+    if train.lr is None:
+        changes["lr"] = lr_default
+    steps = math.ceil(micro_batches_per_epoch / train.grad_accum)
+    if not (train.max_steps or train.max_tokens or train.max_time):
+        changes["max_steps"] = max(1, math.ceil((epochs or 1.0) * steps))
+    tc = dataclasses.replace(train, **changes) if changes else train
+    return Tuning(line, params, trainable, before, weight_bytes(model), steps, tc)
 
 
 def check_method(method: str, quantize: Optional[str] = None) -> None:
