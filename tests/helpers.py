@@ -328,3 +328,46 @@ def build_seq2seq_dir(out_dir, family: str = "t5", seed: int = 0, noise: float =
             shutil.copy(f, d / f.name)
     shutil.rmtree(tok)
     return d
+
+
+def assert_sigterm_resume_equals_uninterrupted(args, ref: Path, out: Path, loss: str, steps: int, at: int = 4) -> None:
+    """Run `llmkit args(dir)` into `ref`; run it into `out` in a process that gets a real SIGTERM
+    during the `at`-th call of `llmkit.recipes.pretrain.<loss>` (exit 143 after a checkpoint),
+    resume it with --train.resume auto, and require the same losses at every step and the same
+    final weights bit for bit."""
+    import csv
+    import signal
+    import subprocess
+    import sys
+
+    from llmkit.checkpoint import load_weights
+
+    code, _, err = run_cli(*args(ref))
+    assert code == 0, err[-2000:]
+    script = f"""
+import os, signal
+import llmkit.recipes.pretrain as p
+orig, calls = p.{loss}, [0]
+def loss(m, b):
+    calls[0] += 1
+    if calls[0] == {at}:
+        os.kill(os.getpid(), signal.SIGTERM)
+    return orig(m, b)
+p.{loss} = loss
+from llmkit.cli import main
+main({args(out)!r})
+"""
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert r.returncode == 128 + signal.SIGTERM, r.stderr[-2000:]
+    code, _, err = run_cli(*args(out), "--train.resume", "auto")
+    assert code == 0, err[-2000:]
+
+    def losses(d):
+        with open(Path(d) / "metrics.csv") as f:
+            return {int(x["step"]): float(x["value"]) for x in csv.DictReader(f) if x["metric"] == "loss"}
+
+    a, b = losses(ref), losses(out)
+    assert sorted(a) == sorted(b) == list(range(1, steps + 1))
+    assert a == b, [(s, a[s], b[s]) for s in a if a[s] != b[s]]
+    wa, wb = load_weights(ref / "final"), load_weights(out / "final")
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)

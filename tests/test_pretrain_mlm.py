@@ -3,16 +3,13 @@ the loss falls, killed runs resume bit for bit, 2 processes equal 1, next-senten
 whole-word masking, and the result exports to transformers' BertForMaskedLM."""
 
 import csv
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from llmkit.checkpoint import load_model, load_weights
-from tests.helpers import cli_error, run_cli
+from llmkit.checkpoint import load_model
+from tests.helpers import assert_sigterm_resume_equals_uninterrupted, cli_error, run_cli
 
 WORDS = ["the", "cat", "sat", "on", "a", "mat", "and", "dog", "ran", "far", "away", "home", "slowly",
          "river", "green", "bird", "sang", "under", "tree", "morning"]
@@ -84,33 +81,8 @@ def test_mlm_pretraining_learns_and_exports_to_transformers(bert_data, tmp_path)
 
 
 def test_mlm_resume_after_sigterm_equals_uninterrupted(bert_data, tmp_path):
-    base = ["--train.max_steps", "8"]
-    ref = tmp_path / "ref"
-    code, _, err = run_cli(*_args(bert_data, ref, *base))
-    assert code == 0, err[-2000:]
-    out = tmp_path / "resumed"
-    script = f"""
-import os, signal
-import llmkit.recipes.pretrain as p
-orig, calls = p.mlm_loss, [0]
-def loss(m, b):
-    calls[0] += 1
-    if calls[0] == 4:
-        os.kill(os.getpid(), signal.SIGTERM)
-    return orig(m, b)
-p.mlm_loss = loss
-from llmkit.cli import main
-main({_args(bert_data, out, *base)!r})
-"""
-    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
-    assert r.returncode == 128 + signal.SIGTERM, r.stderr[-2000:]
-    code, _, err = run_cli(*_args(bert_data, out, *base, "--train.resume", "auto"))
-    assert code == 0, err[-2000:]
-    a, b = _metric(ref), _metric(out)
-    assert sorted(a) == sorted(b) == list(range(1, 9))
-    assert all(a[s] == b[s] for s in a), [(s, a[s], b[s]) for s in a if a[s] != b[s]]
-    wa, wb = load_weights(ref / "final"), load_weights(out / "final")
-    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert_sigterm_resume_equals_uninterrupted(lambda d: _args(bert_data, d, "--train.max_steps", "8"),
+                                               tmp_path / "ref", tmp_path / "resumed", "mlm_loss", steps=8)
 
 
 @pytest.mark.parametrize("mode,extra", [("ddp", []), ("ddp", ["--nsp", "true"]), ("fsdp", [])],

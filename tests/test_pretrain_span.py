@@ -4,16 +4,13 @@ runs resume bit for bit, 2 DDP / FSDP2 processes train as 1, bf16 autocast runs.
 
 import csv
 import random
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from llmkit.checkpoint import load_model, load_weights
-from tests.helpers import cli_error, run_cli
+from llmkit.checkpoint import load_model
+from tests.helpers import assert_sigterm_resume_equals_uninterrupted, cli_error, run_cli
 
 WORDS = ("the a river mountain city old young light dark runs sleeps sings under over near green blue "
          "stone water bread music tall quiet").split()
@@ -80,33 +77,8 @@ def test_pretraining_lowers_the_loss_and_exports_to_transformers(t5_data, tmp_pa
 
 
 def test_span_resume_after_sigterm_equals_uninterrupted(t5_data, tmp_path):
-    base = ["--train.max_steps", "8"]
-    ref = tmp_path / "ref"
-    code, _, err = run_cli(*_args(t5_data, ref, *base))
-    assert code == 0, err[-2000:]
-    out = tmp_path / "resumed"
-    script = f"""
-import os, signal
-import llmkit.recipes.pretrain as p
-orig, calls = p.seq2seq_loss, [0]
-def loss(m, b):
-    calls[0] += 1
-    if calls[0] == 4:
-        os.kill(os.getpid(), signal.SIGTERM)
-    return orig(m, b)
-p.seq2seq_loss = loss
-from llmkit.cli import main
-main({_args(t5_data, out, *base)!r})
-"""
-    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
-    assert r.returncode == 128 + signal.SIGTERM, r.stderr[-2000:]
-    code, _, err = run_cli(*_args(t5_data, out, *base, "--train.resume", "auto"))
-    assert code == 0, err[-2000:]
-    a, b = _metric(ref), _metric(out)
-    assert sorted(a) == sorted(b) == list(range(1, 9))
-    assert a == b
-    wa, wb = load_weights(ref / "final"), load_weights(out / "final")
-    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert_sigterm_resume_equals_uninterrupted(lambda d: _args(t5_data, d, "--train.max_steps", "8"),
+                                               tmp_path / "ref", tmp_path / "resumed", "seq2seq_loss", steps=8)
 
 
 @pytest.mark.slow
