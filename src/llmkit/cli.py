@@ -63,6 +63,11 @@ COMMANDS: dict[str, str | dict[str, str]] = {
     },
     "dpo": "llmkit.recipes.dpo:dpo",
     "evaluate": "llmkit.evaluate:evaluate",
+    # "" is the group's own command: `llmkit arena MODEL MODEL`, next to `llmkit arena ratings VOTES`.
+    "arena": {
+        "": "llmkit.arena.server:arena",
+        "ratings": "llmkit.arena.ratings:ratings",
+    },
 }
 
 
@@ -72,10 +77,24 @@ def _resolve(target: str) -> Callable:
 
 
 def _summary(target: str) -> str:
+    """The first line of the target function's docstring, read from its source with `ast`:
+    `llmkit --help` imports none of the commands' modules (torch, transformers...), so it
+    answers in a fraction of a second."""
+    import ast
+
+    module, _, name = target.partition(":")
     try:
-        doc = _resolve(target).__doc__ or ""
-    except Exception:  # a broken optional module must not break `llmkit --help`
-        return ""
+        # The file, found without importing the packages above it (importlib's find_spec would).
+        base = Path(__file__).parent.joinpath(*module.split(".")[1:])
+        source = base.with_suffix(".py") if base.with_suffix(".py").is_file() else base / "__init__.py"
+        tree = ast.parse(source.read_text(encoding="utf-8"))
+        node = next(n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.name == name)
+        doc = ast.get_docstring(node) or ""
+    except Exception:  # a moved or broken module must not break `llmkit --help`: ask it the slow way
+        try:
+            doc = _resolve(target).__doc__ or ""
+        except Exception:
+            return ""
     return doc.strip().splitlines()[0] if doc.strip() else ""
 
 
@@ -83,9 +102,9 @@ def _usage(table: dict, prog: str) -> str:
     lines = [f"usage: {prog} COMMAND [options]   ({prog} COMMAND --help for one command)", "", "commands:"]
     for name, target in table.items():
         if isinstance(target, dict):
-            lines.append(f"  {name} {{{','.join(target)}}}")
+            lines.append(f"  {name} {{{','.join(sub or '...' for sub in target)}}}")
             for sub, t in target.items():
-                lines.append(f"      {sub:<14} {_summary(t)}")
+                lines.append(f"      {sub or '...':<14} {_summary(t)}")
         else:
             lines.append(f"  {name:<18} {_summary(target)}")
     return "\n".join(lines)
@@ -264,6 +283,9 @@ def _command(words: list[str]) -> tuple[Callable, str, list[str]]:
             from llmkit import __version__
 
             raise _Usage(f"llmkit {__version__}")
+        if table is not COMMANDS and "" in table and words and words[0] not in table:
+            # The group's own command, e.g. `llmkit arena A B` (its --help lists the others).
+            return _resolve(table[""]), prog, words
         if not words or words[0] in ("-h", "--help"):
             raise _Usage(_usage(table, prog))
         name, words = words[0], words[1:]

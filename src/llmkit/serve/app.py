@@ -1,8 +1,9 @@
 """The HTTP API: OpenAI-compatible completions and chat completions, plus /predict and helpers.
 
-Routes (all but /health need the API key when one is set: `Authorization: Bearer KEY`):
+Routes (all but /health and the web page need the API key when one is set: `Authorization: Bearer KEY`):
 
     GET  /health                 {"status": "ok"}
+    GET  /, /static/{name}       the web chat page and its scripts (serve/web.py)
     GET  /v1/models              the one model served
     POST /v1/completions         prompt: str | [str] | [ids] | [[ids]] -> one choice per prompt;
                                  echo + logprobs give the prompt's per-token logprobs
@@ -100,6 +101,7 @@ from llmkit.serve.protocol import (
     reject_unsupported,
     stop_strings,
 )
+from llmkit.serve.web import add_web_routes
 
 SSE_DONE = "data: [DONE]\n\n"
 # Texts (characters) and token lists longer than this are (de)tokenized in a worker thread;
@@ -498,6 +500,7 @@ def create_app(model, tokenizer=None, *, api_key: Optional[str] = None, max_batc
     app.add_exception_handler(Exception, _internal_error)
     for path, route, method in ROUTES:
         app.add_api_route(path, route, methods=[method])
+    add_web_routes(app)  # GET / (the chat page) and /static/{name}, open without the key (serve/web.py)
     return app
 
 
