@@ -120,7 +120,9 @@ def test_vote_rules_duplicates_and_errors(contestants, tmp_path):
         r = c.post(f"{s.url}/api/battles", content=b"{" * 10, headers={"content-type": "application/json"})
         assert r.status_code == 400
         r = c.post(f"{s.url}/api/battles", content=b" " * (70 * 1024), headers={"content-type": "application/json"})
-        assert r.status_code == 413
+        assert r.status_code == 413 and r.headers["connection"] == "close"  # the same reader as `llmkit serve`
+        chunked = c.post(f"{s.url}/api/battles", content=iter([b" " * 8192] * 9))  # no Content-Length: counted
+        assert chunked.status_code == 413 and "more than" in chunked.json()["error"]["message"]
         assert c.get(f"{s.url}/health").json() == {"status": "ok"}
     store.close()
 

@@ -230,12 +230,11 @@ def create_arena_app(backends: list[Backend], store, *, api_key: Optional[str] =
     owner when there are users, else what the page sends (a name, not an authentication)."""
     import httpx
     from fastapi import FastAPI, Request
-    from fastapi.responses import JSONResponse, Response, StreamingResponse
-    from starlette.exceptions import HTTPException as StarletteHTTPException
+    from fastapi.responses import Response, StreamingResponse
 
     from llmkit.arena.ratings import heatmap_png, leaderboard, win_rates, battle_counts
     from llmkit.arena.votes import DuplicateVote
-    from llmkit.serve.app import _drain
+    from llmkit.serve.app import add_error_handlers, read_limited
     from llmkit.serve.protocol import APIError
     from llmkit.serve.web import page_response, static_response
 
@@ -266,22 +265,16 @@ def create_arena_app(backends: list[Backend], store, *, api_key: Optional[str] =
         raise APIError(401, "Incorrect or missing API key (send 'Authorization: Bearer <key>')",
                        code="invalid_api_key")
 
+    def too_large(size: Optional[int]) -> APIError:
+        got = f"{size} bytes" if size is not None else f"more than {max_request_bytes} bytes"
+        return APIError(413, f"Request body too large ({got}); the limit is {max_request_bytes} bytes",
+                        code="request_too_large")
+
     async def body(request: Request) -> dict:
         """The JSON object of a request, at most max_request_bytes (413 past it, as `llmkit serve`)."""
-        length = request.headers.get("content-length")
-        if length is not None and length.strip().isdigit() and int(length) > max_request_bytes:
-            await _drain(request.stream())
-            raise APIError(413, f"Request body too large; the limit is {max_request_bytes} bytes",
-                           code="request_too_large")
-        raw, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > max_request_bytes:
-                raise APIError(413, f"Request body too large; the limit is {max_request_bytes} bytes",
-                               code="request_too_large")
-            raw.append(chunk)
+        raw = await read_limited(request, max_request_bytes, too_large)
         try:
-            data = json.loads(b"".join(raw) or b"{}")
+            data = json.loads(raw or b"{}")
         except (ValueError, RecursionError) as e:
             raise APIError(400, f"request body is not valid JSON: {e}", code="invalid_json") from None
         if not isinstance(data, dict):
@@ -320,13 +313,7 @@ def create_arena_app(backends: list[Backend], store, *, api_key: Optional[str] =
     app = FastAPI(title="llmkit arena", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.store, app.state.backends, app.state.battles, app.state.sampler = store, backends, battles, sampler
 
-    @app.exception_handler(APIError)
-    async def _api_error(request, exc: APIError):
-        return JSONResponse(exc.body(), status_code=exc.status)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request, exc):
-        return JSONResponse(APIError(exc.status_code, str(exc.detail)).body(), status_code=exc.status_code)
+    add_error_handlers(app)
 
     @app.get("/")
     async def arena_page():

@@ -161,23 +161,7 @@ class Service:
             if mime != "application/json" and not mime.endswith("+json"):
                 raise APIError(415, f"Content-Type must be application/json, got '{ctype}'",
                                code="unsupported_media_type")
-        limit = self.max_request_bytes
-        length = request.headers.get("content-length")
-        if length is not None:
-            if not length.strip().isdigit():
-                raise APIError(400, f"invalid Content-Length header: '{length}'")
-            if int(length) > limit:
-                await _drain(request.stream())
-                raise self.too_large(int(length))
-        chunks, size = [], 0
-        stream = request.stream()
-        async for chunk in stream:
-            size += len(chunk)
-            if size > limit:
-                await _drain(stream)
-                raise self.too_large(None)
-            chunks.append(chunk)
-        return parse(model, b"".join(chunks))
+        return parse(model, await read_limited(request, self.max_request_bytes, self.too_large))
 
     def too_large(self, size: Optional[int]) -> APIError:
         limit = self.max_request_bytes
@@ -444,6 +428,30 @@ DRAIN_MAX_BYTES = 256 * 2**20
 DRAIN_MAX_SECONDS = 5.0
 
 
+async def read_limited(request: Request, limit: int, too_large: Callable[[Optional[int]], APIError]) -> bytes:
+    """The raw body of `request`, at most `limit` bytes. Content-Length is checked before anything
+    is read; a chunked body is counted as it arrives and cut off at the limit, so memory never
+    holds more. Past the limit the rest is drained (bounded, see `_drain`) and
+    `too_large(size or None)` is raised, which the error handlers answer with Connection: close.
+    Shared by `llmkit serve` and `llmkit arena`."""
+    length = request.headers.get("content-length")
+    if length is not None:
+        if not length.strip().isdigit():
+            raise APIError(400, f"invalid Content-Length header: '{length}'")
+        if int(length) > limit:
+            await _drain(request.stream())
+            raise too_large(int(length))
+    chunks, size = [], 0
+    stream = request.stream()
+    async for chunk in stream:
+        size += len(chunk)
+        if size > limit:
+            await _drain(stream)
+            raise too_large(None)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 async def _drain(stream, max_bytes: int = DRAIN_MAX_BYTES, max_seconds: float = DRAIN_MAX_SECONDS) -> None:
     loop = asyncio.get_running_loop()
     deadline, n = loop.time() + max_seconds, 0
@@ -495,9 +503,7 @@ def create_app(model, tokenizer=None, *, api_key: Optional[str] = None, max_batc
     app.state.service = svc
     app.state.engine = engine
     app.state.engine_thread = engine_thread
-    app.add_exception_handler(APIError, _api_error)
-    app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_exception_handler(Exception, _internal_error)
+    add_error_handlers(app)
     for path, route, method in ROUTES:
         app.add_api_route(path, route, methods=[method])
     add_web_routes(app)  # GET / (the chat page) and /static/{name}, open without the key (serve/web.py)
@@ -527,6 +533,14 @@ async def _api_error(request: Request, exc: APIError):
 
 async def _http_error(request: Request, exc: StarletteHTTPException):
     return _error_response(APIError(exc.status_code, str(exc.detail), code=None))
+
+
+def add_error_handlers(app: FastAPI) -> None:
+    """OpenAI-style JSON for every error of `app` (APIError, Starlette's 404/405, anything else
+    as a logged 500); shared by `llmkit serve` and `llmkit arena`."""
+    app.add_exception_handler(APIError, _api_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _internal_error)
 
 
 async def _internal_error(request: Request, exc: Exception):
