@@ -255,7 +255,7 @@ def test_prepare_for_decoding_keeps_results(tiny, dtype, special, monkeypatch):
     from llmkit.checkpoint import load_model
     from llmkit.generate import MATVEC_MAX_ROWS, MatVecLinear
 
-    monkeypatch.setattr(kernels, "fastest_kernel", lambda layer: special)
+    monkeypatch.setattr(kernels, "fastest_kernel", lambda layer, working_set=0: special)
 
     ids = tiny.tok.encode("Hello world, how are you")
     model = load_model(tiny.dir, dtype=dtype).model
@@ -286,7 +286,7 @@ def test_the_decode_kernel_is_chosen_by_measuring_it_once_per_shape():
     from llmkit.generate import MatVecLinear
 
     layer = MatVecLinear(torch.nn.Linear(64, 96, bias=False))
-    key = (96, 64, torch.float32)
+    key = (96, 64, torch.float32, 1)
     assert kernels._CHOICE[key] == layer.special  # measured when the layer was made
     kernels._CHOICE[key] = not layer.special  # a second layer of that shape reuses the measurement
     assert MatVecLinear(torch.nn.Linear(64, 96, bias=False)).special == kernels._CHOICE[key]

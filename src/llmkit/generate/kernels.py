@@ -15,32 +15,52 @@ from typing import Optional
 
 import torch
 
-_CHOICE: dict = {}  # (out, in, dtype) -> whether the special kernel beat F.linear for one row here
+_CHOICE: dict = {}  # (out, in, dtype, copies timed) -> whether the special kernel beat F.linear here
+
+# How much memory the timing rotates through, at most: past the last-level cache of the CPUs this
+# runs on (32-105 MB on 2024 server parts), less than the models that need it weigh. Decoding
+# touches every weight matrix once per token, so by the time a layer's matrix is used again the
+# rest of the model has gone through the caches: it comes from DRAM. A kernel timed on a matrix
+# still in cache answers another question: on an AMD EPYC, F.linear (MKL sgemm) beat the
+# row-block bmm on a hot 512 x 512 matrix (24 vs 36 us) and lost 2x on cold ones (118 vs 61 us:
+# 8.9 vs 17 GB/s), t5-small's decode went from 76 to 110 tokens/s once this was timed cold.
+# (Evicting the caches with a large read between two timed calls instead gave unstable choices.)
+WORKING_SET_MAX_BYTES = 128 * 2**20
 
 
-def _best_time(fn, x, rounds: int = 5) -> float:
-    fn(x)  # warm-up
+def _pass_time(fn, weights, x, rounds: int = 3) -> float:
+    """Best time per call of `fn(x, w)` over one pass through `weights`, after a warm-up pass."""
+    for w in weights:
+        fn(x, w)
     best = float("inf")
     for _ in range(rounds):
         t = time.perf_counter()
-        fn(x)
-        best = min(best, time.perf_counter() - t)
+        for w in weights:
+            fn(x, w)
+        best = min(best, (time.perf_counter() - t) / len(weights))
     return best
 
 
-def fastest_kernel(layer: "MatVecLinear") -> bool:
-    """Whether `layer`'s special one-row kernel is faster than F.linear on this CPU: both timed
-    on one row, alternately, best of 5 each, once per (shape, dtype) and process (a few ms for a
-    model; the output layer's matrix dominates)."""
+def fastest_kernel(layer: "MatVecLinear", working_set: int = 0) -> bool:
+    """Whether `layer`'s special one-row kernel is faster than F.linear on this CPU, timed as
+    decoding uses it: one row against copies of the matrix that together weigh what the model
+    does (`working_set` bytes, at most WORKING_SET_MAX_BYTES), each used once per pass, so a
+    matrix comes from wherever decoding will find it (memory, or a cache when the whole model
+    fits in one). Both kernels alternately, best pass of 3 each, twice; once per (shape, dtype,
+    working set) and process (~0.1 s per shape of a large model; copies freed after)."""
     w = layer.weight
-    key = (layer.out_features, layer.in_features, w.dtype)
+    nbytes = w.numel() * w.element_size()
+    copies = max(1, min(64, min(int(working_set), WORKING_SET_MAX_BYTES) // max(nbytes, 1)))
+    key = (layer.out_features, layer.in_features, w.dtype, copies)
     if key not in _CHOICE:
         with torch.inference_mode():
+            weights = [w] + [w.clone() for _ in range(copies - 1)]
             x = torch.randn(1, 1, layer.in_features, dtype=w.dtype)
-            special = lambda v: layer._special(v)  # noqa: E731
-            plain = lambda v: torch.nn.functional.linear(v, w, layer.bias)  # noqa: E731
-            a, b = _best_time(special, x), _best_time(plain, x)
-            a, b = min(a, _best_time(special, x)), min(b, _best_time(plain, x))  # alternated: load drifts
+            special = lambda v, m: layer._special(v, m)  # noqa: E731
+            plain = lambda v, m: torch.nn.functional.linear(v, m, layer.bias)  # noqa: E731
+            a, b = _pass_time(special, weights, x), _pass_time(plain, weights, x)
+            a, b = min(a, _pass_time(special, weights, x)), min(b, _pass_time(plain, weights, x))  # load drifts
+            del weights
         _CHOICE[key] = a < b
     return _CHOICE[key]
 
@@ -66,7 +86,7 @@ class MatVecLinear(torch.nn.Linear):
       matrix-vector kernel (float32 accumulation) is ~1.6x faster over the model.
     """
 
-    def __init__(self, linear: torch.nn.Linear):
+    def __init__(self, linear: torch.nn.Linear, working_set: int = 0):
         torch.nn.Module.__init__(self)
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.weight = linear.weight  # the same Parameter: ties and state_dict keys unchanged
@@ -78,7 +98,7 @@ class MatVecLinear(torch.nn.Linear):
         w = self.weight
         usable = w.device.type == "cpu" and w.is_contiguous() and (
             w.dtype == torch.bfloat16 or (w.dtype == torch.float32 and self.blocks))
-        self.special = usable and fastest_kernel(self)  # measured here, not assumed
+        self.special = usable and fastest_kernel(self, working_set)  # measured here, not assumed
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.weight
@@ -88,9 +108,10 @@ class MatVecLinear(torch.nn.Linear):
             return torch.nn.functional.linear(x, w, self.bias)
         return self._special(x)
 
-    def _special(self, x: torch.Tensor) -> torch.Tensor:
-        """The row-block bmm (float32) or PyTorch's own matrix-vector kernel (bfloat16)."""
-        w = self.weight
+    def _special(self, x: torch.Tensor, w: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The row-block bmm (float32) or PyTorch's own matrix-vector kernel (bfloat16), of x
+        and this layer's weight (or `w`, a copy of it, when timed)."""
+        w = self.weight if w is None else w
         rows = x.numel() // self.in_features
         if w.dtype == torch.bfloat16:
             mkldnn = torch._C._get_mkldnn_enabled()
@@ -120,10 +141,12 @@ def prepare_for_decoding(model) -> None:
     import torch.nn as nn
 
     model.eval().requires_grad_(False)
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if type(child) is nn.Linear:
-                setattr(parent, name, MatVecLinear(child))
+    plain = [(parent, name, child) for parent in list(model.modules())
+             for name, child in parent.named_children() if type(child) is nn.Linear]
+    weights = {id(c.weight): c.weight for _, _, c in plain}
+    working_set = sum(w.numel() * w.element_size() for w in weights.values())  # what one token reads
+    for parent, name, child in plain:
+        setattr(parent, name, MatVecLinear(child, working_set))
 
 
 def load_for_inference(model: str, device: str = "cpu", dtype: Optional[str] = None):
