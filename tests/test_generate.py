@@ -293,6 +293,33 @@ def test_the_decode_kernel_is_chosen_by_measuring_it_once_per_shape():
     del kernels._CHOICE[key]
 
 
+def test_the_decode_kernel_is_timed_against_a_working_set_as_heavy_as_the_model(monkeypatch):
+    """Decoding reads each matrix from memory (the rest of the model went through the caches in
+    between): the timing passes over distinct copies that weigh what the model does, capped."""
+    import llmkit.generate.kernels as kernels
+    from llmkit.generate import MatVecLinear
+
+    seen = []
+
+    def fake_pass(fn, weights, x, rounds=3):
+        seen.append([w.data_ptr() for w in weights])
+        return 1.0 if len(seen) % 2 else 2.0  # the special kernel (timed first) wins
+
+    monkeypatch.setattr(kernels, "_pass_time", fake_pass)
+    monkeypatch.setattr(kernels, "_CHOICE", {})
+    layer = torch.nn.Linear(64, 96, bias=False)
+    nbytes = 64 * 96 * 4
+    assert MatVecLinear(layer, working_set=10 * nbytes + 5).special
+    assert len(seen) == 4 and all(len(set(p)) == 10 for p in seen)  # 10 distinct copies, both kernels twice
+    assert seen[0][0] == layer.weight.data_ptr()
+    seen.clear()
+    MatVecLinear(torch.nn.Linear(64, 96, bias=False), working_set=10**12)  # a huge model: capped
+    assert len(seen[0]) == min(64, kernels.WORKING_SET_MAX_BYTES // nbytes)
+    seen.clear()
+    MatVecLinear(torch.nn.Linear(64, 96, bias=False), working_set=10 * nbytes + 5)  # same shape, same set
+    assert seen == []  # measured once
+
+
 # --- CLI ----------------------------------------------------------------------------------------
 def test_generate_cli_streams_completion_and_timing(tiny, capsys):
     ref = generate(tiny.model, tiny.tok, "Hello world", max_new_tokens=12, stop_ids=tiny.tok.eos_ids)
