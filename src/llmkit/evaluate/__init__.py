@@ -7,6 +7,9 @@ The pieces, each usable from Python on its own:
 * `perplexity.perplexity`: sliding-window perplexity and bits-per-byte of text files.
 * `generative.evaluate_responses` + `judge`: responses to an Alpaca-style file scored with exact
   match / ROUGE-L / BLEU and by an LLM judge over any OpenAI-compatible endpoint.
+* `pairwise`: two models (or responses files) answer the same instructions and a judge picks
+  the better answer: win rate with a confidence interval, length-controlled win rate, votes for
+  the arena's ratings.
 * `report`: results.json / results.md, and `compare_table` for several runs side by side.
 """
 
@@ -42,6 +45,10 @@ def evaluate(
     compare_model: Optional[str] = None,
     compare_responses: Optional[str] = None,
     compare: Optional[list[str]] = None,
+    pairwise: Optional[list[str]] = None,
+    data: Optional[str] = None,
+    both_orders: bool = False,
+    judge_reference: bool = True,
     out: Optional[str] = None,
     device: str = "auto",
     dtype: Optional[str] = None,
@@ -63,11 +70,12 @@ def evaluate(
         llmkit evaluate MODEL --generate-data alpaca_eval.json --judge-url http://host:8000/v1
         llmkit evaluate T5_MODEL --generate-data test.jsonl --prefix "summarize: " --num-beams 4
         llmkit evaluate --compare eval/run1 eval/run2
+        llmkit evaluate --pairwise MODEL_A MODEL_B --data alpaca_eval.json --judge-url http://host:8000/v1
 
     Args:
         model: the model(s) to evaluate (llmkit or Hugging Face directory, or hub repo id);
             several are evaluated one after another and printed side by side. Optional only
-            with --compare or --responses.
+            with --compare or --responses; not given with --pairwise.
         tasks: lm-evaluation-harness task, group or tag names (space or comma separated).
         num_fewshot: few-shot examples per prompt (default: each task's own, else 0).
         limit: examples per task (a fraction if below 1); also caps --generate-data examples.
@@ -101,8 +109,20 @@ def evaluate(
         compare_responses: a second responses file to compare against, instead of a model.
         compare: results files (or --out folders) of earlier runs to print side by side;
             nothing is evaluated.
-        out: folder for results.json, results.md (and responses.jsonl, judgments.jsonl); default
-            out/eval/MODELNAME-YYYYMMDD-HHMMSS (UTC), so every run keeps its results.
+        pairwise: two models A B (directories or hub ids), or earlier runs' responses .jsonl files,
+            to answer --data; the judge picks the better answer per example (shown in a seeded
+            random order). Reports A's win rate over B with a 95% interval, the length-controlled
+            win rate (AlpacaEval 2.0), and writes votes.jsonl for `llmkit arena ratings`.
+        data: the instructions file (Alpaca or chat records; a reference answer is optional with
+            --pairwise); the same as --generate-data.
+        both_orders: with --pairwise, judge every example in both orders; a verdict that changes
+            with the order counts as a tie, and the consistency rate is reported.
+        judge_reference: with --pairwise, show the judge the reference answer when the example
+            has one (false: judge on the instruction alone, as AlpacaEval does).
+        out: folder for results.json, results.md (and responses.jsonl, judgments.jsonl; with
+            --pairwise responses_a/_b.jsonl and votes.jsonl); default
+            out/eval/MODELNAME-YYYYMMDD-HHMMSS (UTC; A-vs-B-... with --pairwise), so every run
+            keeps its results.
         device: "auto" (a GPU if there is one), "cpu", "cuda", "cuda:1", ...
         dtype: weights dtype: float32, bfloat16, float16 (default: as stored).
         truncate: cut prompts longer than the context from the left, as the harness's hf
@@ -118,6 +138,11 @@ def evaluate(
     from llmkit.evaluate.report import compare_table, load_result, run_markdown, write_results
 
     models = [model] if isinstance(model, str) else [m for m in (model or []) if m]
+    if data and generate_data and data != generate_data:
+        raise LLMKitError(f"--data and --generate-data name the same file; got two: {data} and {generate_data}")
+    generate_data = generate_data or data
+    if pairwise is not None:
+        return _evaluate_pairwise(models, pairwise, generate_data, locals())
     if compare:
         others = [name for name, given in (("MODEL", models), ("--tasks", tasks), ("--perplexity", perplexity),
                                             ("--generate-data", generate_data), ("--responses", responses)) if given]
@@ -134,13 +159,7 @@ def evaluate(
                      compare_model, compare_responses, batch_size, limit, (source_field, target_field, prefix))
     if num_beams < 1:
         raise LLMKitError(f"--num-beams must be >= 1, got {num_beams}")
-    judge = None
-    if judge_url:
-        from llmkit.evaluate.judge import OpenAIJudge
-
-        key = judge_api_key or os.environ.get("LLMKIT_JUDGE_API_KEY") or os.environ.get("OPENAI_API_KEY")
-        judge = OpenAIJudge(judge_url, model=judge_model, api_key=key)
-        judge.check()  # a wrong URL or key fails now, not after generating every response
+    judge = _make_judge(judge_url, judge_model, judge_api_key) if judge_url else None
 
     settings = {
         "tasks": tasks, "include_path": include_path, "num_fewshot": num_fewshot, "limit": limit,
@@ -182,6 +201,63 @@ def evaluate(
     if len(runs) > 1:
         print(compare_table(runs))
     return runs[0] if len(runs) == 1 else {"runs": runs}
+
+
+def _make_judge(judge_url: str, judge_model: Optional[str], judge_api_key: Optional[str]):
+    from llmkit.evaluate.judge import OpenAIJudge
+
+    key = judge_api_key or os.environ.get("LLMKIT_JUDGE_API_KEY") or os.environ.get("OPENAI_API_KEY")
+    judge = OpenAIJudge(judge_url, model=judge_model, api_key=key)
+    judge.check()  # a wrong URL or key fails now, not after generating every response
+    return judge
+
+
+def _evaluate_pairwise(models: list, specs: list, data: Optional[str], args: dict) -> dict:
+    """`--pairwise A B`: check everything, then the judge, then generate (or read) and judge."""
+    from llmkit.evaluate import pairwise as pw
+    from llmkit.evaluate.report import run_markdown, write_results
+
+    others = [name for name, given in (("MODEL", models), ("--tasks", args["tasks"]),
+                                        ("--perplexity", args["perplexity"]), ("--responses", args["responses"]),
+                                        ("--compare-model", args["compare_model"]),
+                                        ("--compare-responses", args["compare_responses"]),
+                                        ("--compare", args["compare"])) if given]
+    if others:
+        raise LLMKitError(f"--pairwise compares the two models it names; it takes no {', '.join(others)}")
+    if args["batch_size"] < 1:
+        raise LLMKitError(f"--batch-size must be >= 1, got {args['batch_size']}")
+    if args["limit"] is not None and args["limit"] <= 0:
+        raise LLMKitError(f"--limit must be positive, got {args['limit']}")
+    pw.check_arguments(specs, data, args["judge_url"], args["prompt_style"], args["max_new_tokens"],
+                       args["judge_concurrency"])
+    judge = _make_judge(args["judge_url"], args["judge_model"], args["judge_api_key"])
+    names = pw.side_names(specs)
+    out = args["out"]
+    if out is None:
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+        safe = [n.replace("/", "_").replace(" ", "_") for n in names]
+        out = str(Path("out") / "eval" / f"{safe[0]}-vs-{safe[1]}-{stamp}")
+    t = time.perf_counter()
+    section = pw.run_pairwise(
+        specs, data, judge, prompt_style=args["prompt_style"], max_new_tokens=args["max_new_tokens"],
+        batch_size=args["batch_size"], limit=args["limit"], seed=args["seed"], both_orders=args["both_orders"],
+        judge_reference=args["judge_reference"], judge_concurrency=args["judge_concurrency"],
+        device=args["device"], dtype=args["dtype"], out=out)
+    generated = not all(pw.is_responses_file(s) for s in specs)
+    settings = {"pairwise": list(specs), "data": data, "limit": args["limit"], "seed": args["seed"],
+                "both_orders": args["both_orders"], "judge_reference": args["judge_reference"],
+                "prompt_style": args["prompt_style"] if generated else None,
+                "max_new_tokens": args["max_new_tokens"] if generated else None,
+                "judge": f"{judge.model} at {args['judge_url']}"}
+    result = {"model": None, "model_name": f"{names[0]} vs {names[1]}",
+              "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+              "seconds": {"pairwise": round(time.perf_counter() - t, 2)}, "pairwise": section,
+              "settings": {k: v for k, v in settings.items() if v is not None}}
+    print(run_markdown(result))
+    json_path, md_path = write_results(out, result)
+    print(f"results written to {json_path} and {md_path}; votes in {section['votes']} "
+          f"(`llmkit arena ratings {section['votes']}`)")
+    return result
 
 
 def _check_arguments(models, tasks, perplexity, generate_data, responses, prompt_style, judge_url, judge_model,

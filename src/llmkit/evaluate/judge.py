@@ -67,6 +67,21 @@ Which response is better: more correct first, then more complete and clear? Thei
 nothing about their quality, and length alone is no merit.
 Reply with exactly one word: A, B, or tie."""
 
+PAIR_PROMPT_NO_REFERENCE = """Compare two responses to the instruction below.
+
+### Instruction:
+{instruction}
+{input_block}
+### Response A:
+{a}
+
+### Response B:
+{b}
+
+Which response follows the instruction better: more correct and helpful first, then more
+complete and clear? Their order says nothing about their quality, and length alone is no merit.
+Reply with exactly one word: A, B, or tie."""
+
 
 def _input_block(inp: str) -> str:
     return f"\n### Input:\n{inp}\n" if inp and inp.strip() else ""
@@ -78,8 +93,14 @@ def score_messages(instruction: str, inp: str, reference: str, response: str) ->
     return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]
 
 
-def pair_messages(instruction: str, inp: str, reference: str, a: str, b: str) -> Messages:
-    user = PAIR_PROMPT.format(instruction=instruction, input_block=_input_block(inp), reference=reference, a=a, b=b)
+def pair_messages(instruction: str, inp: str, reference: Optional[str], a: str, b: str) -> Messages:
+    """The pairwise prompt; `reference` None (or blank) asks without a reference answer, as
+    AlpacaEval's judges compare two outputs on the instruction alone."""
+    if reference is None or not reference.strip():
+        user = PAIR_PROMPT_NO_REFERENCE.format(instruction=instruction, input_block=_input_block(inp), a=a, b=b)
+    else:
+        user = PAIR_PROMPT.format(instruction=instruction, input_block=_input_block(inp), reference=reference,
+                                  a=a, b=b)
     return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]
 
 

@@ -56,6 +56,15 @@ def metric_rows(result: dict) -> dict[tuple[str, str], tuple[float, Optional[flo
             rows[(label, f"win_rate vs {pair['against']}")] = (pair["win_rate"], None)
             for k in ("wins", "ties", "losses", "failures"):
                 rows[(label, k)] = (pair[k], None)
+    pw = result.get("pairwise")  # `--pairwise A B`: A's record against B
+    if pw:
+        label = f"pair:{Path(pw.get('data', 'data')).name}"
+        rows[(label, f"win_rate vs {pw['model_b']}")] = (pw["win_rate"], pw.get("stderr"))
+        for k in ("ci_low", "ci_high", "lc_win_rate", "wins", "ties", "losses", "failures", "mean_length_a",
+                  "mean_length_b"):
+            rows[(label, k)] = (pw[k], None)
+        if pw.get("consistency"):
+            rows[(label, "consistency")] = (pw["consistency"]["rate"], None)
     return rows
 
 
@@ -92,6 +101,10 @@ def run_markdown(result: dict) -> str:
         from llmkit.evaluate.seq2seq import seq2seq_markdown
 
         parts += ["", seq2seq_markdown(result["seq2seq"])]
+    if result.get("pairwise"):
+        from llmkit.evaluate.pairwise import pairwise_markdown
+
+        parts += ["", pairwise_markdown(result["pairwise"])]
     judge = (result.get("generative") or {}).get("judge")
     if judge and judge.get("histogram"):
         parts += ["", "Judge scores by decile:", "", histogram_text(judge["histogram"])]
