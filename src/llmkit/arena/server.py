@@ -147,6 +147,13 @@ class Battle:
         return self.replies["a"] is not None and self.replies["b"] is not None
 
 
+def utf16_prefix(text: str, n: int) -> str:
+    """The first `n` characters of `text` as JavaScript counts them (UTF-16 code units, so an emoji
+    is two); a pair cut in half is left out."""
+    units = text.encode("utf-16-le")
+    return text if 2 * n >= len(units) else units[: 2 * n].decode("utf-16-le", errors="ignore")
+
+
 class PairSampler:
     """Picks the next pair: one of those with the fewest battles so far (votes on record plus
     battles started in this run), at random among them, in a random left/right order. Every pair
@@ -365,8 +372,8 @@ def create_arena_app(backends: list[Backend], store, *, api_key: Optional[str] =
     @app.post("/api/battles/{battle_id}/{side}")
     async def stream_side(battle_id: str, side: str, request: Request):
         """Model `side`'s reply to the battle's prompt, as OpenAI chat-completion chunks (SSE) whose
-        `model` says only "model A" / "model B". Each side streams once; the text the client saw
-        is what is recorded, also when it stops early."""
+        `model` says only "model A" / "model B". Each side streams once; the text relayed is what is
+        recorded, also when the client stops early (then cut by the vote's `shown` to what it saw)."""
         who(request)
         if side not in SIDE_NAMES:
             raise APIError(404, f"no side '{side}': a or b")
@@ -437,8 +444,12 @@ def create_arena_app(backends: list[Backend], store, *, api_key: Optional[str] =
 
     @app.post("/api/votes")
     async def vote(request: Request):
-        """{battle, winner: a|b|tie|both_bad, user?} -> the vote's id and the two names, once it is
-        committed to the store."""
+        """{battle, winner: a|b|tie|both_bad, user?, shown?} -> the vote's id and the two names, once
+        it is committed to the store.
+
+        `shown` ({side: n}) says that a side the page stopped was seen up to its first n characters:
+        the chunks in flight when the browser hung up were relayed but never shown, and the vote
+        is about what the voter read. The relayed text is only ever cut, never replaced."""
         user = who(request)
         data = await body(request)
         battle = battles.get(text_field(data, "battle", max_chars=64))
@@ -452,9 +463,15 @@ def create_arena_app(backends: list[Backend], store, *, api_key: Optional[str] =
         if battle.voted:
             raise APIError(409, "this battle already has a vote", code="duplicate_vote")
         name = user or text_field(data, "user", max_chars=64).strip() or battle.user
+        shown = data.get("shown") or {}
+        if not isinstance(shown, dict) or any(side not in SIDE_NAMES or isinstance(n, bool) or not isinstance(n, int)
+                                              or n < 0 for side, n in shown.items()):
+            raise APIError(400, "shown must map a side (a, b) to a number of characters", param="shown")
+        replies = {side: utf16_prefix(text, shown[side]) if side in shown else text
+                   for side, text in battle.replies.items()}
         a, b = (names[k] for k in battle.models)
         record = {"time": time.time(), "model_a": a, "model_b": b, "winner": winner, "prompt": battle.prompt,
-                  "reply_a": battle.replies["a"], "reply_b": battle.replies["b"], "user": name,
+                  "reply_a": replies["a"], "reply_b": replies["b"], "user": name,
                   "battle": battle.id, "source": "arena", "system": battle.system, "settings": battle.settings}
         battle.voted = True
         try:

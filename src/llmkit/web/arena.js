@@ -21,12 +21,16 @@
     el.hidden = !message;
   }
   function askForKey() { $("keybar").hidden = false; $("apikey").focus(); }
+  // A form, so that Enter uses the key too; the key is tried at once (onKey), so a wrong one is
+  // refused now rather than after a prompt, and it is not left in the input for anyone to read.
   function setupKeybar(onKey) {
-    $("savekey").addEventListener("click", () => {
+    $("keybar").addEventListener("submit", (event) => {
+      event.preventDefault();
       sessionStorage.setItem(KEY, $("apikey").value.trim());
+      $("apikey").value = "";
       $("keybar").hidden = true;
       showError("");
-      if (onKey) onKey();
+      onKey();
     });
   }
 
@@ -47,6 +51,7 @@
   // --- the battle page ---------------------------------------------------------------------
   function battlePage() {
     let battle = null;
+    let shown = {};  // side -> characters shown of a reply stopped midway (sent with the vote)
     let controller = null;
     const voteButtons = Array.from(document.querySelectorAll("#votes button"));
     const user = $("user");
@@ -56,6 +61,7 @@
     function setVoting(on) { voteButtons.forEach((b) => { b.disabled = !on; }); }
     function reset() {
       battle = null;
+      shown = {};
       for (const side of ["a", "b"]) {
         $("reply-" + side).replaceChildren();
         $("timing-" + side).textContent = "";
@@ -78,7 +84,9 @@
       });
       box.replaceChildren(window.llmkitMarkdown.render(result.text));
       const timing = window.llmkitStream.formatTiming(result.seconds, result.tokens);
-      $("timing-" + side).textContent = (result.finishReason === "aborted" ? "(stopped) " : "") + timing;
+      const stopped = result.finishReason === "aborted";
+      if (stopped) shown[side] = result.text.length;
+      $("timing-" + side).textContent = (stopped ? "(stopped) " : "") + timing;
       return result;
     }
 
@@ -123,7 +131,8 @@
       if (!battle) return;
       setVoting(false);
       try {
-        const res = await api("/api/votes", { battle: battle, winner: button.dataset.winner, user: user.value.trim() });
+        const res = await api("/api/votes", { battle: battle, winner: button.dataset.winner, user: user.value.trim(),
+                                              shown: shown });
         $("name-a").textContent = "— " + res.model_a;
         $("name-b").textContent = "— " + res.model_b;
         const said = { a: "Model A (" + res.model_a + ") is better", b: "Model B (" + res.model_b + ") is better",
@@ -143,8 +152,22 @@
       $("prompt").value = "";
       $("prompt").focus();
     });
-    setupKeybar(null);
-    api("/api/info").catch((e) => showError(e.message));
+    // With a users file the vote's user is the key's owner: show that name, not an input that
+    // would be ignored.
+    async function checkKey() {
+      try {
+        const info = await api("/api/info");
+        if (info.users) {
+          user.value = info.user || "";
+          user.disabled = true;
+          user.title = "the user of your API key";
+        }
+      } catch (e) {
+        showError(e.message);
+      }
+    }
+    setupKeybar(checkKey);
+    checkKey();
   }
 
   // --- the leaderboard page ----------------------------------------------------------------
@@ -157,7 +180,8 @@
       try {
         const data = await api("/api/leaderboard");
         const rows = data.rows || [];
-        $("summary").textContent = data.votes + " votes over " + data.models.length + " models.";
+        $("summary").textContent = data.votes + (data.votes === 1 ? " vote" : " votes") + " over "
+          + data.models.length + " models.";
         const body = $("rows");
         body.replaceChildren();
         rows.forEach((r, i) => {
