@@ -165,6 +165,19 @@ def test_compare_labels_columns_by_run(tmp_path, capsys):
     assert "0.5" in row and "0.75" in row
 
 
+def test_compare_shows_a_nan_saved_as_null(tmp_path, capsys):
+    """JSON has no NaN: a judge mean with nothing scored is saved as null and shown as n/a."""
+    from llmkit.evaluate.report import write_results
+
+    for run, mean in (("a", None), ("b", 61.5)):
+        write_results(tmp_path / run, {"format": "llmkit-eval", "model_name": run, "model": run,
+                                       "generative": {"data": "d.json", "examples": 2, "metrics": {},
+                                                      "judge": {"mean": mean, "stderr": None, "failures": 2 if mean is None else 0}}})
+    code, stdout, _ = cli_run(capsys, ["evaluate", "--compare", str(tmp_path / "a"), str(tmp_path / "b")])
+    assert code == 0
+    assert "n/a" in stdout and "61.5" in stdout, stdout
+
+
 def test_a_hub_task_offline_fails_fast_in_one_line(setup, capsys, monkeypatch):
     """A harness task whose data lives on the hub, with the hub unreachable: one line within
     seconds (the hub is not retried for a minute)."""

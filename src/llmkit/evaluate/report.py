@@ -71,6 +71,8 @@ def metric_rows(result: dict) -> dict[tuple[str, str], tuple[float, Optional[flo
 def _fmt(value: float, err: Optional[float] = None) -> str:
     if isinstance(value, bool):
         return str(value)
+    if value is None:  # NaN saved to results.json becomes null (JSON has no NaN)
+        return "n/a"
     if isinstance(value, int) or (isinstance(value, float) and value.is_integer() and abs(value) >= 100):
         text = f"{int(value):,}"
     elif isinstance(value, float) and math.isnan(value):
