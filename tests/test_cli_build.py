@@ -25,6 +25,10 @@ def test_help_lists_commands():
         assert f"  {name} " in out, name
         for sub, t in (target.items() if isinstance(target, dict) else [(name, target)]):
             assert f" {sub} " in out and _summary(t) in out, (name, sub)
+    # ...read from the sources: `llmkit --help` imports none of the commands (no torch).
+    probe = "import sys; from llmkit.cli import main; main(['--help']); assert 'torch' not in sys.modules, 'torch'"
+    p = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0 and p.stdout.startswith("usage: llmkit"), p.stderr[-2000:]
 
 
 def test_error_unknown_command(capsys):

@@ -81,6 +81,7 @@ def _summary(target: str) -> str:
     `llmkit --help` imports none of the commands' modules (torch, transformers...), so it
     answers in a fraction of a second."""
     import ast
+    from pathlib import Path
 
     module, _, name = target.partition(":")
     try:
