@@ -27,6 +27,7 @@ from llmkit.errors import LLMKitError
 # name -> "module:function" | {subname: "module:function"}. Help texts come from docstrings.
 COMMANDS: dict[str, str | dict[str, str]] = {
     "models": "llmkit.presets.listing:list_models",
+    "plan": "llmkit.plan:plan",
     "download": "llmkit.hub:download",
     "convert": {
         "from-hf": "llmkit.checkpoint:from_hf",

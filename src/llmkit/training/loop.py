@@ -212,26 +212,21 @@ def _cpu_has_bf16() -> bool:
         return False
 
 
-_GPU_PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12,
-                  "L4": 121e12, "RTX 4090": 165e12, "RTX 3090": 71e12, "V100": 125e12, "T4": 65e12}
-
-
 def device_peak_flops(device: torch.device, dtype: Optional[torch.dtype]) -> Optional[float]:
-    """Dense matmul peak of the device: a table for GPUs, a quick measurement on CPU."""
+    """Dense matmul peak of the device in the training dtype (None = float32): the table of
+    llmkit.hardware for GPUs (the one `llmkit plan` reads), a quick measurement on CPU."""
+    from llmkit import hardware
+
     if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-        return next((v for k, v in _GPU_PEAK_BF16.items() if k in name), None)
+        entry = hardware.for_device_name(torch.cuda.get_device_name(device))
+        if entry is None:
+            return None
+        # The peak of the precision the matmuls run in: fp32 training is not held against the
+        # bf16 tensor-core rate, as on CPU, where the measurement runs in the same dtype.
+        return entry.fp32 if dtype in (None, torch.float32) else entry.half
     if device.type != "cpu":
         return None
-    n, dt = 1024, dtype or torch.float32
-    a, b = torch.randn(n, n, dtype=dt), torch.randn(n, n, dtype=dt)
-    a @ b
-    best = float("inf")
-    for _ in range(3):
-        t = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best
+    return hardware.measure_cpu_peak(dtype)
 
 
 # --- the loop -----------------------------------------------------------------------------------
