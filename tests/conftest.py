@@ -8,9 +8,18 @@ from pathlib import Path
 # No test reaches the Hugging Face hub: set before huggingface_hub / datasets are imported (they
 # read it once), and what `llmkit.hub.reachable` answers at once without a connection attempt.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# The suite runs on pytest-xdist workers, one per core (pyproject addopts): each worker's torch,
+# and the CLI subprocesses it starts, get one thread, so two workers do not fight over two cores
+# (oversubscribed OpenMP threads spin; a 2-thread test beside another ran several times slower).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    os.environ["MKL_NUM_THREADS"] = "1"
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
