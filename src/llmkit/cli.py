@@ -64,6 +64,7 @@ COMMANDS: dict[str, str | dict[str, str]] = {
     },
     "dpo": "llmkit.recipes.dpo:dpo",
     "evaluate": "llmkit.evaluate:evaluate",
+    "report": "llmkit.report:report",
     # "" is the group's own command: `llmkit arena MODEL MODEL`, next to `llmkit arena ratings VOTES`.
     "arena": {
         "": "llmkit.arena.server:arena",

@@ -77,21 +77,26 @@ def _finished_run(run_dir: Path, budget_s: float) -> Optional[dict]:
     return summary if elapsed >= budget_s else None
 
 
-def _samples(model, tokenizer, title: str) -> None:
+def _samples(model, tokenizer, title: str) -> list[dict]:
+    """Each prompt continued (printed); returns [{prompt, response}] for OUT/run/samples.jsonl."""
     from llmkit.generate import generate
 
     print(f"\n--- {title} ---")
+    rows = []
     for p in PROMPTS:
         c = generate(model, tokenizer, p, max_new_tokens=40, temperature=0.8, top_k=40, seed=0)
         print(f"{p!r} -> {p}{c.text}".replace("\n", " ")[:200])
+        rows.append({"prompt": p, "response": c.text})  # the continuation alone
     print(flush=True)
+    return rows
 
 
-def _fill_mask_samples(model, tokenizer, title: str, top_k: int = 5) -> None:
+def _fill_mask_samples(model, tokenizer, title: str, top_k: int = 5) -> list[dict]:
     """Each masked sentence with the model's top-k tokens for its [MASK] and their probabilities."""
     import torch
 
     print(f"\n--- {title} ---")
+    rows = []
     for text in MASKED:
         ids = torch.tensor([tokenizer.encode(text)])
         where = (ids[0] == tokenizer.mask_id).nonzero()
@@ -101,18 +106,34 @@ def _fill_mask_samples(model, tokenizer, title: str, top_k: int = 5) -> None:
         guesses = ", ".join(f"{tokenizer.decode([int(t)]).strip() or repr(tokenizer.decode([int(t)], skip_special=False))}"
                             f" ({float(q):.2f})" for q, t in zip(p, i))
         print(f"{text!r} -> {guesses}")
+        rows.append({"prompt": text, "response": guesses})
     print(flush=True)
+    return rows
 
 
-def _span_samples(model, tokenizer, title: str) -> None:
+def _span_samples(model, tokenizer, title: str) -> list[dict]:
     """Each sentence with sentinel gaps and the model's greedy targets (sentinels shown)."""
     from llmkit.generate import generate
 
     print(f"\n--- {title} ---")
+    rows = []
     for text in SPANS:
         c = generate(model, tokenizer, text, max_new_tokens=16, temperature=0.0)
-        print(f"{text!r} -> {tokenizer.decode(c.token_ids, skip_special=False)!r}")
+        fill = tokenizer.decode(c.token_ids, skip_special=False)
+        print(f"{text!r} -> {fill!r}")
+        rows.append({"prompt": text, "response": fill})
     print(flush=True)
+    return rows
+
+
+def _write_samples(path: Path, before: list[dict], after: list[dict], step: int) -> None:
+    """The samples before (step 0) and after training as finetune's samples.jsonl has them
+    ({step, prompt, response}; `llmkit report` shows them side by side), in one atomic write:
+    a rerun that resumes an interrupted run writes both again, never half a file."""
+    from llmkit.checkpoint import atomic_write_text
+
+    rows = [{"step": 0, **r} for r in before] + [{"step": step, **r} for r in after]
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
 def quickstart(
@@ -129,8 +150,9 @@ def quickstart(
     """Run the built-in default: build a corpus, train a tokenizer, pretrain a small model, sample.
 
     Args:
-        out: output directory (corpus, tokenizer, data, run with checkpoints and loss.png;
-            default out/quickstart, out/quickstart-bert / out/quickstart-t5 for --arch bert / t5).
+        out: output directory (corpus, tokenizer, data, run with checkpoints, loss.png and
+            samples.jsonl; default out/quickstart, out/quickstart-bert / out/quickstart-t5 for
+            --arch bert / t5).
         minutes: pretraining time budget.
         corpus: your own text/JSONL/Parquet files or folders (default: the Python standard
             library's docstrings, already on this machine).
@@ -189,7 +211,7 @@ def quickstart(
     untrained = Transformer(model_config(model, vocab_size=tok.vocab_size))
     samples = {"llama": _samples, "bert": _fill_mask_samples, "t5": _span_samples}[arch]
     what = {"llama": "samples", "bert": "fill-mask", "t5": "span fills"}[arch]
-    samples(untrained.eval(), tok, f"{what} before training")
+    before = samples(untrained.eval(), tok, f"{what} before training")
     train = TrainConfig(max_time=minutes * 60, micro_batch_size=batch_size, lr=lr, warmup_steps=50,
                         eval_every=100, log_every=10, save_every=200, tensorboard=True)
     run, result = pretraining_run(model, str(data), str(o / "run"), seq_len, 16, None, train)
@@ -197,7 +219,8 @@ def quickstart(
     from llmkit.checkpoint import load_model
 
     trained = load_model(result["final"]).model
-    samples(trained, tok, f"{what} after {result['step']} steps ({minutes:g} min)")
+    after = samples(trained, tok, f"{what} after {result['step']} steps ({minutes:g} min)")
+    _write_samples(o / "run" / "samples.jsonl", before, after, result["step"])
     print(f"validation loss: {result.get('val_loss', float('nan')):.3f} (ppl {result.get('val_ppl', float('nan')):.1f}); "
           f"loss curve: {o / 'run' / 'loss.png'}; model: {result['final']}")
     steps = {"llama": NEXT_STEPS, "bert": ENCODER_NEXT_STEPS, "t5": SEQ2SEQ_NEXT_STEPS}[arch]

@@ -8,8 +8,9 @@
       -- the recipe: its batches and its loss --
     run.fit(...)             the one training loop (training.loop.Trainer), its checkpoints
                              written as full model directories or LoRA adapters (checkpoint.py)
-    run.finish(...)          OUT/final published, OUT/summary.json written, the last line and
-                             the next commands of the cycle printed
+    run.finish(...)          OUT/final published, OUT/summary.json and OUT/system.json (the
+                             machine: report/system.py) written, the last line and the next
+                             commands of the cycle printed
 
 A recipe is then its data, its batches and its loss (pretrain, finetune, classify, dpo): see
 recipes/pretrain.py for the shortest one.
@@ -173,6 +174,10 @@ class Run:
         result = {**result, "final": str(final)}
         summary = {**result} if summary is None else {"final": str(final), **summary}
         write_summary(self.out, summary)
+        from llmkit.report.system import write_system_info
+
+        # The machine that trained, for `llmkit report` (which may run later, elsewhere).
+        write_system_info(self.out, device=str(self.rt.device) if self.rt is not None else None)
         print(f"done: {done + '; ' if done else ''}model in {final}", flush=True)
         if next_steps:
             print("next steps:\n" + "\n".join(f"  {c.format(final=final, out=self.out)}" for c in next_steps),
