@@ -34,6 +34,7 @@ COMMANDS: dict[str, str | dict[str, str]] = {
         "to-hf": "llmkit.checkpoint:to_hf",
     },
     "quickstart": "llmkit.recipes.quickstart:quickstart",
+    "run": "llmkit.cycle:run_cycle",
     "pretrain": "llmkit.recipes.pretrain:pretrain",
     "tokenizer": {"train": "llmkit.tokenizer:train_tokenizer"},
     "data": {
