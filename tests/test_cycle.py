@@ -271,6 +271,7 @@ BAD = {
     "shared folder": ("  tokenizer: {files: [a]}\n  tokenizer-2: {command: tokenizer train, files: [a], out: OUT/tokenizer/x}\n",
                       ["stage 'tokenizer-2'", "overlaps stage 'tokenizer'"]),
     "out for serve": ("  serve: {model: m, out: x}\n", ["stage 'serve'", "takes no out"]),
+    "reserved name": ("  report: {command: report, runs: [a]}\n", ["stage name 'report'", "report card"]),
 }
 
 
@@ -308,6 +309,11 @@ def test_bad_files_and_options_fail_in_one_line(base, tmp_path, capsys):
     (foreign / "tokenizer" / "mine.txt").write_text("keep me")
     cli_error(capsys, ["run", path, "--out", foreign], "stage 'tokenizer'", "did not write")
     assert (foreign / "tokenizer" / "mine.txt").read_text() == "keep me"
+    # One run at a time per cycle folder.
+    from llmkit.cycle.state import Lock
+
+    with Lock(out):
+        cli_error(capsys, ["run", path], "another `llmkit run` is running this cycle")
     # A stage that fails while running says which one, and what a rerun does.
     failing = tmp_path / "fail.yaml"
     failing.write_text(f"out: {tmp_path / 'f'}\nstages:\n  tokenizer: {{files: ['{tmp_path / 'nothing'}']}}\n")
@@ -389,6 +395,8 @@ def test_builtin_corpus_is_quickstarts_corpus_with_held_out_modules(tmp_path):
     for r in instruct:
         if r["input"]:  # summarize: the answer is the given text's first paragraph
             assert r["input"].startswith(r["output"][:-1])
-    assert all(p["chosen"] != p["rejected"] and {"instruction", "input", "chosen", "rejected"} == set(p) for p in pairs)
+    # Pairs from the summarize task: the given text's first sentence against another object's.
+    assert all({"instruction", "input", "chosen", "rejected"} == set(p) for p in pairs)
+    assert all(p["input"].startswith(p["chosen"]) and not p["input"].startswith(p["rejected"]) for p in pairs)
     with pytest.raises(LLMKitError, match="heldout_every"):
         builtin_corpus(str(tmp_path / "c"), heldout_every=1)

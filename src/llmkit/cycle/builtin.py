@@ -6,11 +6,12 @@ library, read with `ast` (nothing imported or executed), as `llmkit quickstart` 
     corpus.jsonl            one document per module: its docstrings (quickstart's corpus, less
                             the held-out modules), for the tokenizer and pretraining
     heldout.jsonl           the held-out modules' documents, for perplexity
-    instruct.json           Alpaca records for instruction finetuning, two kinds of task:
-                              "What does `json.dumps` do in Python?" -> the docstring's summary
+    instruct.json           Alpaca records for instruction finetuning, two kinds of task, each
+                            answered with the docstring's first sentence (its summary):
                               "Summarize this documentation of `json.dumps` in one sentence."
-                              with the docstring as input -> its first paragraph
-    preference.json         the same prompts with a chosen answer (the right summary) and a
+                              with the docstring as input (most records)
+                              "What does `json.dumps` do in Python?" (the others)
+    preference.json         summarize prompts with a chosen answer (the right summary) and a
                             rejected one (another object's summary), for DPO
     heldout-instruct.json   instruction records from the held-out modules, for evaluation
     summary.json            counts
@@ -24,6 +25,7 @@ from __future__ import annotations
 import ast
 import json
 import random
+import re
 import sysconfig
 from pathlib import Path
 
@@ -84,19 +86,24 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
+# The end of a docstring's first sentence: a full stop (or ! ?) before whitespace and a capital,
+# a quote or a bracket. "e.g. the" and "os.path.join" do not end one.
+_SENTENCE_END = re.compile(r"(?<=[a-z0-9)`'\"][.!?])\s+(?=[A-Z(`'\"])")
+
+
 def _records(objects: list[tuple[str, str]], summary_chars: int, input_chars: int, rng: random.Random) -> list[dict]:
-    """Instruction records with their answer's summary, from (name, docstring) pairs. Only
-    docstrings whose first paragraph is one short sentence-like summary qualify: that is an
-    answer a reader would accept. The summarize task needs more than that paragraph (else the
-    input would be the answer itself)."""
+    """Instruction records from (name, docstring) pairs. The answer is the docstring's first
+    sentence, the summary docstring conventions ask for (PEP 257); docstrings whose first
+    sentence is not a short sentence are skipped. Where the docstring says more than that
+    sentence, the record is mostly (4 in 5) the summarize task, answerable from its input;
+    otherwise the question about the name, answerable only from what the model has learnt."""
     out = []
     for name, doc in objects:
-        paragraphs = [p for p in doc.split("\n\n") if p.strip()]
-        summary = _one_line(paragraphs[0])
+        text = _one_line(doc)
+        summary = _SENTENCE_END.split(_one_line(doc.split("\n\n")[0]), maxsplit=1)[0]
         if not (20 <= len(summary) <= summary_chars and summary.endswith(".")):
             continue
-        if len(paragraphs) > 1 and rng.random() < 0.5:
-            text = _one_line(doc)
+        if len(text) >= len(summary) + 40 and rng.random() < 0.8:
             if len(text) > input_chars:  # cut at a word boundary
                 text = text[:input_chars].rsplit(" ", 1)[0] + " ..."
             out.append({"instruction": f"Summarize this documentation of `{name}` in one sentence.",
@@ -148,13 +155,14 @@ def builtin_corpus(out: str = "out/corpus", heldout_every: int = 20, max_example
     heldout = _records(heldout_objs, summary_chars, input_chars, rng)
     rng.shuffle(train)
     rng.shuffle(heldout)
-    # Preference pairs: the right summary against another object's, asked the same way. The
-    # rejected answer is fluent docstring English about the wrong thing, so DPO must learn to
-    # prefer the answer that fits the question (and, for summarize, the given text).
+    # Preference pairs, from the summarize task: the given text's first sentence against another
+    # object's. The rejected answer is fluent docstring English about the wrong thing; the right
+    # one can be told from the input alone, so even a small model has something to learn.
     pairs = []
-    for k, rec in enumerate(train[:max_pairs]):
-        j = rng.randrange(len(train) - 1)
-        other = train[j if j < k else j + 1]["output"]
+    summarize = [r for r in train if r["input"]]
+    for k, rec in enumerate(summarize[:max_pairs]):
+        j = rng.randrange(len(summarize) - 1)
+        other = summarize[j if j < k else j + 1]["output"]
         pairs.append({"instruction": rec["instruction"], "input": rec["input"], "chosen": rec["output"],
                       "rejected": other})
     o = Path(out)

@@ -53,6 +53,7 @@ MODEL_IN_OUT = {("merge-lora",), ("convert", "from-hf"), ("convert", "to-hf"), (
 NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
 REFERENCE = re.compile(r"\$\$\{|\$\{([^}]*)\}")
 TOP_KEYS = ("out", "stages")
+RESERVED = {"report": "report card"}  # folders under OUT that the cycle itself writes
 
 
 @dataclass
@@ -147,6 +148,9 @@ def load_cycle(path: str | Path, out: Optional[str] = None, overrides: Optional[
     for name, options in stages.items():
         if not isinstance(name, str) or not NAME.match(name):
             raise LLMKitError(f"{path}: stage name {name!r}: use letters, digits, '-' and '_' (starting with a letter)")
+        if name in RESERVED:
+            raise LLMKitError(f"{path}: stage name '{name}': OUT/{name} is the cycle's {RESERVED[name]}; "
+                              "name the stage otherwise")
         if options is None:
             options = {}
         if not isinstance(options, dict):
