@@ -341,8 +341,8 @@ def test_example_cycles_validate(path, tmp_path, monkeypatch, capsys):
 def test_the_default_cycle_is_the_whole_built_in_cycle(monkeypatch):
     monkeypatch.chdir(ROOT)
     cycle = load_cycle("configs/cycle/default.yaml")
-    assert [s.command for s in cycle.stages] == ["corpus", "tokenizer train", "data prepare", "pretrain", "finetune",
-                                                 "evaluate", "dpo", "evaluate"]
+    assert [s.command for s in cycle.stages] == ["corpus", "tokenizer train", "data prepare", "pretrain", "evaluate",
+                                                 "finetune", "evaluate", "dpo", "evaluate"]
     by = {s.name: s for s in cycle.stages}
     assert by["pretrain"].kwargs["model"] == "micro-llama"  # quickstart's model
     assert by["finetune"].kwargs["model"] == str(by["pretrain"].model)
