@@ -40,6 +40,7 @@ COMMANDS: dict[str, str | dict[str, str]] = {
     "data": {
         "prepare": "llmkit.data.prepare:prepare",
         "curate": "llmkit.data.curate:curate",
+        "quality-train": "llmkit.data.quality_model:quality_train",
     },
     "generate": "llmkit.generate.cli:generate_cli",
     "pipeline": "llmkit.pipelines.cli:pipeline_cli",
