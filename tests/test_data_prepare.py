@@ -51,7 +51,7 @@ def text_folder(tmp_path) -> tuple[Path, list[str]]:
         sub.mkdir(parents=True, exist_ok=True)
         (sub / f"doc{i:03d}.{'md' if i % 3 else 'txt'}").write_text(t, encoding="utf-8")
     (root / ".hidden.txt").write_text("hidden", encoding="utf-8")
-    (root / "notes.csv").write_text("a,b\n", encoding="utf-8")
+    (root / "notes.xlsx").write_text("a,b\n", encoding="utf-8")
     # Sorted path order is the reading order.
     order = sorted((p for p in root.rglob("*") if p.suffix in (".txt", ".md") and not p.name.startswith(".")))
     return root, [p.read_text(encoding="utf-8") for p in order]
@@ -256,8 +256,8 @@ def test_bad_inputs(tok_dir, tmp_path):
     good.write_text("some text", encoding="utf-8")
     cases = []
     cases.append(([str(tmp_path / "missing.txt")], str(tok_dir), "no such file.*missing.txt"))
-    (tmp_path / "data.csv").write_text("a,b", encoding="utf-8")
-    cases.append(([str(tmp_path / "data.csv")], str(tok_dir), "unknown format.*data.csv"))
+    (tmp_path / "data.xlsx").write_text("a,b", encoding="utf-8")
+    cases.append(([str(tmp_path / "data.xlsx")], str(tok_dir), "unknown format.*data.xlsx"))
     cases.append(([str(good)], str(tmp_path / "no_tok"), "tokenizer directory .*no_tok.* does not exist"))
     (tmp_path / "empty_tok").mkdir()
     cases.append(([str(good)], str(tmp_path / "empty_tok"), "no tokenizer files"))

@@ -9,21 +9,25 @@ One reader, so that every command accepts the same sources and reports the same 
   corpus like tinyshakespeare that is one file but many short pieces.
 * JSONL (`.jsonl`, `.ndjson`): one JSON object per line, the text in `text_field`.
 * JSON (`.json`): an array of such objects (loaded whole: meant for small files, e.g. eval sets).
-* Parquet (`.parquet`): the `text_field` column, read in record batches.
-* `.gz` versions of the text and JSON formats.
+* Parquet (`.parquet`): the `text_field` column, read in record batches (HF datasets' format).
+* CSV (`.csv`, `.tsv`): a header row, the text in the `text_field` column.
+* `.gz` and `.zst` (Zstandard, as many web dumps ship) versions of the text, JSON and CSV formats.
 * folders: searched recursively for the formats above, in sorted order, hidden files skipped.
   A folder written by `llmkit data curate` contributes only its curated shards (not its report).
 
 Documents are yielded one at a time; nothing here holds more than one file's batch in memory
-(except `.json` arrays and single text files, which are read whole). Whitespace-only documents
-are skipped.
+(except `.json` arrays and, with text_unit="file", a text file, which are read whole).
+Whitespace-only documents are skipped. `read_part` reads one byte range of a JSONL or CSV file or
+a range of a Parquet file's row groups: the unit of work that `llmkit.data.engine` hands to workers.
 """
 
 from __future__ import annotations
 
+import csv
 import gzip
 import io
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Iterable, Iterator, Literal, Optional
@@ -33,7 +37,8 @@ from llmkit.errors import LLMKitError
 TEXT_SUFFIXES = (".txt", ".md", ".text", ".rst")
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
 FORMATS = {**{s: "text" for s in TEXT_SUFFIXES}, **{s: "jsonl" for s in JSONL_SUFFIXES},
-           ".json": "json", ".parquet": "parquet"}
+           ".json": "json", ".parquet": "parquet", ".csv": "csv", ".tsv": "csv"}
+COMPRESSIONS = (".gz", ".zst")
 TextUnit = Literal["file", "paragraph", "line"]
 CURATE_REPORT = "report.json"  # marks a folder written by `llmkit data curate`
 
@@ -46,9 +51,10 @@ class Document:
 
 
 def file_format(path: Path) -> Optional[str]:
-    """'text' | 'jsonl' | 'json' | 'parquet' from the suffix (".gz" looked through), or None."""
+    """'text' | 'jsonl' | 'json' | 'parquet' | 'csv' from the suffix (".gz"/".zst" looked through),
+    or None."""
     suffixes = [s.lower() for s in path.suffixes]
-    if suffixes and suffixes[-1] == ".gz":
+    if suffixes and suffixes[-1] in COMPRESSIONS:
         suffixes = suffixes[:-1]
         if suffixes and suffixes[-1] == ".parquet":
             return None  # parquet compresses internally; a gzipped parquet file is a mistake
@@ -90,7 +96,7 @@ def expand_sources(sources: Iterable[str]) -> list[tuple[str, Path]]:
         elif p.is_file():
             if file_format(p) is None:
                 raise LLMKitError(f"unknown format of '{src}': expected one of {', '.join(sorted(FORMATS))} "
-                                  "(optionally .gz) or a folder")
+                                  "(optionally .gz or .zst) or a folder")
             files.append((str(src), p))
         elif p.exists():
             raise LLMKitError(f"'{src}' is not a regular file or folder")
@@ -101,13 +107,26 @@ def expand_sources(sources: Iterable[str]) -> list[tuple[str, Path]]:
     return files
 
 
-def _open_text(path: Path) -> IO[str]:
+def open_binary(path: Path) -> IO[bytes]:
+    """The decompressed bytes of `path` (.gz, .zst or plain), as a buffered stream."""
+    suffix = path.suffix.lower()
     try:
-        raw = gzip.open(path, "rb") if path.suffix.lower() == ".gz" else open(path, "rb")
+        if suffix == ".gz":
+            return gzip.open(path, "rb")
+        if suffix == ".zst":
+            import zstandard
+
+            raw = open(path, "rb")
+            return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw, closefd=True), 1 << 20)
+        return open(path, "rb")
     except OSError as e:
         raise LLMKitError(f"cannot read '{path}': {e.strerror or e}") from None
-    # newline="" would keep "\r\n"; the default translates it, so Windows files read like Unix ones.
-    return io.TextIOWrapper(raw, encoding="utf-8")
+
+
+def _open_text(path: Path, newline: Optional[str] = None) -> IO[str]:
+    # newline="" would keep "\r\n"; the default translates it, so Windows files read like Unix ones
+    # (CSV passes "" as the csv module asks, and handles "\r\n" itself).
+    return io.TextIOWrapper(open_binary(path), encoding="utf-8", newline=newline)
 
 
 def _field_text(record: object, text_field: Optional[str], where: str) -> str:
@@ -127,7 +146,11 @@ def _field_text(record: object, text_field: Optional[str], where: str) -> str:
     return value
 
 
-def _read_file(src: str, path: Path, fmt: str, text_field: Optional[str], text_unit: TextUnit) -> Iterator[Document]:
+def _read_file(src: str, path: Path, fmt: str, text_field: Optional[str], text_unit: TextUnit,
+               part: Optional[tuple[int, int, int]] = None) -> Iterator[Document]:
+    """The documents of one file, or with `part` = (start, end, first line) of the bytes
+    [start, end) of an uncompressed JSONL file (lines whose first byte is in the range) or the
+    row groups [start, end) of a Parquet file."""
     try:
         if fmt == "text":
             with _open_text(path) as f:
@@ -152,17 +175,16 @@ def _read_file(src: str, path: Path, fmt: str, text_field: Optional[str], text_u
                 if t.strip():
                     yield Document(t, src, loc)
         elif fmt == "jsonl":
-            with _open_text(path) as f:
-                for n, line in enumerate(f, 1):
-                    if not line.strip():
-                        continue
-                    try:
-                        record = json.loads(line)
-                    except json.JSONDecodeError as e:
-                        raise LLMKitError(f"{path}:{n}: invalid JSON ({e.msg})") from None
-                    text = _field_text(record, text_field, f"{path}:{n}")
-                    if text.strip():
-                        yield Document(text, src, f"{path}:{n}")
+            for n, line in _jsonl_lines(path, part):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise LLMKitError(f"{path}:{n}: invalid JSON ({e.msg})") from None
+                text = _field_text(record, text_field, f"{path}:{n}")
+                if text.strip():
+                    yield Document(text, src, f"{path}:{n}")
         elif fmt == "json":
             with _open_text(path) as f:
                 try:
@@ -175,15 +197,66 @@ def _read_file(src: str, path: Path, fmt: str, text_field: Optional[str], text_u
                 text = _field_text(record, text_field, f"{path}#{i}")
                 if text.strip():
                     yield Document(text, src, f"{path}#{i}")
+        elif fmt == "csv":
+            yield from _read_csv(src, path, text_field)
         else:
-            yield from _read_parquet(src, path, text_field)
+            yield from _read_parquet(src, path, text_field, part)
     except UnicodeDecodeError as e:
         raise LLMKitError(f"'{path}' is not UTF-8 text ({e.reason} at byte {e.start})") from None
     except (OSError, EOFError) as e:  # gzip raises EOFError/BadGzipFile on truncated files
         raise LLMKitError(f"cannot read '{path}': {e}") from None
+    except Exception as e:  # zstandard.ZstdError on a corrupt frame
+        if type(e).__name__ == "ZstdError":
+            raise LLMKitError(f"cannot read '{path}': {e}") from None
+        raise
 
 
-def _read_parquet(src: str, path: Path, text_field: Optional[str]) -> Iterator[Document]:
+def _jsonl_lines(path: Path, part: Optional[tuple[int, int, int]]) -> Iterator[tuple[int, str]]:
+    """(line number, line) of a JSONL file, or of the lines starting in bytes [start, end) of an
+    uncompressed one. Lines end at "\\n" only ("\\r\\n" read as "\\n"), whole file or part alike."""
+    start, end, n = part if part is not None else (0, float("inf"), 1)
+    with open_binary(path) as f:
+        if start:
+            f.seek(start)
+        pos = start
+        while pos < end:
+            line = f.readline()
+            if not line:
+                break
+            pos += len(line)
+            yield n, line.decode("utf-8").replace("\r\n", "\n")
+            n += 1
+
+
+def _read_csv(src: str, path: Path, text_field: Optional[str]) -> Iterator[Document]:
+    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # documents are longer than the 128 KiB default
+    delimiter = "\t" if ".tsv" in [s.lower() for s in path.suffixes] else ","
+    with _open_text(path, newline="") as f:
+        reader = csv.DictReader(f, delimiter=delimiter)
+        try:
+            names = reader.fieldnames or []
+        except csv.Error as e:
+            raise LLMKitError(f"{path}: invalid CSV ({e})") from None
+        if text_field is not None and text_field not in names:
+            raise LLMKitError(f"{path}: no '{text_field}' column (columns: {', '.join(names[:8]) or 'none'}); "
+                              "choose the column with --text-field")
+        row = 0
+        try:
+            for record in reader:
+                row += 1
+                where = f"{path}:{reader.line_num}"
+                if text_field is None:
+                    text = "\n".join(v for k, v in record.items() if k is not None and isinstance(v, str))
+                else:
+                    text = record.get(text_field) or ""
+                if text.strip():
+                    yield Document(text, src, where)
+        except csv.Error as e:
+            raise LLMKitError(f"{path}:{reader.line_num}: invalid CSV ({e})") from None
+
+
+def _read_parquet(src: str, path: Path, text_field: Optional[str],
+                  part: Optional[tuple[int, int, int]] = None) -> Iterator[Document]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -200,8 +273,9 @@ def _read_parquet(src: str, path: Path, text_field: Optional[str]) -> Iterator[D
                           "choose the column with --text-field")
     else:
         columns = [text_field]
-    row = 0
-    for batch in pf.iter_batches(batch_size=1024, columns=columns):
+    groups = None if part is None else list(range(part[0], part[1]))
+    row = 0 if part is None else part[2]  # the first row of the first group
+    for batch in pf.iter_batches(batch_size=1024, columns=columns, row_groups=groups):
         cols = [batch.column(i).to_pylist() for i in range(batch.num_columns)]
         for values in zip(*cols):
             if text_field is not None and values[0] is not None and not isinstance(values[0], str):
@@ -286,7 +360,14 @@ def read_records(path: str | Path) -> list[tuple[str, object]]:
     return out
 
 
-__all__ = ["Document", "TextUnit", "expand_sources", "file_format", "iter_documents", "read_records"]
+def read_part(src: str, path: Path, text_field: Optional[str], text_unit: TextUnit,
+              part: Optional[tuple[int, int, int]] = None) -> Iterator[Document]:
+    """The documents of one file or one part of it (see `_read_file`), in order."""
+    return _read_file(src, path, file_format(path), text_field, text_unit, part)
+
+
+__all__ = ["Document", "TextUnit", "expand_sources", "file_format", "iter_documents", "open_binary", "read_part",
+           "read_records"]
 
 
 def claim_output_dir(out: str | Path, marker: str, what: str, overwrite: bool) -> Path:

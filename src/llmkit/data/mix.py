@@ -61,29 +61,27 @@ def _unit_hash(*parts: object) -> float:
     return int.from_bytes(digest, "little") / 2.0**64
 
 
-def _source_stream(path: Path, index: int, multiplier: float, seed: int) -> Iterator[tuple[dict, int]]:
-    """(record, words) of one source re-sampled `multiplier` times: floor(m) full passes, then
-    each document once more with probability frac(m) (GPT-3's "epochs elapsed")."""
+def _source_stream(paths: list[Path], index: int, multiplier: float, seed: int) -> Iterator[tuple[dict, int]]:
+    """(record, words) of one source's staged files re-sampled `multiplier` times: floor(m) full
+    passes, then each document once more with probability frac(m) (GPT-3's "epochs elapsed")."""
     full, frac = int(math.floor(multiplier)), multiplier - math.floor(multiplier)
     for epoch in range(full + (frac > 0)):
-        with open(path, encoding="utf-8") as f:
-            for i, line in enumerate(f):
-                if epoch < full or _unit_hash(seed, index, epoch, i) < frac:
-                    record = json.loads(line)
-                    yield record, record.pop("_words")
+        i = 0
+        for path in paths:
+            with open(path, encoding="utf-8") as f:
+                for line in f:
+                    if epoch < full or _unit_hash(seed, index, epoch, i) < frac:
+                        record = json.loads(line)
+                        yield record, record.pop("_words")
+                    i += 1
 
 
-def staging_path(tmp_dir: Path, index: int) -> Path:
-    """The JSONL file in which curation stages the kept documents of source number `index`
-    ({"text", "source", "_words"} per line) for `mix_sources` to re-sample."""
-    return tmp_dir / f"source_{index}.jsonl"
-
-
-def mix_sources(tmp_dir: Path, sources: list[str], kept: dict[str, int], mix: list[float],
+def mix_sources(staged: dict[str, list[Path]], sources: list[str], kept: dict[str, int], mix: list[float],
                 total_words: Optional[int], seed: int, write: Callable[[str, str, int], None]) -> dict:
-    """Re-sample the staged documents of every source to its weight in `mix` (normalised, in
-    source order) of `total_words` (default: all `kept` words), and hand them to
-    `write(text, source, words)` interleaved. Returns the report's per-source mixing table."""
+    """Re-sample the staged documents of every source (JSONL files of {"text", "source",
+    "_words"}, in order) to its weight in `mix` (normalised, in source order) of `total_words`
+    (default: all `kept` words), and hand them to `write(text, source, words)` interleaved.
+    Returns the report's per-source mixing table."""
     total = total_words if total_words is not None else sum(kept.values())
     if total <= 0:
         raise LLMKitError("nothing to mix: curation removed every document")
@@ -92,7 +90,7 @@ def mix_sources(tmp_dir: Path, sources: list[str], kept: dict[str, int], mix: li
         if targets[s] > 0 and kept[s] == 0:
             raise LLMKitError(f"source '{s}' has weight {mix[sources.index(s)]:.3g} but no document survived curation")
     multipliers = {s: (targets[s] / kept[s] if kept[s] else 0.0) for s in sources}
-    streams = {s: _source_stream(staging_path(tmp_dir, i), i, multipliers[s], seed)
+    streams = {s: _source_stream(staged.get(s, []), i, multipliers[s], seed)
                for i, s in enumerate(sources) if multipliers[s] > 0}
     # Interleave: always take the next document from the source furthest behind its target share,
     # so any prefix of the output already has about the requested mixture.
