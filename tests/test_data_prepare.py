@@ -69,7 +69,7 @@ def expected_stream(tok: Tokenizer, texts: list[str]) -> list[int]:
 # --- round trip, splits, determinism -------------------------------------------------------------
 def test_round_trip_without_val(tok_dir, text_folder, tmp_path):
     root, texts = text_folder
-    manifest = prepare([str(root)], str(tok_dir), str(tmp_path / "out"), seq_len=16, val_fraction=0.0, num_proc=1)
+    manifest = prepare([str(root)], str(tok_dir), str(tmp_path / "out"), seq_len=16, val_fraction=0.0, workers=1)
     tok = Tokenizer.from_dir(tmp_path / "out" / "tokenizer")
     ids = stream(tmp_path / "out", "train")
     assert ids.tolist() == expected_stream(tok, texts)
@@ -84,7 +84,7 @@ def test_round_trip_without_val(tok_dir, text_folder, tmp_path):
 
 def test_val_split_whole_documents(tok_dir, text_folder, tmp_path):
     root, texts = text_folder
-    m = prepare([str(root)], str(tok_dir), str(tmp_path / "out"), val_fraction=0.1, num_proc=1, shard_tokens=97)
+    m = prepare([str(root)], str(tok_dir), str(tmp_path / "out"), val_fraction=0.1, workers=1, shard_tokens=97)
     tok = Tokenizer.from_dir(tok_dir)
     encoded = [tok.encode(t, eos=True) for t in texts]
     keys = np.array([text_key(t) for t in texts], dtype=np.uint64)
@@ -117,16 +117,88 @@ def test_choose_val_docs():
     assert choose_val_docs(np.ones(4), 0.5, keys=np.zeros(4, dtype=np.uint64)).sum() == 0  # all copies
 
 
-def test_deterministic_across_num_proc(tok_dir, tmp_path, monkeypatch):
+def _same_outputs(a: Path, b: Path) -> None:
+    names = sorted(p.name for p in a.iterdir() if p.is_file())
+    assert names == sorted(p.name for p in b.iterdir() if p.is_file())
+    for name in names:
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+
+
+def test_deterministic_across_workers_and_tasks(tok_dir, tmp_path, monkeypatch):
     src = tmp_path / "docs.jsonl"
     src.write_text("".join(json.dumps({"text": t}) + "\n" for t in docs(60, seed=5)), encoding="utf-8")
-    monkeypatch.setattr(prepare_mod, "_CHUNK_DOCS", 7)  # several chunks, so both processes work
-    prepare([str(src)], str(tok_dir), str(tmp_path / "p1"), val_fraction=0.1, num_proc=1)
-    prepare([str(src)], str(tok_dir), str(tmp_path / "p2"), val_fraction=0.1, num_proc=2)
-    names = sorted(p.name for p in (tmp_path / "p1").iterdir() if p.is_file())
-    assert names == sorted(p.name for p in (tmp_path / "p2").iterdir() if p.is_file())
-    for name in names:
-        assert (tmp_path / "p1" / name).read_bytes() == (tmp_path / "p2" / name).read_bytes(), name
+    monkeypatch.setattr(prepare_mod, "_CHUNK_DOCS", 7)  # several chunks per task in this process
+    # One task, then ~9 tasks (parts of the JSONL file) in this process and in a pool of 2.
+    m1 = prepare([str(src)], str(tok_dir), str(tmp_path / "p1"), val_fraction=0.1, workers=1)
+    prepare([str(src)], str(tok_dir), str(tmp_path / "p2"), val_fraction=0.1, workers=1, task_mb=0.0003)
+    prepare([str(src)], str(tok_dir), str(tmp_path / "p3"), val_fraction=0.1, workers=2, task_mb=0.0003)
+    assert m1["splits"]["val"]["docs"] > 0
+    _same_outputs(tmp_path / "p1", tmp_path / "p2")
+    _same_outputs(tmp_path / "p1", tmp_path / "p3")
+    assert not (tmp_path / "p3" / ".llmkit-work").exists()
+
+
+def test_ray_executor_same_shards(tok_dir, tmp_path):
+    ray = pytest.importorskip("ray")
+    src = tmp_path / "docs.jsonl"
+    src.write_text("".join(json.dumps({"text": t}) + "\n" for t in docs(60, seed=6)), encoding="utf-8")
+    prepare([str(src)], str(tok_dir), str(tmp_path / "local"), val_fraction=0.1, workers=1)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        prepare([str(src)], str(tok_dir), str(tmp_path / "ray"), val_fraction=0.1, executor="ray", workers=2,
+                task_mb=0.001)
+    finally:
+        ray.shutdown()
+    _same_outputs(tmp_path / "local", tmp_path / "ray")
+
+
+def test_resume_after_kill_reruns_only_unfinished_tasks(tok_dir, tmp_path):
+    """A run SIGKILLed in its third task, started again: the first two tasks are not run again,
+    and the shards are the bytes of an uninterrupted run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    src = tmp_path / "docs.jsonl"
+    src.write_text("".join(json.dumps({"text": t}) + "\n" for t in docs(60, seed=7)), encoding="utf-8")
+    args = dict(val_fraction=0.1, workers=1, task_mb=0.0005)
+    prepare([str(src)], str(tok_dir), str(tmp_path / "whole"), **args)
+    script = tmp_path / "killed.py"
+    script.write_text(f"""
+import os, signal
+import llmkit.data.prepare as p
+run = p._TokenizeTask.__call__
+def call(self, rank):
+    if rank == 2:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return run(self, rank)
+p._TokenizeTask.__call__ = call
+p.prepare([{str(src)!r}], {str(tok_dir)!r}, {str(tmp_path / "out")!r}, **{args!r})
+""", encoding="utf-8")
+    log = tmp_path / "killed.log"
+    with open(log, "wb") as f:  # a file, not a pipe: datatrove's Manager process outlives the kill
+        proc = subprocess.Popen([sys.executable, str(script)], stdout=f, stderr=f, start_new_session=True)
+        try:
+            rc = proc.wait(timeout=120)
+        finally:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)  # that Manager, orphaned
+            except ProcessLookupError:
+                pass
+    assert rc == -signal.SIGKILL, log.read_text()[-2000:]
+    work = tmp_path / "out" / ".llmkit-work"
+    assert sorted(p.name for p in (work / "tokenize" / "completions").iterdir()) == ["00000", "00001"]
+    calls = []
+    run = prepare_mod._TokenizeTask.__call__
+    try:
+        prepare_mod._TokenizeTask.__call__ = lambda self, rank: calls.append(rank) or run(self, rank)
+        prepare([str(src)], str(tok_dir), str(tmp_path / "out"), **args)
+    finally:
+        prepare_mod._TokenizeTask.__call__ = run
+    assert calls and min(calls) == 2
+    _same_outputs(tmp_path / "whole", tmp_path / "out")
+    assert not work.exists()
 
 
 def test_jsonl_parquet_and_text_units(tok_dir, tmp_path):
@@ -142,7 +214,7 @@ def test_jsonl_parquet_and_text_units(tok_dir, tmp_path):
     txt = tmp_path / "c.txt"
     txt.write_text("First paragraph\nstill first.\n\n  \n\nSecond one.\n\nThird.\n", encoding="utf-8")
     m = prepare([str(jl), str(pqf), str(txt)], str(tok_dir), str(tmp_path / "out"), val_fraction=0,
-                text_field="body", text_unit="paragraph", num_proc=1)
+                text_field="body", text_unit="paragraph", workers=1)
     tok = Tokenizer.from_dir(tok_dir)
     paragraphs = ["First paragraph\nstill first.", "Second one.", "Third."]
     assert stream(tmp_path / "out", "train").tolist() == expected_stream(tok, texts + paragraphs)
@@ -156,7 +228,7 @@ def test_jsonl_parquet_and_text_units(tok_dir, tmp_path):
 def prepared(tok_dir, tmp_path) -> Path:
     src = tmp_path / "docs.jsonl"
     src.write_text("".join(json.dumps({"text": t}) + "\n" for t in docs(200, seed=11)), encoding="utf-8")
-    prepare([str(src)], str(tok_dir), str(tmp_path / "out"), val_fraction=0.1, num_proc=1, shard_tokens=501)
+    prepare([str(src)], str(tok_dir), str(tmp_path / "out"), val_fraction=0.1, workers=1, shard_tokens=501)
     return tmp_path / "out"
 
 
@@ -277,11 +349,11 @@ def test_bad_inputs(tok_dir, tmp_path):
     cases.append(([str(binary)], str(tok_dir), "not UTF-8"))
     for sources, tok, pattern in cases:
         with pytest.raises(LLMKitError, match=pattern):
-            prepare(sources, tok, out, num_proc=1)
-    prepare([str(good)], str(tok_dir), out, num_proc=1)
+            prepare(sources, tok, out, workers=1)
+    prepare([str(good)], str(tok_dir), out, workers=1)
     with pytest.raises(LLMKitError, match="--overwrite"):
-        prepare([str(good)], str(tok_dir), out, num_proc=1)
-    prepare([str(good)], str(tok_dir), out, num_proc=1, overwrite=True)
+        prepare([str(good)], str(tok_dir), out, workers=1)
+    prepare([str(good)], str(tok_dir), out, workers=1, overwrite=True)
 
 
 def test_cli(tok_dir, tmp_path, capsys):
@@ -297,7 +369,7 @@ def test_cli(tok_dir, tmp_path, capsys):
     a.write_text("one document", encoding="utf-8")
     b.write_text("another document", encoding="utf-8")
     main(["data", "prepare", str(a), str(b), "--tokenizer", str(tok_dir), "--out", str(tmp_path / "o"),
-          "--val-fraction", "0.5", "--num-proc", "1", "--seq-len", "4"])
+          "--val-fraction", "0.5", "--workers", "1", "--seq-len", "4"])
     m = json.loads((tmp_path / "o" / "manifest.json").read_text())
     assert m["splits"]["train"]["docs"] == m["splits"]["val"]["docs"] == 1 and m["seq_len"] == 4
     assert m["sources"] == [str(a), str(b)]
@@ -305,7 +377,7 @@ def test_cli(tok_dir, tmp_path, capsys):
 
 @pytest.mark.skipif(not SHAKESPEARE.exists(), reason=f"{SHAKESPEARE} not available")
 def test_tinyshakespeare_paragraphs(tok_dir, tmp_path):
-    m = prepare([str(SHAKESPEARE)], str(tok_dir), str(tmp_path / "out"), text_unit="paragraph", num_proc=1)
+    m = prepare([str(SHAKESPEARE)], str(tok_dir), str(tmp_path / "out"), text_unit="paragraph", workers=1)
     assert m["splits"]["train"]["docs"] > 7000 and m["splits"]["val"]["docs"] > 10
     total = m["splits"]["train"]["tokens"] + m["splits"]["val"]["tokens"]
     assert abs(m["splits"]["val"]["tokens"] / total - 0.01) < 0.002
@@ -325,7 +397,7 @@ def test_preparation_shows_progress_against_the_input_size(tok_dir, tmp_path, ca
         f.write(text)
     assert input_bytes([plain, packed]) == 2 * len(text.encode())
     prepare([str(plain), str(packed)], tokenizer=str(tok_dir), out=str(tmp_path / "o"), seq_len=16,
-            text_unit="paragraph", num_proc=1)
+            text_unit="paragraph", workers=1)
     lines = [x for x in capsys.readouterr().err.splitlines() if x.startswith("tokenizing:")]
     total = f"{round(2 * len(text.encode()) / 1e6, 1)}"
     assert lines and all(f"/{total} MB (" in x and "ETA" in x for x in lines), lines

@@ -45,7 +45,8 @@ import numpy as np
 from llmkit.data import CURATE_REPORT, TextUnit, claim_output_dir
 from llmkit.data.decontaminate import Decontaminator
 from llmkit.data.dedup import MinHashLSH, exact_key
-from llmkit.data.engine import Executor, Task, TaskProgress, check_executor, fingerprint, plan_tasks, run_tasks, work_dir
+from llmkit.data.engine import (Executor, Task, TaskProgress, check_executor, dump_json, fingerprint, plan_tasks,
+                               run_tasks, save_npy, work_dir)
 from llmkit.data.filters import QualityFilter
 from llmkit.data.mix import mix_sources, parse_weights
 from llmkit.data.ngrams import normalized_words
@@ -109,18 +110,6 @@ class _SourceStats:
 
 def _example(location: str, text: str, **extra) -> dict:
     return {"location": location, "text": text[:300] + ("…" if len(text) > 300 else ""), **extra}
-
-
-def _dump(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, ensure_ascii=False), encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def _save_npy(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(path.name + ".tmp.npy")
-    np.save(tmp, array)
-    os.replace(tmp, path)
 
 
 # --- stage 1, per task: the rules that look at one document --------------------------------------
@@ -225,13 +214,13 @@ class _FilterTask:
         os.replace(kept_path.with_name(kept_path.name + ".tmp"), kept_path)
         n = tallies["kept"].docs
         if r.dedup:
-            _save_npy(folder / f"{rank:05d}.keys.npy", np.frombuffer(b"".join(keys), dtype=np.uint8).reshape(n, 16))
+            save_npy(folder / f"{rank:05d}.keys.npy", np.frombuffer(b"".join(keys), dtype=np.uint8).reshape(n, 16))
         if r.lsh is not None:
             num_perm = r.lsh.num_perm
-            _save_npy(folder / f"{rank:05d}.sigs.npy",
+            save_npy(folder / f"{rank:05d}.sigs.npy",
                       np.stack(sigs) if sigs else np.empty((0, num_perm), dtype=np.uint32))
         progress.flush()
-        _dump(folder / f"{rank:05d}.json", {
+        dump_json(folder / f"{rank:05d}.json", {
             "docs_in": asdict(tallies["docs_in"]), "kept": asdict(tallies["kept"]),
             "removed": {k: asdict(v) for k, v in tallies["removed"].items()}, "examples": examples,
             "languages": languages, "pii": pii_counts, "pii_docs": pii_docs, "pii_examples": pii_examples,
@@ -319,9 +308,9 @@ def _dedup(work: Path, counts: list[int], dedup: bool, lsh: Optional[MinHashLSH]
         sigs_path.unlink()
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(int)
     for t in range(len(counts)):
-        _save_npy(folder / f"{t:05d}.npy", codes[offsets[t]:offsets[t + 1]])
+        save_npy(folder / f"{t:05d}.npy", codes[offsets[t]:offsets[t + 1]])
     summary = {"exact": int((codes == EXACT).sum()), "near": int((codes == NEAR).sum())}
-    _dump(done, summary)
+    dump_json(done, summary)
     return summary
 
 
@@ -359,7 +348,7 @@ class _WriteTask:
                     examples[rule].append(_example(rec["location"], rec["text"]))
         writer.close()
         progress.flush()
-        _dump(self.work / "write" / f"{rank:05d}.json", {
+        dump_json(self.work / "write" / f"{rank:05d}.json", {
             "files": writer.files, "docs": writer.docs, "words": writer.words,
             "removed": {k: asdict(v) for k, v in removed.items()}, "examples": examples})
 

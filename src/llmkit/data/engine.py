@@ -100,6 +100,17 @@ def _parquet_parts(path: Path, task_bytes: int) -> list[tuple[int, int, int]]:
     return parts or [(0, 0, 0)]
 
 
+def uncompressed_size(path: Path) -> int:
+    """A file's size; a .gz file's from its trailer (ISIZE, the length mod 2**32, as gzip -l
+    reads it)."""
+    size = path.stat().st_size
+    if path.suffix.lower() == ".gz" and size >= 18:
+        with open(path, "rb") as fh:
+            fh.seek(-4, 2)
+            size = int.from_bytes(fh.read(4), "little")
+    return size
+
+
 def plan_tasks(sources: list[str], task_mb: float = 64.0) -> list[Task]:
     """The tasks of `sources` in reading order (see the module docstring)."""
     if task_mb <= 0:
@@ -115,10 +126,7 @@ def plan_tasks(sources: list[str], task_mb: float = 64.0) -> list[Task]:
             parts = list(_line_parts(path, task_bytes))
         elif fmt == "parquet" and size > task_bytes:
             parts = list(_parquet_parts(path, task_bytes))
-        if compressed and path.suffix.lower() == ".gz" and size >= 18:
-            with open(path, "rb") as fh:  # gzip's trailer: the uncompressed size mod 2**32
-                fh.seek(-4, 2)
-                size = int.from_bytes(fh.read(4), "little")
+        size = uncompressed_size(path)
         for part in parts:
             if part is None:
                 share = size
@@ -151,6 +159,23 @@ def work_dir(out_dir: Path, key: str) -> tuple[Path, bool]:
     work.mkdir(parents=True)
     marker.write_text(key + "\n", encoding="utf-8")
     return work, False
+
+
+# --- a task's files ---------------------------------------------------------------------------------
+# A task's results live in the work folder and are renamed into place when complete; a task cut
+# off before its completion marker is simply run again, so no fsync is needed here.
+def save_npy(path: Path, array) -> None:
+    import numpy as np
+
+    tmp = path.with_name(path.name + ".tmp.npy")
+    np.save(tmp, array)
+    os.replace(tmp, path)
+
+
+def dump_json(path: Path, obj) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, ensure_ascii=False), encoding="utf-8")
+    os.replace(tmp, path)
 
 
 # --- progress reported by tasks -------------------------------------------------------------------

@@ -17,8 +17,13 @@ ranked by a seeded hash of their text and taken in that order until they hold th
 split between train and val; a hash of the text, so copies of a document (duplicates in the
 corpus, or a source up-sampled by `data curate`) all land in the same split.
 
-Determinism: documents are read in a fixed order, cut into chunks in a fixed way and the
-chunks' ids written in submission order, so the bytes written do not depend on `num_proc`.
+The work runs as tasks on datatrove's local or Ray executor (`data.engine`): one per file, or
+per ~`task_mb` part of a large JSONL or Parquet file. Each task tokenizes its documents into a
+file of ids with their lengths and content keys; the validation split is then chosen over all
+documents, and the ids are copied, in reading order, into the shards with buffered reads (the
+memory does not grow with the corpus, only 16 bytes per document for lengths and keys). So
+the bytes written do not depend on the executor or the number of workers, and an interrupted
+run started again tokenizes only the tasks that had not finished.
 """
 
 from __future__ import annotations
@@ -28,22 +33,26 @@ import itertools
 import json
 import os
 import sys
+import shutil
+import sys
 import time
-from collections import deque
 from pathlib import Path
 from typing import Iterator, Optional
 
 import numpy as np
 
-from llmkit.data import TextUnit, claim_output_dir, expand_sources, iter_documents
+from llmkit.data import TextUnit, claim_output_dir
+from llmkit.data.engine import (Executor, Task, TaskProgress, check_executor, default_workers, fingerprint,
+                                plan_tasks, run_tasks, save_npy, uncompressed_size, work_dir)
 from llmkit.errors import LLMKitError
+from llmkit.fileio import atomic_write_text
 
 MANIFEST = "manifest.json"
 FORMAT = "llmkit-token-shards"
-_CHUNK_CHARS = 1 << 22  # ~4 MB of text per task: big enough to amortise IPC, small enough to stream
+_CHUNK_CHARS = 1 << 22  # ~4 MB of text per encode_batch call: amortised, and bounded memory
 _CHUNK_DOCS = 4096
 
-_worker_tok = None  # the tokenizer of a worker process (set by _init_worker)
+_task_tok: dict[str, object] = {}  # tokenizer folder -> Tokenizer, one per process
 
 
 def _warn(msg: str) -> None:
@@ -72,40 +81,19 @@ def _encode_chunk(tok, texts: list[str], dtype: str) -> tuple[np.ndarray, np.nda
     return flat, lengths, keys
 
 
-def _init_worker(tokenizer_dir: str) -> None:
-    global _worker_tok
-    # One Rust thread per worker: the processes already use the cores, and tokenizers' thread
-    # pool would otherwise oversubscribe them.
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    from llmkit.tokenizer import Tokenizer
-
-    _worker_tok = Tokenizer.from_dir(tokenizer_dir)
-
-
-def _worker_encode(texts: list[str], dtype: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    return _encode_chunk(_worker_tok, texts, dtype)
-
-
 def input_bytes(files: list[Path]) -> int:
-    """Uncompressed size of the input files: a .gz file's size from its trailer (ISIZE, the
-    length mod 2**32, as gzip -l reads it), others' from the file system."""
-    total = 0
-    for f in files:
-        size = f.stat().st_size
-        if f.suffix.lower() == ".gz" and size >= 18:
-            with open(f, "rb") as fh:
-                fh.seek(-4, 2)
-                size = int.from_bytes(fh.read(4), "little")
-        total += size
-    return total
+    """Uncompressed size of the input files (a .gz file's from its trailer)."""
+    return sum(uncompressed_size(Path(f)) for f in files)
 
 
-def _chunks(docs: Iterator) -> Iterator[list[str]]:
+def _chunks(docs: Iterator, progress: Optional[TaskProgress] = None) -> Iterator[list[str]]:
     chunk: list[str] = []
     size = 0
     for doc in docs:
         chunk.append(doc.text)
         size += len(doc.text)
+        if progress is not None:
+            progress.add(len(doc.text.encode("utf-8", "surrogatepass")))
         if size >= _CHUNK_CHARS or len(chunk) >= _CHUNK_DOCS:
             yield chunk
             chunk, size = [], 0
@@ -113,45 +101,46 @@ def _chunks(docs: Iterator) -> Iterator[list[str]]:
         yield chunk
 
 
-def _tokenize(chunks: Iterator[list[str]], tokenizer_dir: Path, dtype: np.dtype, num_proc: int
-              ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Yield `_encode_chunk`'s triple per chunk, in chunk order, tokenizing in `num_proc` processes."""
-    first = next(chunks, None)
-    if first is None:
-        return
-    second = next(chunks, None)
-    all_chunks = itertools.chain([first] if second is None else [first, second], chunks)
-    if num_proc <= 1 or second is None:
-        # In-process (a one-chunk corpus is not worth starting processes for); the Rust backend
-        # still spreads each chunk over its own threads.
-        from llmkit.tokenizer import Tokenizer
+class _TokenizeTask:
+    """Task `rank`: its documents' ids to tokens/RANK.bin, their lengths and content keys to
+    tokens/RANK.lens.npy and tokens/RANK.keys.npy (each written under a temporary name)."""
 
-        tok = Tokenizer.from_dir(tokenizer_dir)
-        for chunk in all_chunks:
-            yield _encode_chunk(tok, chunk, dtype.name)
-        return
+    def __init__(self, tasks: list[Task], work: Path, tokenizer_dir: Path, dtype: str, text_field: str,
+                 text_unit: str, tokenizer_threads: bool):
+        self.tasks, self.work, self.tokenizer_dir, self.dtype = tasks, work, str(tokenizer_dir), dtype
+        self.text_field, self.text_unit, self.tokenizer_threads = text_field, text_unit, tokenizer_threads
 
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
+    def _tokenizer(self):
+        if self.tokenizer_dir not in _task_tok:
+            if not self.tokenizer_threads:
+                # One Rust thread per worker: the worker processes already use the cores, and
+                # tokenizers' thread pool would otherwise oversubscribe them.
+                os.environ["TOKENIZERS_PARALLELISM"] = "false"
+            from llmkit.tokenizer import Tokenizer
 
-    # spawn, not fork: tokenizers' thread pool may already exist in this process, and a forked
-    # child of a multithreaded parent can deadlock (tokenizers warns about exactly this).
-    # ProcessPoolExecutor rather than multiprocessing.Pool: a worker that dies (or whose
-    # initializer fails) raises BrokenProcessPool here instead of hanging the run.
-    pool = ProcessPoolExecutor(num_proc, mp_context=mp.get_context("spawn"), initializer=_init_worker,
-                               initargs=(str(tokenizer_dir),))
-    try:
-        # A bounded window of tasks in flight, so that reading never runs far ahead of
-        # tokenizing: memory stays at ~2 chunks per process whatever the corpus size.
-        pending: deque = deque()
-        for chunk in all_chunks:
-            pending.append(pool.submit(_worker_encode, chunk, dtype.name))
-            if len(pending) >= 2 * num_proc:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+            _task_tok[self.tokenizer_dir] = Tokenizer.from_dir(self.tokenizer_dir)
+        return _task_tok[self.tokenizer_dir]
+
+    def __call__(self, rank: int) -> None:
+        from llmkit.data import read_part
+
+        task, tok = self.tasks[rank], self._tokenizer()
+        folder = self.work / "tokens"
+        folder.mkdir(exist_ok=True)
+        progress = TaskProgress(self.work / "tokenize" / "progress", rank)
+        lengths, keys = [np.zeros(0, np.int64)], [np.zeros(0, np.uint64)]
+        path = folder / f"{rank:05d}.bin"
+        with open(path.with_suffix(".tmp"), "wb") as f:
+            docs = read_part(task.source, Path(task.path), self.text_field, self.text_unit, task.part)
+            for chunk in _chunks(docs, progress):
+                ids, lens, chunk_keys = _encode_chunk(tok, chunk, self.dtype)
+                f.write(ids.tobytes())
+                lengths.append(lens)
+                keys.append(chunk_keys)
+        save_npy(folder / f"{rank:05d}.lens.npy", np.concatenate(lengths))
+        save_npy(folder / f"{rank:05d}.keys.npy", np.concatenate(keys))
+        os.replace(path.with_suffix(".tmp"), path)
+        progress.flush()
 
 
 def _splitmix64(x: np.ndarray) -> np.ndarray:
@@ -242,37 +231,52 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _default_num_proc() -> int:
+def _default_workers() -> int:
     """One core for this process (reading, writing), the others for tokenizer workers. With two
-    cores that means no worker processes: tokenizing in-process over the Rust backend's threads
-    measured 25% faster there than two single-threaded workers plus a busy reader."""
-    try:
-        cores = len(os.sched_getaffinity(0))  # honours container CPU limits
-    except AttributeError:  # macOS / Windows
-        cores = os.cpu_count() or 1
-    return max(1, cores - 1)
+    cores that means one worker, in this process: tokenizing there over the Rust backend's
+    threads measured 25% faster than two single-threaded workers plus a busy reader."""
+    return max(1, default_workers() - 1)
+
+
+def _copy_tokens(f, start: int, end: int, dtype: np.dtype, write, block: int = 1 << 22) -> None:
+    """Hand ids [start, end) of the open file `f` to `write`, `block` ids at a time (buffered
+    reads: bounded memory, unlike a memmap whose pages stay resident)."""
+    f.seek(start * dtype.itemsize)
+    while start < end:
+        n = min(block, end - start)
+        write(np.fromfile(f, dtype=dtype, count=n))
+        start += n
 
 
 def prepare(sources: list[str], tokenizer: str, out: str, seq_len: int = 1024, val_fraction: float = 0.01,
-            num_proc: Optional[int] = None, text_field: str = "text", text_unit: TextUnit = "file",
-            seed: int = 0, shard_tokens: int = 100_000_000, overwrite: bool = False) -> dict:
+            text_field: str = "text", text_unit: TextUnit = "file", seed: int = 0,
+            shard_tokens: int = 100_000_000, executor: Executor = "local", workers: Optional[int] = None,
+            task_mb: float = 64.0, overwrite: bool = False) -> dict:
     """Tokenize a text corpus into token shards for pretraining.
+
+    The work runs as tasks (a file, or a ~task_mb part of a large JSONL or Parquet file) on
+    datatrove's local or Ray executor; the shards do not depend on which, or on the number of
+    workers, and a run interrupted is resumed by running it again.
 
     Args:
         sources: text files (.txt/.md; one document per file, see --text-unit), JSONL/JSON files
-            with a text field, Parquet files with a text column, or folders of them (recursive).
+            with a text field, CSV or Parquet files with a text column (.gz/.zst compressed too),
+            or folders of them (recursive).
         tokenizer: tokenizer folder (tokenizer.json, or GPT-2 vocab + merges); copied to out/tokenizer.
         out: output folder for manifest.json, train_*.bin and val_*.bin.
         seq_len: training context length, recorded in the manifest (the shards are one
             continuous stream; any window length can be read from them).
         val_fraction: fraction of tokens for the validation split, as whole documents.
-        num_proc: tokenizer processes (default: CPU cores - 1; 1 tokenizes in this process, where
-            the Rust tokenizer still uses several threads). The output does not depend on it.
-        text_field: field (JSONL/JSON) or column (Parquet) holding the text.
+        text_field: field (JSONL/JSON) or column (CSV/Parquet) holding the text.
         text_unit: what one document of a text file is: the whole "file", each "paragraph"
             (separated by blank lines), or each "line".
         seed: seed of the validation document choice.
         shard_tokens: maximum tokens per shard file.
+        executor: "local" (processes on this machine) or "ray" (the Ray cluster RAY_ADDRESS names,
+            or a local one).
+        workers: tasks run at once (default: CPU cores - 1; 1 tokenizes in this process, where
+            the Rust tokenizer uses several threads).
+        task_mb: size of a task's part of a large JSONL or Parquet file, in MB.
         overwrite: replace an existing prepared dataset in `out`.
     """
     from llmkit.progress import progress
@@ -285,16 +289,15 @@ def prepare(sources: list[str], tokenizer: str, out: str, seq_len: int = 1024, v
         raise LLMKitError(f"seq_len must be >= 1, got {seq_len}")
     if shard_tokens < 1:
         raise LLMKitError(f"shard_tokens must be >= 1, got {shard_tokens}")
-    num_proc = _default_num_proc() if num_proc is None else num_proc
-    if num_proc < 1:
-        raise LLMKitError(f"num_proc must be >= 1, got {num_proc}")
+    workers = check_executor(executor, _default_workers() if workers is None else workers)
     if isinstance(sources, str):
         sources = [sources]
+    sources = [str(s) for s in sources]
     tok = Tokenizer.from_dir(tokenizer)
     if tok.eos_id is None and tok.sep_id is None:
         raise LLMKitError(f"tokenizer '{tokenizer}' has no EOS (or [SEP]) token to separate documents "
                           "(set eos_token in its tokenizer_config.json)")
-    docs = iter_documents(sources, text_field=text_field, text_unit=text_unit)  # checks every path now
+    tasks = plan_tasks(sources, task_mb)  # checks every path now
 
     out_dir = claim_output_dir(out, MANIFEST, "a prepared dataset", overwrite)
     (out_dir / MANIFEST).unlink(missing_ok=True)  # a crash below must not leave a stale manifest
@@ -302,51 +305,44 @@ def prepare(sources: list[str], tokenizer: str, out: str, seq_len: int = 1024, v
         old.unlink()
     tok_dir = tok.save(out_dir / "tokenizer")
     dtype = token_dtype(tok.vocab_size)
+    settings = {"tokenizer": _sha256(tok_dir / "tokenizer.json"), "dtype": dtype.name, "text_field": text_field,
+                "text_unit": text_unit, "task_mb": task_mb}
+    work, resumed = work_dir(out_dir, fingerprint(tasks, settings))
 
-    # Pass 1: tokenize everything into one temporary stream, remembering each document's length.
-    tmp = out_dir / ".tokens.tmp"
-    lengths: list[np.ndarray] = []
-    keys: list[np.ndarray] = []
-    n_tokens, n_docs = 0, 0
-    read = [0]  # bytes of text handed to the tokenizer so far
+    # Stage 1, per task: ids, lengths and content keys of its documents.
+    threads = executor == "local" and workers == 1  # in this process: the Rust backend's threads
+    ran = run_tasks("tokenize", _TokenizeTask(tasks, work, tok_dir, dtype.name, text_field, text_unit, threads),
+                    tasks, work, executor=executor, workers=workers, desc="tokenizing")
+    folder = work / "tokens"
+    lens_per_task = [np.load(folder / f"{t.index:05d}.lens.npy") for t in tasks]
+    lens = np.concatenate(lens_per_task)
+    n_tokens = int(lens.sum())
+    if n_tokens == 0:
+        shutil.rmtree(work)
+        raise LLMKitError(f"empty corpus: no text in {', '.join(sources)}")
 
-    def counted(docs):
-        for d in docs:
-            read[0] += len(d.text.encode("utf-8"))
-            yield d
-
-    # The total is the input's size (uncompressed), so the bar has an ETA; the text is a little
-    # smaller than JSON or Parquet files (keys, escapes), so the bar is set full at the end.
-    total_mb = input_bytes([p for _, p in expand_sources(sources)]) / 1e6
-    try:
-        with open(tmp, "wb") as f, progress(total=round(total_mb, 1) or None, desc="tokenizing", unit="MB") as bar:
-            for ids, lens, chunk_keys in _tokenize(_chunks(counted(docs)), tok_dir, dtype, num_proc):
-                f.write(ids.tobytes())
-                lengths.append(lens)
-                keys.append(chunk_keys)
-                n_tokens += len(ids)
-                n_docs += len(lens)
-                bar.update(max(0.0, min(read[0] / 1e6, bar.total or float("inf")) - bar.n))
-                bar.set_postfix(docs=f"{n_docs:,}", tokens=f"{n_tokens:,}", refresh=False)
-            if bar.total:
-                bar.update(bar.total - bar.n)
-        if n_tokens == 0:
-            raise LLMKitError(f"empty corpus: no text in {', '.join(map(str, sources))}")
-        lens = np.concatenate(lengths)
-
-        # Pass 2: copy each document's ids to its split. Validation documents are few, so the
-        # copy is a handful of long contiguous runs, read through a memmap (no RAM copy).
-        is_val = choose_val_docs(lens, val_fraction, seed, keys=np.concatenate(keys))
-        stream = np.memmap(tmp, dtype=dtype, mode="r")
-        offsets = np.concatenate([[0], np.cumsum(lens)])
-        writers = {s: _ShardWriter(out_dir, s, dtype, shard_tokens) for s in ("train", "val")}
-        change = np.flatnonzero(np.diff(is_val.astype(np.int8))) + 1
-        bounds = np.concatenate([[0], change, [len(lens)]])
-        for a, b in zip(bounds[:-1], bounds[1:]):
-            writers["val" if is_val[a] else "train"].write(stream[offsets[a]:offsets[b]])
-        del stream
-    finally:
-        tmp.unlink(missing_ok=True)
+    # Stage 2, here: the split over all documents, then each task's ids copied to their split in
+    # reading order. Validation documents are few, so the copy is a handful of long runs.
+    keys = np.concatenate([np.load(folder / f"{t.index:05d}.keys.npy") for t in tasks])
+    is_val = choose_val_docs(lens, val_fraction, seed, keys=keys)
+    del keys
+    writers = {s: _ShardWriter(out_dir, s, dtype, shard_tokens) for s in ("train", "val")}
+    first_doc = 0
+    with progress(total=n_tokens, desc="writing shards", unit="tok") as bar:
+        for t, task_lens in zip(tasks, lens_per_task):
+            n = len(task_lens)
+            val = is_val[first_doc:first_doc + n]
+            first_doc += n
+            if not n:
+                continue
+            offsets = np.concatenate([[0], np.cumsum(task_lens)])
+            bounds = np.concatenate([[0], np.flatnonzero(np.diff(val.astype(np.int8))) + 1, [n]])
+            with open(folder / f"{t.index:05d}.bin", "rb") as f:
+                for a, b in zip(bounds[:-1], bounds[1:]):
+                    w = writers["val" if val[a] else "train"]
+                    _copy_tokens(f, int(offsets[a]), int(offsets[b]), dtype, w.write)
+                    bar.update(int(offsets[b] - offsets[a]))
+    del lens_per_task
 
     splits = {}
     for name, w in writers.items():
@@ -362,23 +358,22 @@ def prepare(sources: list[str], tokenizer: str, out: str, seq_len: int = 1024, v
         "bos_id": tok.bos_id,
         "add_bos": tok.add_bos,  # whether each document starts with bos_id
         "seq_len": seq_len,
-        "tokenizer": {"path": "tokenizer", "source": str(tokenizer),
-                      "sha256": _sha256(tok_dir / "tokenizer.json")},
-        "sources": [str(s) for s in sources],
+        "tokenizer": {"path": "tokenizer", "source": str(tokenizer), "sha256": settings["tokenizer"]},
+        "sources": sources,
         "text_field": text_field,
         "text_unit": text_unit,
         "val_fraction": val_fraction,
         "seed": seed,
         "splits": splits,
     }
-    tmp_manifest = out_dir / (MANIFEST + ".tmp")
-    tmp_manifest.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp_manifest, out_dir / MANIFEST)  # the manifest appears only once all shards exist
+    atomic_write_text(out_dir / MANIFEST, json.dumps(manifest, indent=2) + "\n")  # once all shards exist
+    shutil.rmtree(work)
 
     dt = time.perf_counter() - t0
     tr, va = splits["train"], splits["val"]
+    resumed_note = f", resumed: {len(tasks) - ran} of {len(tasks)} tasks done before" if resumed else ""
     print(f"prepared {tr['docs'] + va['docs']:,} docs, {n_tokens:,} tokens in {dt:.1f}s "
-          f"({n_tokens / dt:,.0f} tokens/s): train {tr['tokens']:,} tokens ({tr['docs']:,} docs), "
+          f"({n_tokens / dt:,.0f} tokens/s{resumed_note}): train {tr['tokens']:,} tokens ({tr['docs']:,} docs), "
           f"val {va['tokens']:,} tokens ({va['docs']:,} docs) -> {out_dir}")
     if val_fraction > 0 and va["docs"] == 0 and tr["docs"] == 1:
         _warn("the corpus is a single document, so there is no validation split; split text files "
