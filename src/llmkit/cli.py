@@ -338,7 +338,9 @@ def parse(argv: list[str]) -> tuple[Callable, dict]:
     except Exception as e:  # jsonargparse's ArgumentError: one line, as every input error
         if isinstance(e, SystemExit):
             raise
-        message = str(e).strip().splitlines()[0]
+        # jsonargparse puts the key on the first line and what is wrong on the next ones.
+        lines = [ln.strip(" -") for ln in str(e).strip().splitlines() if ln.strip(" -")]
+        message = " ".join(lines) if lines and lines[0].rstrip().endswith(":") else (lines or [""])[0]
         raise LLMKitError(f"{prog}: {message}{_did_you_mean(message, parser, fn)}") from None
     kwargs = parser.instantiate(ns)
     kwargs = {k: v for k, v in vars(kwargs).items() if k != "config"} if not isinstance(kwargs, dict) else kwargs
