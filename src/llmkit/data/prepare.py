@@ -32,7 +32,6 @@ import hashlib
 import itertools
 import json
 import os
-import sys
 import shutil
 import sys
 import time
