@@ -490,14 +490,15 @@ def curate(sources: list[str], out: str, weights: Optional[list[Union[float, str
             old.unlink(missing_ok=True)
 
     run = dict(executor=executor, workers=workers)
-    ran = run_tasks("filter", _FilterTask(tasks, work, rules, text_field, text_unit, examples), tasks, work,
+    ran = {}
+    ran["filter"] = run_tasks("filter", _FilterTask(tasks, work, rules, text_field, text_unit, examples), tasks, work,
                     desc="curating", **run)
     stats = [json.loads((work / "filter" / f"{t.index:05d}.json").read_text(encoding="utf-8")) for t in tasks]
     if sum(s["docs_in"]["docs"] for s in stats) == 0:
         shutil.rmtree(work)
         raise LLMKitError(f"empty corpus: no text in {', '.join(sources)}")
     _dedup(work, [s["kept"]["docs"] for s in stats], dedup, lsh)
-    ran += run_tasks("write", _WriteTask(tasks, work, out_dir, shard_docs, bool(mix), examples), tasks, work,
+    ran["write"] = run_tasks("write", _WriteTask(tasks, work, out_dir, shard_docs, bool(mix), examples), tasks, work,
                      desc="writing", **run)
     written = [json.loads((work / "write" / f"{t.index:05d}.json").read_text(encoding="utf-8")) for t in tasks]
 
@@ -551,7 +552,7 @@ def curate(sources: list[str], out: str, weights: Optional[list[Union[float, str
                      seconds=time.perf_counter() - t0)
     report["filters"] = _filter_report(extra, lang_id, classifier, quality_threshold, pii, types)
     report["run"] = {"executor": executor, "workers": workers, "tasks": len(tasks),
-                     "tasks_run": ran, "resumed": resumed}
+                     "tasks_run": ran, "resumed": resumed}  # tasks_run: per stage
     atomic_write_text(out_dir / "report.md", _markdown(report))
     atomic_write_text(out_dir / CURATE_REPORT, json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     shutil.rmtree(work)  # last but one: the report marks the folder as a finished curation

@@ -386,10 +386,15 @@ def run_tasks(name: str, fn: Callable[[int], None], tasks: list[Task], work: Pat
         logger.disable("datatrove")  # the bar is the progress; task logs: work/NAME/logs
         try:
             ex = _executor(executor, _Step(name, fn), n, workers, logs)
-            if executor == "local" and workers > 1:
-                _run_hosted(ex, logs)
-            else:
+            if executor == "ray":
                 ex.run()
+            elif workers > 1:
+                _run_hosted(ex, logs)
+            else:  # one at a time here: LocalPipelineExecutor.run would start a Manager process for
+                # nothing, and a Manager outlives a driver killed with SIGKILL
+                for rank in range(n):
+                    if not ex.is_rank_completed(rank):
+                        ex._run_for_rank(rank)
         except Exception as e:  # noqa: BLE001 - the executor re-raises what a task raised
             err = _llmkit_error(e)
             if err is not None:
