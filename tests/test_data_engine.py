@@ -195,6 +195,8 @@ def test_jsonl_parts_cover_the_file_at_line_starts(tmp_path):
         assert a == 0 or data[a - 1:a] == b"\n"  # at a line start
         assert first == data[:a].count(b"\n") + 1
         assert t.size == b - a and t.path == str(path) and t.source == str(path)
+    longest = max(len(line.encode("utf-8")) + 1 for line in lines)
+    assert len(parts) <= -(-len(data) // 1000) and all(b - a <= 1000 + longest for a, b, _ in parts)
 
     whole = list(read_part(str(path), path, "text", "file"))
     pieces = [d for t in tasks for d in read_part(t.source, Path(t.path), "text", "file", t.part)]
@@ -211,6 +213,20 @@ def test_jsonl_parts_cover_the_file_at_line_starts(tmp_path):
     # A larger task_mb: fewer parts, the same documents.
     assert len(plan_tasks([str(path)], task_mb=0.004)) < len(tasks)
     assert plan_tasks([str(path)], task_mb=1.0)[0].part is None  # a small file is one task
+
+
+def test_jsonl_parts_are_equal(tmp_path):
+    # Equal parts, so that workers finish together: 2.2 parts' worth of bytes is 3 parts of about
+    # 0.73 each, not 1 + 1 + 0.2; none is larger than task_mb by more than a line.
+    rng = random.Random(5)
+    lines = [json.dumps({"text": english(rng, rng.randint(3, 12))}) for _ in range(400)]
+    path = tmp_path / "in.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    size, longest = path.stat().st_size, max(len(line) + 1 for line in lines)
+    task_bytes = size / 2.2
+    sizes = [t.size for t in plan_tasks([str(path)], task_mb=task_bytes / 1e6)]
+    assert len(sizes) == 3 and sum(sizes) == size
+    assert max(sizes) - min(sizes) <= 2 * longest and max(sizes) <= task_bytes + longest
 
 
 def test_parquet_parts_are_row_group_ranges(tmp_path):

@@ -45,7 +45,7 @@ import numpy as np
 from llmkit.data import CURATE_REPORT, TextUnit, claim_output_dir
 from llmkit.data.decontaminate import Decontaminator
 from llmkit.data.dedup import MinHashLSH, exact_key
-from llmkit.data.engine import (Executor, Task, TaskProgress, check_executor, dump_json, fingerprint, plan_tasks,
+from llmkit.data.engine import (TASK_MB, Executor, Task, TaskProgress, check_executor, dump_json, fingerprint, plan_tasks,
                                run_tasks, save_npy, work_dir)
 from llmkit.data.filters import QualityFilter
 from llmkit.data.mix import mix_sources, parse_weights
@@ -373,7 +373,7 @@ def curate(sources: list[str], out: str, weights: Optional[list[Union[float, str
            dedup: bool = True, near_dedup: bool = True, near_dup_threshold: float = 0.8, num_perm: int = 128,
            bands: Optional[int] = None, shingle_size: int = 5, decontaminate_ngram: int = 13,
            shard_docs: int = 100_000, examples: int = 2, executor: Executor = "local",
-           workers: Optional[int] = None, task_mb: float = 64.0, overwrite: bool = False) -> dict:
+           workers: Optional[int] = None, task_mb: float = TASK_MB, overwrite: bool = False) -> dict:
     """Filter, de-duplicate, decontaminate, scrub and mix text sources into curated JSONL shards.
 
     Writes out/curated_*.jsonl ({"text", "source"} per line; `llmkit data prepare OUT` reads

@@ -41,6 +41,9 @@ from llmkit.errors import LLMKitError
 Executor = Literal["local", "ray"]
 EXECUTORS = ("local", "ray")
 WORK_DIR = ".llmkit-work"
+# MB of a large file per task: small enough that 2-16 workers share a 100 MB file evenly, large
+# enough that a task's start-up (a tokenizer or a model loaded once per process) is noise.
+TASK_MB = 16.0
 
 
 @dataclass(frozen=True)
@@ -55,11 +58,13 @@ class Task:
 
 
 def _line_parts(path: Path, task_bytes: int) -> list[tuple[int, int, int]]:
-    """Byte ranges of about `task_bytes` starting at line starts, with their first line numbers."""
+    """Byte ranges of at most about `task_bytes`, of equal size (so workers finish together),
+    starting at line starts, with their first line numbers."""
     size = path.stat().st_size
+    n = -(-size // task_bytes)
     cuts = [0]
     with open(path, "rb") as f:
-        for target in range(task_bytes, size, task_bytes):
+        for target in (round(k * size / n) for k in range(1, n)):
             if target <= cuts[-1]:
                 continue
             f.seek(target - 1)
@@ -89,12 +94,14 @@ def _parquet_parts(path: Path, task_bytes: int) -> list[tuple[int, int, int]]:
         meta = pq.ParquetFile(path).metadata
     except Exception as e:  # noqa: BLE001 - pyarrow raises several types for a bad file
         raise LLMKitError(f"cannot read Parquet file '{path}': {e}") from None
+    total = sum(meta.row_group(g).total_byte_size for g in range(meta.num_row_groups))
+    target = total / max(1, -(-total // task_bytes))  # equal parts of at most about task_bytes
     parts, start, row, first_row, size = [], 0, 0, 0, 0
     for g in range(meta.num_row_groups):
         rg = meta.row_group(g)
         size += rg.total_byte_size
         row += rg.num_rows
-        if size >= task_bytes or g == meta.num_row_groups - 1:
+        if size >= target or g == meta.num_row_groups - 1:
             parts.append((start, g + 1, first_row))
             start, first_row, size = g + 1, row, 0
     return parts or [(0, 0, 0)]
@@ -111,7 +118,7 @@ def uncompressed_size(path: Path) -> int:
     return size
 
 
-def plan_tasks(sources: list[str], task_mb: float = 64.0) -> list[Task]:
+def plan_tasks(sources: list[str], task_mb: float = TASK_MB) -> list[Task]:
     """The tasks of `sources` in reading order (see the module docstring)."""
     if task_mb <= 0:
         raise LLMKitError(f"task_mb must be > 0, got {task_mb}")

@@ -41,7 +41,7 @@ from typing import Iterator, Optional
 import numpy as np
 
 from llmkit.data import TextUnit, claim_output_dir
-from llmkit.data.engine import (Executor, Task, TaskProgress, check_executor, default_workers, fingerprint,
+from llmkit.data.engine import (TASK_MB, Executor, Task, TaskProgress, check_executor, default_workers, fingerprint,
                                 plan_tasks, run_tasks, save_npy, uncompressed_size, work_dir)
 from llmkit.errors import LLMKitError
 from llmkit.fileio import atomic_write_text
@@ -250,7 +250,7 @@ def _copy_tokens(f, start: int, end: int, dtype: np.dtype, write, block: int = 1
 def prepare(sources: list[str], tokenizer: str, out: str, seq_len: int = 1024, val_fraction: float = 0.01,
             text_field: str = "text", text_unit: TextUnit = "file", seed: int = 0,
             shard_tokens: int = 100_000_000, executor: Executor = "local", workers: Optional[int] = None,
-            task_mb: float = 64.0, overwrite: bool = False) -> dict:
+            task_mb: float = TASK_MB, overwrite: bool = False) -> dict:
     """Tokenize a text corpus into token shards for pretraining.
 
     The work runs as tasks (a file, or a ~task_mb part of a large JSONL or Parquet file) on
