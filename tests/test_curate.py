@@ -174,3 +174,39 @@ def test_tinyshakespeare_paragraphs(tmp_path):
     t = report["totals"]
     assert t["docs_in"] > 7000 and 0 < t["docs_kept"] < t["docs_in"]
     assert t["docs_in"] == t["docs_kept"] + sum(r["docs"] for r in report["per_rule"].values())
+
+
+def test_near_duplicate_rule_matches_the_sequential_index(tmp_path):
+    """The batch LSH pass over the signature file gives what the sequential rule gives: a document
+    is removed when an earlier document that is kept shares an LSH band with it and their
+    signatures agree in >= threshold of their positions (buckets here are smaller than the cap)."""
+    import numpy as np
+
+    from llmkit.data.curate import _near_duplicates, _Signatures
+    from llmkit.data.dedup import MinHashLSH
+
+    lsh = MinHashLSH(num_perm=64, threshold=0.7)
+    rng = np.random.default_rng(3)
+    sigs = rng.integers(0, 2**32, size=(400, 64), dtype=np.uint32)
+    for j in rng.choice(np.arange(50, 400), size=80, replace=False):  # near copies of earlier ones
+        i = int(rng.integers(0, j))
+        flip = rng.random(64) < rng.uniform(0.0, 0.5)
+        sigs[j] = np.where(flip, sigs[j], sigs[i])
+    alive = rng.random(400) > 0.1
+    path = tmp_path / "sigs.u32"
+    path.write_bytes(sigs.tobytes())
+    reader = _Signatures(path, 400, 64)
+    reader.BLOCK = 37  # several blocks, ragged
+    got = _near_duplicates(reader, alive, lsh)
+
+    def bands_of(v):
+        return [tuple(v[b * lsh.rows:(b + 1) * lsh.rows]) for b in range(lsh.bands)]
+
+    want = np.zeros(400, dtype=bool)
+    for j in np.flatnonzero(alive):
+        for i in np.flatnonzero(alive[:j] & ~want[:j]):
+            shares = any(x == y for x, y in zip(bands_of(sigs[i]), bands_of(sigs[j])))
+            if shares and (sigs[i] == sigs[j]).mean() >= lsh.threshold:
+                want[j] = True
+                break
+    assert 20 < want.sum() < 80 and (got == want).all()

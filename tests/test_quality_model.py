@@ -245,3 +245,33 @@ def test_quality_train_in_process(tmp_path, toy, capsys):
     with pytest.raises(LLMKitError, match="val_fraction"):
         quality_train([str(tmp_path / "ref.txt")], [str(tmp_path / "corpus.txt")], str(tmp_path / "o2"),
                       val_fraction=1.0)
+
+
+def test_curate_filters_by_the_classifier_and_reports_what_it_kept_and_removed(tmp_path, toy):
+    """`data curate --quality-model`: documents scored below the threshold are removed; report.json
+    and report.md show the score histogram and examples of both sides, and the PII section counts
+    per type with its examples redacted (the report is shared; the corpus stays where it is)."""
+    from llmkit.data.curate import curate
+
+    QualityClassifier.train(toy["ref"][:200], toy["corpus"][:200], dim=2**14, epochs=3).save(tmp_path / "clf")
+    rng = random.Random(7)
+    docs = [prose(rng, 12) for _ in range(10)] + [spam(rng) * 4 for _ in range(5)]
+    docs[3] += " Write to jane.doe@example.org for the minutes."
+    rng.shuffle(docs)
+    path = tmp_path / "in.jsonl"
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in docs), encoding="utf-8")
+    report = curate([str(path)], str(tmp_path / "out"), quality=False, near_dedup=False, decontaminate=None,
+                    quality_model=str(tmp_path / "clf"), pii="report", examples=2)
+    assert report["per_rule"]["quality_classifier"]["docs"] == 5
+    kept = [json.loads(line)["text"] for line in (tmp_path / "out" / report["output"]["files"][0]).open()]
+    assert kept == [t for t in docs if not t.endswith("!!!")]
+    f = report["filters"]["quality_classifier"]
+    assert sum(f["score_histogram"]) == 15 and f["threshold"] == 0.5
+    assert len(f["kept_examples"]) == 2 and all(ex["score"] >= 0.5 for ex in f["kept_examples"])
+    assert all(ex["score"] < 0.5 for ex in report["per_rule"]["quality_classifier"]["examples"])
+    assert report["filters"]["pii"]["matches"]["email"] == 1
+    md = (tmp_path / "out" / "report.md").read_text(encoding="utf-8")
+    assert "## Quality classifier" in md and "5 scored below 0.5 and were removed, 10 kept" in md
+    assert f["kept_examples"][0]["text"][:40] in md and "!!!" in md.split("Removed:")[1]
+    assert "## Personal information" in md and "| email | 1 |" in md and "<EMAIL>" in md
+    assert "jane.doe@example.org" not in md + (tmp_path / "out" / "report.json").read_text()

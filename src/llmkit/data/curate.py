@@ -38,7 +38,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import IO, Literal, Optional, Union
+from typing import IO, Iterator, Literal, Optional, Union
 
 import numpy as np
 
@@ -156,6 +156,7 @@ class _FilterTask:
         pii_counts = {t: 0 for t in r.pii_types} if r.pii else {}
         pii_docs = 0
         pii_examples: list[dict] = []
+        passed: list[dict] = []  # examples the classifier kept, with their scores
         scores = np.zeros(20, dtype=np.int64)  # histogram of classifier scores, kept and removed
         keys: list[bytes] = []
         sigs: list[np.ndarray] = []
@@ -181,6 +182,8 @@ class _FilterTask:
                     scores[min(int(score * 20), 19)] += 1
                     if score < r.classifier_threshold:
                         rule, info = "quality_classifier", {"score": round(score, 4)}
+                    elif len(passed) < self.examples:
+                        passed.append(_example(doc.location, text, score=round(score, 4)))
                 norm = normalized_words(text) if (rule is None and r.decon) else []
                 if rule is None and r.decon is not None and r.decon.contaminated(norm):
                     rule = "contaminated"
@@ -193,7 +196,10 @@ class _FilterTask:
                         for m in matches:
                             pii_counts[m.type] += 1
                         if len(pii_examples) < self.examples:
-                            pii_examples.append(_example(doc.location, text, found=[m.type for m in matches]))
+                            # Redacted (the report is shared), from just before the first match.
+                            cut = max(0, min(m.start for m in matches) - 100)
+                            shown = ("…" if cut else "") + redact(text, matches)[cut:]
+                            pii_examples.append(_example(doc.location, shown, found=[m.type for m in matches]))
                         if r.pii == "remove":
                             rule = "pii"
                         elif r.pii == "redact":
@@ -224,7 +230,7 @@ class _FilterTask:
             "docs_in": asdict(tallies["docs_in"]), "kept": asdict(tallies["kept"]),
             "removed": {k: asdict(v) for k, v in tallies["removed"].items()}, "examples": examples,
             "languages": languages, "pii": pii_counts, "pii_docs": pii_docs, "pii_examples": pii_examples,
-            "classifier_scores": scores.tolist()})
+            "classifier_scores": scores.tolist(), "classifier_kept": passed})
 
 
 # --- stage 2, once: de-duplication over every task's keys and signatures -------------------------
@@ -232,17 +238,52 @@ KEEP, EXACT, NEAR = 0, 1, 2
 _MAX_PAIRS_PER_DOC = 16  # candidates per band: the first members of a bucket (see _near_duplicates)
 
 
-def _band_hashes(sigs: np.ndarray, band: int, rows: int) -> np.ndarray:
-    """A 64-bit hash of each signature's rows of `band` (equal rows, equal hash)."""
-    h = np.full(len(sigs), 0xCBF29CE484222325, dtype=np.uint64)
+class _Signatures:
+    """The MinHash signatures of every document, (n, num_perm) uint32 in one file, read in blocks
+    of rows or row by row: the de-duplication holds a few numbers per document, never the matrix
+    (512 bytes per document; 160 MB for a 1 GB corpus, more with every GB: a memory map's pages
+    stay mapped, and counted, once read)."""
+
+    BLOCK = 1 << 14  # rows per read (8 MB at 128 permutations)
+
+    def __init__(self, path: Path, n: int, width: int):
+        self.path, self.n, self.width = path, n, width
+        self.row_bytes = 4 * width
+
+    def blocks(self, ids: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+        """(offset into ids, the rows of ids[offset:offset + k]) for sorted ids, block by block."""
+        with open(self.path, "rb") as f:
+            for a in range(0, len(ids), self.BLOCK):
+                part = ids[a:a + self.BLOCK]
+                lo, hi = int(part[0]), int(part[-1]) + 1
+                f.seek(lo * self.row_bytes)
+                rows = np.frombuffer(f.read((hi - lo) * self.row_bytes), dtype=np.uint32).reshape(hi - lo, self.width)
+                yield a, rows[part - lo]
+
+    def rows(self, ids: np.ndarray) -> np.ndarray:
+        """The rows of `ids` (sorted, unique), one read each."""
+        out = np.empty((len(ids), self.width), dtype=np.uint32)
+        with open(self.path, "rb") as f:
+            for k, i in enumerate(ids.tolist()):
+                f.seek(i * self.row_bytes)
+                out[k] = np.frombuffer(f.read(self.row_bytes), dtype=np.uint32)
+        return out
+
+
+def _band_hashes(sigs: _Signatures, ids: np.ndarray, band: int, rows: int) -> np.ndarray:
+    """A 64-bit hash of the rows of `band` of each of the signatures `ids` (equal rows, equal hash)."""
+    h = np.full(len(ids), 0xCBF29CE484222325, dtype=np.uint64)
     with np.errstate(over="ignore"):
-        for c in range(band * rows, (band + 1) * rows):
-            h = (h ^ sigs[:, c].astype(np.uint64)) * np.uint64(0x100000001B3)
-            h ^= h >> np.uint64(29)
+        for a, block in sigs.blocks(ids):
+            hb = h[a:a + len(block)]
+            for c in range(band * rows, (band + 1) * rows):
+                hb = (hb ^ block[:, c].astype(np.uint64)) * np.uint64(0x100000001B3)
+                hb ^= hb >> np.uint64(29)
+            h[a:a + len(block)] = hb
     return h
 
 
-def _near_duplicates(sigs: np.ndarray, alive: np.ndarray, lsh: MinHashLSH) -> np.ndarray:
+def _near_duplicates(sigs: _Signatures, alive: np.ndarray, lsh: MinHashLSH) -> np.ndarray:
     """Boolean mask of near duplicates among the `alive` rows of `sigs` (in document order).
 
     The rule of the sequential index, over all documents at once: a document is a near duplicate
@@ -250,11 +291,12 @@ def _near_duplicates(sigs: np.ndarray, alive: np.ndarray, lsh: MinHashLSH) -> np
     at least `threshold` of their positions. Per band the documents are sorted by the band's
     hash; each is paired with the first `_MAX_PAIRS_PER_DOC` documents of its bucket (a bucket of
     near-identical documents keeps its first one, which every later one is paired with). Only
-    hashes and candidate pairs are held, not an index of every band of every document."""
+    hashes and candidate pairs are held (and the signatures of the documents in a pair), not an
+    index of every band of every document nor the signatures of all."""
     ids = np.flatnonzero(alive)
     pairs = []
     for band in range(lsh.bands):
-        h = _band_hashes(sigs[ids], band, lsh.rows) if len(ids) else np.empty(0, dtype=np.uint64)
+        h = _band_hashes(sigs, ids, band, lsh.rows) if len(ids) else np.empty(0, dtype=np.uint64)
         order = np.argsort(h, kind="stable")  # stable: document order within a bucket
         hs = h[order]
         starts = np.flatnonzero(np.concatenate([[True], hs[1:] != hs[:-1]])) if len(hs) else np.empty(0, int)
@@ -266,15 +308,18 @@ def _near_duplicates(sigs: np.ndarray, alive: np.ndarray, lsh: MinHashLSH) -> np
                 break
             pairs.append(np.stack([ids[order[start_of[later] + k]], ids[order[later]]], axis=1))
     if not pairs:
-        return np.zeros(len(sigs), dtype=bool)
+        return np.zeros(sigs.n, dtype=bool)
     cand = np.unique(np.concatenate(pairs), axis=0)  # (i, j), i < j, sorted by i then j
+    members = np.unique(cand)
+    held = sigs.rows(members)  # the signatures of the documents in a pair only
     same = np.empty(len(cand), dtype=bool)
     for a in range(0, len(cand), 1 << 16):  # bounded temporaries
-        c = cand[a:a + (1 << 16)]
-        same[a:a + len(c)] = (sigs[c[:, 0]] == sigs[c[:, 1]]).mean(axis=1) >= lsh.threshold
+        c = np.searchsorted(members, cand[a:a + (1 << 16)])
+        same[a:a + len(c)] = (held[c[:, 0]] == held[c[:, 1]]).mean(axis=1) >= lsh.threshold
+    del held
     cand = cand[same]
     cand = cand[np.lexsort((cand[:, 0], cand[:, 1]))]  # by j, then i
-    removed = np.zeros(len(sigs), dtype=bool)
+    removed = np.zeros(sigs.n, dtype=bool)
     for i, j in cand.tolist():  # in document order of j: removed if a kept earlier one matches
         if not removed[i]:
             removed[j] = True
@@ -302,9 +347,7 @@ def _dedup(work: Path, counts: list[int], dedup: bool, lsh: Optional[MinHashLSH]
         with open(sigs_path, "wb") as f:
             for t in range(len(counts)):
                 f.write(np.load(work / "filter" / f"{t:05d}.sigs.npy", mmap_mode="r").tobytes())
-        sigs = np.memmap(sigs_path, dtype=np.uint32, mode="r", shape=(n, lsh.num_perm))
-        codes[_near_duplicates(sigs, codes == KEEP, lsh)] = NEAR
-        del sigs
+        codes[_near_duplicates(_Signatures(sigs_path, n, lsh.num_perm), codes == KEEP, lsh)] = NEAR
         sigs_path.unlink()
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(int)
     for t in range(len(counts)):
@@ -507,7 +550,7 @@ def curate(sources: list[str], out: str, weights: Optional[list[Union[float, str
     per_source = {s: _SourceStats(removed={r: _Tally() for r in names}) for s in sources}
     removed_examples: dict[str, list[dict]] = {r: [] for r in names}
     extra = {"languages": {}, "pii": {t: 0 for t in types}, "pii_docs": 0, "pii_examples": [],
-             "classifier_scores": [0] * 20}
+             "classifier_scores": [0] * 20, "classifier_kept": []}
     for task, st, wr in zip(tasks, stats, written):
         ps = per_source[task.source]
         ps.docs_in.merge(st["docs_in"])
@@ -524,6 +567,7 @@ def curate(sources: list[str], out: str, weights: Optional[list[Union[float, str
         extra["pii_docs"] += st["pii_docs"]
         extra["pii_examples"] += st["pii_examples"][: examples - len(extra["pii_examples"])]
         extra["classifier_scores"] = [a + b for a, b in zip(extra["classifier_scores"], st["classifier_scores"])]
+        extra["classifier_kept"] += st["classifier_kept"][: examples - len(extra["classifier_kept"])]
     for ps in per_source.values():
         ps.kept.docs = ps.docs_in.docs - sum(t.docs for t in ps.removed.values())
         ps.kept.words = ps.docs_in.words - sum(t.words for t in ps.removed.values())
@@ -596,7 +640,7 @@ def _filter_report(extra: dict, lang_id, classifier, threshold: float, pii: Opti
                            "identified": dict(sorted(extra["languages"].items(), key=lambda kv: -kv[1]))}
     if classifier is not None:
         out["quality_classifier"] = {"threshold": threshold, "score_histogram": extra["classifier_scores"],
-                                     "bins": "20 equal bins of [0, 1]"}
+                                     "bins": "20 equal bins of [0, 1]", "kept_examples": extra["classifier_kept"]}
     if pii is not None:
         out["pii"] = {"mode": pii, "types": list(types), "matches": extra["pii"], "docs_with_pii": extra["pii_docs"],
                       "examples": extra["pii_examples"]}
@@ -647,6 +691,42 @@ def _report(sources, stats, rules, removed_examples, writer, mixing, mix_error, 
     }
 
 
+def _snippet(ex: dict, *keys: str) -> str:
+    extra = ", ".join(f"{k} {ex[k]}" for k in keys if k in ex)
+    text = ex["text"].replace("\n", " ⏎ ").replace("|", "\\|")
+    return f"- `{ex['location']}`" + (f" ({extra})" if extra else "") + f": {text}"
+
+
+def _filters_markdown(filters: dict, per_rule: dict) -> list[str]:
+    """The language, classifier and PII sections of report.md (what report.json's "filters" holds)."""
+    lines: list[str] = []
+    if "language" in filters:
+        f = filters["language"]
+        lines += ["## Languages", "", f"Kept: {', '.join(f['keep'])} with probability >= {f['threshold']}. "
+                  "Identified (documents that reached the check):", "", "| language | docs |", "|---|---:|"]
+        lines += [f"| {lang} | {n:,} |" for lang, n in f["identified"].items()] + [""]
+    if "quality_classifier" in filters:
+        f = filters["quality_classifier"]
+        hist, n = f["score_histogram"], sum(f["score_histogram"])
+        removed = per_rule.get("quality_classifier", {})
+        lines += ["## Quality classifier", "",
+                  f"{n:,} documents scored; {removed.get('docs', 0):,} scored below {f['threshold']} and were "
+                  f"removed, {n - removed.get('docs', 0):,} kept.", "", "| score | docs | |", "|---|---:|---|"]
+        top = max(hist) or 1
+        for i, k in enumerate(hist):
+            lines.append(f"| {i / 20:.2f}-{(i + 1) / 20:.2f} | {k:,} | {'█' * round(24 * k / top)} |")
+        lines += ["", "Kept (score >= threshold):"] + [_snippet(ex, "score") for ex in f["kept_examples"]]
+        lines += ["", "Removed:"] + [_snippet(ex, "score") for ex in removed.get("examples", [])] + [""]
+    if "pii" in filters:
+        f = filters["pii"]
+        lines += ["## Personal information", "", f"Mode: {f['mode']}; {f['docs_with_pii']:,} documents held "
+                  "some (counted among documents that passed the rules before it).", "",
+                  "| type | matches |", "|---|---:|"]
+        lines += [f"| {t} | {k:,} |" for t, k in f["matches"].items()]
+        lines += ["", "Examples (redacted here whatever the mode):"] + [_snippet(ex, "found") for ex in f["examples"]] + [""]
+    return lines
+
+
 def _markdown(report: dict) -> str:
     t = report["totals"]
     def pct(a: int, b: int) -> str:
@@ -676,6 +756,7 @@ def _markdown(report: dict) -> str:
     o = report["output"]
     files = ", ".join(o["files"]) or "no files"
     lines += ["", f"Output: {o['docs']:,} documents, {o['words']:,} words in {files}.", ""]
+    lines += _filters_markdown(report.get("filters") or {}, report["per_rule"])
     examples = [(r, v["examples"]) for r, v in report["per_rule"].items() if v["examples"]]
     if examples:
         lines += ["## Examples of removed documents", ""]
