@@ -1,7 +1,12 @@
 """Training throughput on CPU: llmkit's Trainer vs transformers' LlamaForCausalLM in a plain loop.
 
-    python bench/bench_train.py [--shape micro|small] [--batch 8] [--seq-len 256] [--steps 8]
+    python bench/bench_train.py [--shape micro|small|l4] [--batch 8] [--seq-len 256] [--steps 8]
                                 [--warmup 2] [--rounds 3] [--precision fp32 bf16] [--threads N] [--compile]
+                                [--plain-compile]
+
+--plain-compile adds two plain loops with the forward and the loss compiled as one function:
+transformers' model, and llmkit's model without its Trainer (what the compiled Trainer must
+match: any gap is the Trainer's own overhead).
 
 Both sides train the same Llama-style model from the same weights (llmkit's random init,
 exported to transformers with llmkit's production converter, `state_dict_to_hf`), on the same
@@ -55,6 +60,9 @@ SHAPES = {
     # A ~29M Llama shape: 8 layers, width 512, 8/4 heads, SwiGLU 1536, vocab 8192, tied.
     "small": dict(name="small-llama", vocab_size=8192, n_layer=8, n_embd=512, n_head=8, n_kv_heads=4,
                   intermediate_size=1536, block_size=1024),
+    # Issue 18's shape: 4 layers, width 256, 8/4 heads, SwiGLU 688, vocab 8192, tied (4.8M).
+    "l4": dict(name="l4-llama", vocab_size=8192, n_layer=4, n_embd=256, n_head=8, n_kv_heads=4,
+               intermediate_size=688, block_size=1024),
 }
 LR, BETAS, EPS, WD, CLIP = 3e-4, (0.9, 0.95), 1e-8, 0.1, 1.0
 
@@ -108,18 +116,27 @@ def llmkit_round(model, batches, n_steps: int, precision: str, out: Path,
     return [b - a for a, b in zip(it.stamps, it.stamps[1:])], losses
 
 
-def hf_round(model, batches, n_steps: int, precision: str) -> tuple[list[float], list[float]]:
+def plain_round(model, batches, n_steps: int, precision: str, hf: bool,
+                compile: bool = False) -> tuple[list[float], list[float]]:
+    """A plain PyTorch loop over `model` (transformers' LlamaForCausalLM, or llmkit's Transformer
+    without its Trainer); with `compile`, the forward and the loss compiled as one function (what
+    torch.compile's docs suggest for a training step, and what llmkit's Trainer compiles)."""
     # The same optimizer as llmkit's make_optimizer: AdamW, fused, decay on matrices only.
     opt = torch.optim.AdamW(param_groups(model, WD), lr=LR, betas=BETAS, eps=EPS, fused=True)
     model.train()
     amp = precision == "bf16"
+
+    def forward_loss(x, y):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            logits = model(input_ids=x).logits if hf else model(x)
+            return F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
+
+    fn = torch.compile(forward_loss) if compile else forward_loss
     stamps, losses = [], []
     for i in range(n_steps):
         stamps.append(time.perf_counter())
         x, y = batches[i % len(batches)]
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
-            logits = model(input_ids=x).logits
-            loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
+        loss = fn(x, y)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP)
         opt.step()
@@ -141,6 +158,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     ap.add_argument("--compile", action="store_true",
                     help="also run llmkit with --train.compile true (torch.compile; compiling happens in warmup)")
+    ap.add_argument("--plain-compile", action="store_true",
+                    help="also run transformers and llmkit's model in a plain loop with forward + loss compiled")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -168,17 +187,20 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for precision in args.precision:
             peak = device_peak_flops(torch.device("cpu"), torch.bfloat16 if precision == "bf16" else None)
-            names = ["llmkit", "transformers"] + (["llmkit+compile"] if args.compile else [])
+            names = (["llmkit", "transformers"] + (["llmkit+compile"] if args.compile else [])
+                     + (["transformers+compile", "llmkit-loop+compile"] if args.plain_compile else []))
             times: dict[str, list[float]] = {w: [] for w in names}
             best: dict[str, float] = {w: float("inf") for w in names}
             for r in range(args.rounds):
                 order = names if r % 2 == 0 else names[::-1]
                 for who in order:
-                    if who.startswith("llmkit"):
+                    if who in ("llmkit", "llmkit+compile"):
                         dt, losses = llmkit_round(ours, batches, n, precision, Path(tmp) / f"{precision}-{who}-{r}",
                                                   compile=who.endswith("compile"))
                     else:
-                        dt, losses = hf_round(theirs, batches, n, precision)
+                        hf = who.startswith("transformers")
+                        dt, losses = plain_round(theirs if hf else ours, batches, n, precision, hf,
+                                                 compile=who.endswith("compile"))
                     kept = dt[args.warmup:]
                     times[who] += kept
                     best[who] = min(best[who], statistics.median(kept))
@@ -204,6 +226,14 @@ def main() -> None:
             c = "llmkit+compile"
             print(f"| {precision} | {tps[c]:,.0f} / {tps_best[c]:,.0f} | {fpt * tps[c] / peak:.1%} "
                   f"| **{tps[c] / tps['transformers']:.2f}x** |")
+    if args.plain_compile:
+        print("\n| precision | stack | tok/s (median / best round) | MFU | ratio to transformers+compile |")
+        print("|---|---|---|---|---|")
+        for precision, tps, tps_best, peak in rows:
+            ref = tps["transformers+compile"]
+            for w in [w for w in tps if w.endswith("compile")]:
+                print(f"| {precision} | {w} | {tps[w]:,.0f} / {tps_best[w]:,.0f} | {fpt * tps[w] / peak:.1%} "
+                      f"| **{tps[w] / ref:.2f}x** |")
     for precision, _, _, peak in rows:
         print(f"peak ({precision} matmul, measured): {peak / 1e9:.0f} GFLOP/s")
 

@@ -273,3 +273,37 @@ def test_short_run_with_the_default_warmup_reaches_the_peak_rate(prepared, tmp_p
     assert max(lrs.values()) == pytest.approx(3e-3) and lrs[1] == pytest.approx(3e-3)
     losses = _losses(out)
     assert sum(losses[s] for s in range(16, 21)) < sum(losses[s] for s in range(1, 6)) - 0.5
+
+
+def test_compile_traces_the_loss_with_the_model_and_trains_like_eager(tmp_path, monkeypatch):
+    """--train.compile in one process: the graph holds the model and the loss after it (the fp32
+    cast and the cross-entropy over the vocabulary, left eager when only the model compiled);
+    the run trains as the eager one does. A recording backend stands in for inductor."""
+    from llmkit.training.loop import TrainConfig, Trainer
+    from llmkit.training.losses import causal_lm_loss
+
+    def run(compile_: bool, name: str) -> list[float]:
+        torch.manual_seed(0)
+        model = Transformer(ModelConfig.from_name("tiny-llama"))
+        g = torch.Generator().manual_seed(1)
+        data = torch.randint(0, model.cfg.vocab_size, (12, 4, 17), generator=g)
+        batches = iter([(d[:, :-1], d[:, 1:]) for d in data])
+        cfg = TrainConfig(max_steps=4, precision="fp32", compile=compile_, eval_every=0, save_every=0,
+                          log_every=1, tensorboard=False, warmup_steps=1, lr=1e-3)
+        trainer = Trainer(model, cfg, tmp_path / name, batches, causal_lm_loss)
+        trainer.fit()
+        return [h["loss"] for h in trainer.history]
+
+    graphs = []
+
+    def record(gm, example_inputs):
+        graphs.append(str(gm.graph))
+        return gm.forward
+
+    real = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn=None, **kw: real(fn, backend=record))
+    compiled = run(True, "compiled")
+    monkeypatch.setattr(torch, "compile", real)
+    eager = run(False, "eager")
+    assert graphs and any("cross_entropy" in g and "embedding" in g for g in graphs), graphs[:1]
+    assert compiled == pytest.approx(eager, rel=1e-5, abs=1e-6)
