@@ -57,8 +57,8 @@ class TrainConfig:
         beta2: AdamW beta2.
         grad_clip: clip the global gradient norm to this (0 = off).
         precision: auto, fp32, bf16 or fp16 (autocast; auto = bf16 where supported).
-        compile: torch.compile the model together with the loss (one graph per micro-batch's
-            forward), and the model alone for evaluation.
+        compile: torch.compile the model together with the loss in one process (one graph per
+            micro-batch's forward; the model alone under DDP / FSDP), and the model for evaluation.
         activation_checkpointing: recompute block activations in backward to save memory.
         eval_every: evaluate every N steps (0 = only at the end).
         log_every: log every N steps.
