@@ -60,7 +60,7 @@ SHAPES = {
     # A ~29M Llama shape: 8 layers, width 512, 8/4 heads, SwiGLU 1536, vocab 8192, tied.
     "small": dict(name="small-llama", vocab_size=8192, n_layer=8, n_embd=512, n_head=8, n_kv_heads=4,
                   intermediate_size=1536, block_size=1024),
-    # Issue 18's shape: 4 layers, width 256, 8/4 heads, SwiGLU 688, vocab 8192, tied (4.8M).
+    # Issue 18's shape: 4 layers, width 256, 8/4 heads, SwiGLU 688, vocab 8192, tied (5.0M).
     "l4": dict(name="l4-llama", vocab_size=8192, n_layer=4, n_embd=256, n_head=8, n_kv_heads=4,
                intermediate_size=688, block_size=1024),
 }

@@ -251,14 +251,17 @@ class _Signatures:
         self.row_bytes = 4 * width
 
     def blocks(self, ids: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
-        """(offset into ids, the rows of ids[offset:offset + k]) for sorted ids, block by block."""
+        """(offset into ids, the rows of ids[offset:offset + k]) for sorted ids: the file is read in
+        windows of BLOCK rows (however sparse ids are), each window's ids selected from it."""
         with open(self.path, "rb") as f:
-            for a in range(0, len(ids), self.BLOCK):
-                part = ids[a:a + self.BLOCK]
-                lo, hi = int(part[0]), int(part[-1]) + 1
+            for lo in range(0, self.n, self.BLOCK):
+                a, b = np.searchsorted(ids, [lo, lo + self.BLOCK])
+                if a == b:
+                    continue
+                hi = min(lo + self.BLOCK, self.n)
                 f.seek(lo * self.row_bytes)
                 rows = np.frombuffer(f.read((hi - lo) * self.row_bytes), dtype=np.uint32).reshape(hi - lo, self.width)
-                yield a, rows[part - lo]
+                yield int(a), rows[ids[a:b] - lo]
 
     def rows(self, ids: np.ndarray) -> np.ndarray:
         """The rows of `ids` (sorted, unique), one read each."""
