@@ -164,6 +164,70 @@ def measure_cpu_peak(dtype=None) -> float:
     return _CPU_PEAKS[key]
 
 
+_ALLOCATOR_TUNED: list = []
+
+
+def tune_cpu_allocator() -> bool:
+    """Keep freed memory in the process for the next training step (glibc only; once).
+
+    glibc's malloc gives every block above its mmap threshold (at most 32 MB, adjusted as blocks
+    are freed) its own mapping, and returns freed memory at the top of the heap to the kernel.
+    A training step allocates and frees the same large activations, logits and gradients again
+    and again, so each step pays page faults and zeroing for memory it just returned: a 16 MB
+    tensor allocated and filled took 0.89 ms against 0.13 ms reused, and a whole l4 training
+    step (bench/bench_train.py) 722 -> 530 ms in float32 with the thresholds raised. This raises
+    both (mmap above 1 GiB, no trimming); the process keeps its peak heap, which is the step's
+    working set anyway. What jemalloc or tcmalloc under LD_PRELOAD do, without the preload.
+    LLMKIT_MALLOC=default leaves glibc as it is."""
+    if _ALLOCATOR_TUNED or os.environ.get("LLMKIT_MALLOC", "") == "default":
+        return bool(_ALLOCATOR_TUNED and _ALLOCATOR_TUNED[0])
+    ok = False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        libc.gnu_get_libc_version  # glibc, not musl: mallopt's options are glibc's
+        M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+        ok = bool(libc.mallopt(M_MMAP_THRESHOLD, 1 << 30)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
+    except (OSError, AttributeError):
+        pass
+    _ALLOCATOR_TUNED.append(ok)
+    return ok
+
+
+_FP32_ATTENTION: dict = {}
+
+
+def cpu_attention_in_float32(head_dim: int) -> bool:
+    """Whether, on this CPU, bf16 attention is faster done in float32: SDPA forward + backward
+    on float32 copies of bf16 q/k/v (casts included) against SDPA in bf16, at a training-sized
+    call (4 x 8 query / 4 key heads x 256 tokens, causal). PyTorch's bf16 CPU flash-attention
+    kernel ran 1.2-1.9x slower than its float32 one on a 2-core AVX-512 EPYC; a CPU whose bf16
+    kernel is faster (AMX) keeps it. Timed once per process, head size and thread count,
+    alternately, best of 3 each (~0.1 s); float32 must win by 10%, so noise keeps the default."""
+    import torch
+    import torch.nn.functional as F
+
+    key = (head_dim, torch.get_num_threads())
+    if key not in _FP32_ATTENTION:
+        def run(dt) -> float:
+            g = torch.Generator().manual_seed(0)
+            q, k, v = (torch.randn(4, h, 256, head_dim, generator=g, device="cpu").to(torch.bfloat16).requires_grad_()
+                       for h in (8, 4, 4))
+            t = time.perf_counter()
+            y = F.scaled_dot_product_attention(q.to(dt), k.to(dt), v.to(dt), is_causal=True, enable_gqa=True)
+            y.to(torch.bfloat16).sum().backward()
+            return time.perf_counter() - t
+
+        with torch.inference_mode(False), torch.enable_grad(), torch.autocast("cpu", enabled=False):
+            run(torch.float32), run(torch.bfloat16)  # warm up
+            a = b = float("inf")
+            for _ in range(3):
+                a, b = min(a, run(torch.float32)), min(b, run(torch.bfloat16))
+        _FP32_ATTENTION[key] = a * 1.1 < b
+    return _FP32_ATTENTION[key]
+
+
 def cpu_hardware() -> Hardware:
     """This CPU as a Hardware entry: fp32 and bf16 peaks measured, no fp8."""
     import torch

@@ -30,6 +30,7 @@ exactly the positions, and therefore the tokens, they would get alone.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Optional
 
@@ -37,7 +38,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from llmkit import hardware
 from llmkit.config import ModelConfig
+from llmkit.cross_entropy import IGNORE_INDEX, linear_cross_entropy
 from llmkit.kv_cache import KVCache  # the preallocated cache (re-exported: `from llmkit.model import KVCache`)
 
 
@@ -194,6 +197,8 @@ class Attention(nn.Module):
         self.softcap = cfg.attn_softcap
         self.window = cfg.sliding_window if cfg.is_local_layer(layer_idx) and not cross else None
         self.layer_idx = layer_idx
+        # bf16 attention on this CPU run in float32 when that is faster (measured once per process)
+        self.cpu_fp32 = hardware.cpu_attention_in_float32(hd)
 
     def kv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys and values (B, n_kv, S, hd) of inputs x (B, S, d)."""
@@ -222,16 +227,19 @@ class Attention(nn.Module):
                 k, v = cache.update(self.layer_idx, pos, k, v)  # (B, n_kv, kv_len, hd)
             m = mask[self.window]  # None: causal (or, in an encoder, every key); T == 1: sees all
         if self.softcap is None:
-            # One query per row on CPU in bf16/fp16: PyTorch's reduced-precision SDPA kernel costs
-            # 60-140 us a call there (~4 ms a token for 30 layers), float32 18-27 us casts
-            # included, and float32 is the more exact of the two; the output keeps q's dtype.
-            dt = torch.float32 if T == 1 and q.device.type == "cpu" and q.element_size() < 4 else q.dtype
+            # bf16/fp16 on CPU: PyTorch's reduced-precision SDPA kernel costs 60-140 us a call for
+            # one query (~4 ms a token for 30 layers), float32 18-27 us casts included; in training
+            # float32 forward + backward was 1.2-2x faster too where `cpu_fp32` (measured) says so.
+            # float32 is the more exact of the two; the output keeps q's dtype.
+            fp32 = q.device.type == "cpu" and q.element_size() < 4 and (T == 1 or self.cpu_fp32)
+            dt = torch.float32 if fp32 else q.dtype
             if m is not None and m.dtype != torch.bool:  # T5's position bias, -inf where masked
                 m = m.to(dt)
-            y = F.scaled_dot_product_attention(
-                q.to(dt), k.to(dt), v.to(dt), attn_mask=m, is_causal=self.causal and m is None and T > 1,
-                scale=self.scale, enable_gqa=self.n_kv != self.n_head,
-            ).to(q.dtype)
+            with torch.autocast("cpu", enabled=False) if fp32 else contextlib.nullcontext():  # autocast would cast back
+                y = F.scaled_dot_product_attention(
+                    q.to(dt), k.to(dt), v.to(dt), attn_mask=m, is_causal=self.causal and m is None and T > 1,
+                    scale=self.scale, enable_gqa=self.n_kv != self.n_head,
+                ).to(q.dtype)
         else:  # Gemma 2: tanh soft-capped logits; SDPA cannot express this
             y = self._softcapped(q, k.to(q.dtype), v.to(q.dtype), m)
         y = y.transpose(1, 2).reshape(B, T, self.n_head * self.hd)  # (B, T, n_head * hd)
@@ -564,8 +572,13 @@ class Transformer(Stack):
         pool: Optional[str] = None,
         src: Optional[torch.Tensor] = None,
         src_mask: Optional[torch.Tensor] = None,
+        labels: Optional[torch.Tensor] = None,
     ):
         """Logits (B, T, vocab), or (B, 1, vocab) for the last position with `last_only`.
+
+        `labels` (B, T) (IGNORE_INDEX where no loss): the mean cross-entropy of those logits
+        instead of the logits, computed block by block without holding them (cross_entropy.py);
+        with `predict`, at the predicted positions only. Training losses call it so.
 
         With a TaskHead in place of lm_head: its logits, (B, N) pooled or (B, T, N).
         `predict`: (B, T) bool, logits (n, vocab) at those positions only: masked-LM training
@@ -584,34 +597,55 @@ class Transformer(Stack):
                 raise ValueError("pool='mean' with an attention_mask is the one pooling forward offers")
             return mean_pool(h, attention_mask)
         if isinstance(self.lm_head, TaskHead):
+            if labels is not None:
+                raise ValueError("labels= is for the language-model head; a task head's loss is its recipe's")
             return self.lm_head(h, attention_mask)
         if predict is not None:
             # The selected rows, their count rounded up to a multiple of 64 (the extra rows are
-            # computed and dropped): a new (n, vocab) shape every step made the CPU allocator's
-            # resident memory grow by tens of MB a minute; a handful of shapes it reuses.
+            # computed and dropped, or carry no loss): a new (n, vocab) shape every step made the
+            # CPU allocator's resident memory grow by tens of MB a minute; a handful it reuses.
             rows = predict.flatten().nonzero().squeeze(1)  # (n,)
             n = rows.numel()
             rows = torch.cat([rows, rows.new_zeros(-n % 64)])
-            lm = self._lm_logits(h.flatten(0, 1).index_select(0, rows))[:n]  # (n, vocab)
+            hp = h.flatten(0, 1).index_select(0, rows)
+            if labels is None:
+                lm = self._lm_logits(hp)[:n]  # (n, vocab)
+            else:
+                lp = labels.flatten().index_select(0, rows)
+                lm = self._lm_out(hp, torch.cat([lp[:n], lp.new_full((rows.numel() - n,), IGNORE_INDEX)]))
         if nsp:
             if self.nsp_head is None:
                 raise ValueError("this model has no next-sentence head (config pooler=false)")
             pooled = torch.tanh(self.pooler(h[:, 0]))  # (B, d): [CLS]
-            return (lm if predict is not None else self._lm_logits(h)), self.nsp_head(pooled)
+            return (lm if predict is not None else self._lm_out(h, labels)), self.nsp_head(pooled)
         if predict is not None:
             return lm
         if last_only:
             # contiguous: on a strided (B, 1, d) view F.linear falls back to a batched matmul
             # that copies the whole output matrix once per row (~0.2 s for a 50k vocabulary).
             h = h[:, -1:].contiguous()
-        return self._lm_logits(h)
+        return self._lm_out(h, labels)
 
-    def _lm_logits(self, h: torch.Tensor) -> torch.Tensor:
+    def _lm_out(self, h: torch.Tensor, labels: Optional[torch.Tensor]) -> torch.Tensor:
+        """The logits of h, or with labels their mean cross-entropy: fused with the output
+        layer when that is a plain linear map (not LoRA-wrapped, no softcap, no logit bias)."""
+        if labels is None:
+            return self._lm_logits(h)
+        if type(self.lm_head) is nn.Linear and not self.cfg.logit_bias and self.cfg.final_softcap is None:
+            return linear_cross_entropy(self._lm_input(h), self.lm_head.weight, self.lm_head.bias, labels)
+        logits = self._lm_logits(h)
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
+                               ignore_index=IGNORE_INDEX)
+
+    def _lm_input(self, h: torch.Tensor) -> torch.Tensor:
         if self.lm_transform is not None:
             h = self.lm_transform(h)
         if self.cfg.lm_head_rescale:  # T5 v1.0 (Mesh TensorFlow): the tied embedding, rescaled
             h = h * self.cfg.n_embd**-0.5
-        logits = self.lm_head(h)
+        return h
+
+    def _lm_logits(self, h: torch.Tensor) -> torch.Tensor:
+        logits = self.lm_head(self._lm_input(h))
         if self.cfg.logit_bias:
             logits = logits + self.logit_bias.to(logits.dtype)
         if self.cfg.final_softcap is not None:  # Gemma 2

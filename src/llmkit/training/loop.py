@@ -28,6 +28,7 @@ from typing import Any, Callable, Iterator, Optional
 import torch
 import torch.distributed as dist
 
+from llmkit import hardware
 from llmkit.errors import LLMKitError
 from llmkit.training.optim import lr_at, make_optimizer
 
@@ -181,6 +182,8 @@ def setup_runtime(cfg: TrainConfig) -> Runtime:
             raise LLMKitError("device cuda requested but CUDA is not available")
     if device.type == "cuda":
         torch.cuda.set_device(device)
+    elif device.type == "cpu":
+        hardware.tune_cpu_allocator()  # steps reuse freed memory instead of faulting it in again
     mode = "none"
     if world > 1:
         if not dist.is_initialized():
@@ -216,8 +219,6 @@ def _cpu_has_bf16() -> bool:
 def device_peak_flops(device: torch.device, dtype: Optional[torch.dtype]) -> Optional[float]:
     """Dense matmul peak of the device in the training dtype (None = float32): the table of
     llmkit.hardware for GPUs (the one `llmkit plan` reads), a quick measurement on CPU."""
-    from llmkit import hardware
-
     if device.type == "cuda":
         entry = hardware.for_device_name(torch.cuda.get_device_name(device))
         if entry is None:

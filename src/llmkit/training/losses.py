@@ -5,15 +5,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-IGNORE_INDEX = -100  # label of tokens that carry no loss (prompt tokens, padding)
+from llmkit.cross_entropy import IGNORE_INDEX  # label of tokens that carry no loss (prompt tokens, padding)
 
 
 def causal_lm_loss(model, batch) -> dict:
     """Next-token cross-entropy. batch = (inputs, labels), both (B, T); labels are the inputs
     shifted by one, IGNORE_INDEX where no loss is wanted. Mean over the counted tokens."""
     x, y = batch[0], batch[1]
-    logits = model(x)  # (B, T, vocab)
-    loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), ignore_index=IGNORE_INDEX)
+    loss = model(x, labels=y)  # the logits' cross-entropy, never holding all of them
     return {"loss": loss, "tokens": target_count(batch)}
 
 
@@ -29,16 +28,16 @@ def mlm_loss(model, batch) -> dict:
     (Devlin et al. 2019, appendix A.2: the sum of the two)."""
     labels = batch["labels"]
     selected = labels != IGNORE_INDEX  # (B, T)
-    kw = dict(attention_mask=batch.get("mask"), token_type_ids=batch.get("types"), predict=selected)
+    kw = dict(attention_mask=batch.get("mask"), token_type_ids=batch.get("types"), predict=selected,
+              labels=labels)
     mask = batch.get("mask")
     out = {"tokens": mask.sum() if mask is not None else labels.numel()}  # tokens read, for throughput
     if "nsp_label" in batch:
-        logits, nsp = model(batch["idx"], nsp=True, **kw)
+        mlm, nsp = model(batch["idx"], nsp=True, **kw)
         nsp_loss = F.cross_entropy(nsp.float(), batch["nsp_label"])
         out.update(nsp_loss=nsp_loss.detach(), nsp_acc=(nsp.argmax(-1) == batch["nsp_label"]).float().mean())
     else:
-        logits, nsp_loss = model(batch["idx"], **kw), 0.0
-    mlm = F.cross_entropy(logits.float(), labels[selected])  # (n, vocab) against (n,)
+        mlm, nsp_loss = model(batch["idx"], **kw), 0.0  # cross-entropy at the selected positions
     out["loss"] = mlm + nsp_loss
     if "nsp_label" in batch:
         out["mlm_loss"] = mlm.detach()
@@ -91,8 +90,7 @@ def seq2seq_loss(model, batch) -> dict:
     right after the decoder-start token) and predicts `labels`. One forward, so DDP sees both
     halves. "tokens" counts what the step read: real source tokens plus target tokens."""
     labels = batch["labels"]
-    logits = model(batch["idx"], src=batch["src"], src_mask=batch["src_mask"])  # (B, T, vocab)
-    loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX)
+    loss = model(batch["idx"], src=batch["src"], src_mask=batch["src_mask"], labels=labels)
     return {"loss": loss, "tokens": batch["src_mask"].sum() + (labels != IGNORE_INDEX).sum()}
 
 
