@@ -8,7 +8,9 @@ fresh process (so peak memory is that system's alone): transformers `LlamaForCau
 `peft.get_peft_model(LoraConfig(...))`, or llmkit's `Transformer` loaded from the same folder +
 `apply_lora`. Same rank, alpha, targets (q, k, v, o, gate, up, down), batch, tokens, labels and
 optimizer (torch AdamW, fused, over the adapter parameters only); bf16 means autocast for both.
-The loop is the same plain PyTorch loop for both: forward -> loss -> backward -> step.
+The loop is the same plain PyTorch loop for both: forward -> loss -> backward -> step. The
+llmkit process raises glibc's malloc thresholds first, as llmkit's Trainer does on a CPU
+(`hardware.tune_cpu_allocator`); peft's keeps glibc's defaults unless `--anchor-malloc tuned`.
 
 Reported: median seconds per optimizer step (after 2 warm-up steps) and the process's peak
 resident memory during training (VmHWM, reset after loading) minus its resident memory
@@ -89,6 +91,9 @@ def worker(args) -> dict:
 
         def loss_fn(x, y):
             return causal_lm_loss(model, (x, y))["loss"]
+    if args.system != "peft" or args.anchor_malloc == "tuned":
+        from llmkit.hardware import tune_cpu_allocator
+        tune_cpu_allocator()  # what llmkit's Trainer does when it starts on a CPU (setup_runtime)
     model.train()
     weights_mib = sum(t.numel() * t.element_size() for t in
                       {t.data_ptr(): t for t in list(model.parameters()) + list(model.buffers())}.values()) / 2**20
@@ -128,6 +133,7 @@ def worker(args) -> dict:
 
 def run(system: str, args, model_dir: str, quantize=None) -> dict:
     cmd = [sys.executable, __file__, "--worker", system, "--model-dir", model_dir, "--shape", args.shape,
+           "--anchor-malloc", args.anchor_malloc,
            "--batch", str(args.batch), "--seq-len", str(args.seq_len), "--steps", str(args.steps),
            "--dtype", args.dtype, "--r", str(args.r), "--alpha", str(args.alpha)]
     if quantize:
@@ -149,6 +155,8 @@ def main() -> None:
     ap.add_argument("--r", type=int, default=8)
     ap.add_argument("--alpha", type=float, default=16.0)
     ap.add_argument("--quantize", choices=["int8", "nf4"])
+    ap.add_argument("--anchor-malloc", choices=["default", "tuned"], default="default",
+                    help="tuned: peft's process gets the same glibc malloc thresholds as llmkit's")
     ap.add_argument("--worker", choices=["llmkit", "peft"], help=argparse.SUPPRESS)
     ap.add_argument("--model-dir", help=argparse.SUPPRESS)
     args = ap.parse_args()
