@@ -322,6 +322,11 @@ def main() -> None:
             for w in [w for w in tps if w.endswith("compile")]:
                 print(f"| {precision} | {w} | {tps[w]:,.0f} / {tps_best[w]:,.0f} | {fpt * tps[w] / peak:.1%} "
                       f"| **{tps[w] / ref:.2f}x** |")
+    print("\n| precision | system | tok/s (median / best round) | MFU |")
+    print("|---|---|---|---|")
+    for precision, tps, tps_best, peak in rows:
+        for w in tps:
+            print(f"| {precision} | {w} | {tps[w]:,.0f} / {tps_best[w]:,.0f} | {fpt * tps[w] / peak:.1%} |")
     print("\n| precision | mode | llmkit Trainer tok/s | best anchor | its tok/s | ratio |")
     print("|---|---|---|---|---|---|")
     for precision, tps, tps_best, peak in rows:

@@ -120,7 +120,7 @@ def test_activation_model_matches_what_autograd_saves(preset, over, method, prec
     measured = saved_bytes(cfg, method, precision, ckpt)
     est = train_memory(cfg, method="lora" if method == "qlora" else method,
                        quantize="nf4" if method == "qlora" else None, precision=precision, micro_batch_size=2,
-                       seq_len=64, activation_checkpointing=ckpt).forward_saved
+                       seq_len=64, activation_checkpointing=ckpt, device="cpu").forward_saved
     assert abs(est / measured - 1) < 0.06, f"estimate {est:,.0f} B, autograd saved {measured:,.0f} B"
 
 
@@ -202,8 +202,9 @@ def measured_runs(tmp_path_factory):
     # glibc's dynamic mmap threshold (mallopt(3), M_MMAP_THRESHOLD) keeps freed blocks in the heap,
     # so RSS would count memory the program already freed (and one run would see the last one's);
     # fixed at 64 KiB, every tensor is mapped on its own and returned when freed: RSS then tracks
-    # live memory, as torch.cuda.max_memory_allocated does on a GPU.
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+    # live memory, as torch.cuda.max_memory_allocated does on a GPU. LLMKIT_MALLOC=default: the
+    # Trainer leaves that setting alone (hardware.tune_cpu_allocator would keep freed memory).
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "LLMKIT_MALLOC": "default"}
     r = subprocess.run([sys.executable, "-c", MEASURE, json.dumps(spec)], capture_output=True, text=True, env=env,
                        timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -216,7 +217,7 @@ def test_memory_estimate_within_25_percent_of_measured_peak(measured_runs):
     report, bad = [], []
     for run, measured, name in zip(RSS_RUNS, peaks, ("pretrain (full)", "LoRA", "QLoRA nf4")):
         est = train_memory(RSS_CFG, method=run["method"], quantize=run["quantize"], precision="bf16",
-                           micro_batch_size=2, seq_len=128).peak
+                           micro_batch_size=2, seq_len=128, device="cpu").peak
         line = f"{name}: estimated peak {est / 2**20:.1f} MiB, measured peak RSS increase {measured / 2**20:.1f} MiB"
         report.append(line)
         if not (measured > 50 * 2**20 and abs(est / measured - 1) < 0.25):  # far above noise, within 25%

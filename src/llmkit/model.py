@@ -38,9 +38,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from llmkit import hardware
 from llmkit.config import ModelConfig
 from llmkit.cross_entropy import IGNORE_INDEX, linear_cross_entropy
+from llmkit.hardware import cpu_attention_in_float32
 from llmkit.kv_cache import KVCache  # the preallocated cache (re-exported: `from llmkit.model import KVCache`)
 
 
@@ -198,7 +198,7 @@ class Attention(nn.Module):
         self.window = cfg.sliding_window if cfg.is_local_layer(layer_idx) and not cross else None
         self.layer_idx = layer_idx
         # bf16 attention on this CPU run in float32 when that is faster (measured once per process)
-        self.cpu_fp32 = hardware.cpu_attention_in_float32(hd)
+        self.cpu_fp32 = cpu_attention_in_float32(hd)
 
     def kv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys and values (B, n_kv, S, hd) of inputs x (B, S, d)."""

@@ -238,8 +238,10 @@ def _quantized_bytes(numel: int, out_features: int, kind: str) -> int:
 def train_memory(cfg: ModelConfig, method: str = "full", quantize: Optional[str] = None,
                  lora: Optional[LoRAConfig] = None, train_last: int = 2, precision: str = "bf16",
                  micro_batch_size: int = 8, seq_len: int = 1024, activation_checkpointing: bool = False,
-                 devices: int = 1, distributed: str = "none", shards: int = 1) -> Memory:
+                 devices: int = 1, distributed: str = "none", shards: int = 1, device: str = "cuda") -> Memory:
     """Peak training memory per device of llmkit's loop (training/loop.py) for one micro-batch.
+    `device` "cpu": bf16 attention runs in float32 where this CPU measured that faster
+    (model.Attention.cpu_fp32), and keeps float32 copies of q, k, v and its output.
 
     What the loop holds: float32 parameters (autocast computes in bf16 but the weights stay
     float32, recipes/scaffold.py `Run.load`), float32 gradients of the trainable ones, AdamW's
@@ -311,10 +313,12 @@ def train_memory(cfg: ModelConfig, method: str = "full", quantize: Optional[str]
         mlp_in = [linear(m) for m in (mlp.gate, mlp.up) if m is not None]
         down = linear(mlp.down)
         act = norm(blk.attn_norm, sum(s for s, _, _ in (q, k, v)))
+        fp32_attn = cast and device == "cpu" and att.cpu_fp32
         if cfg.attn_softcap is None:
             # Fused attention (SDPA's flash kernels on CUDA and CPU) keeps q and k after RoPE, v,
-            # its output and one float32 log-sum-exp per head; o reads a view of that output.
-            act += a * (2 * qd + 2 * c) + 4 * H
+            # its output and one float32 log-sum-exp per head; o reads a view of that output
+            # (float32 attention: the four float32, and o keeps its own bf16 cast of the output).
+            act += (4 * (2 * qd + 2 * c) + (a * qd if o[0] else 0) if fp32_attn else a * (2 * qd + 2 * c)) + 4 * H
         else:
             # Gemma 2's eager soft-capped attention (model.Attention._softcapped): q and the
             # repeated k and v, the tanh'd T x T scores, their float32 softmax and its cast,
@@ -331,19 +335,35 @@ def train_memory(cfg: ModelConfig, method: str = "full", quantize: Optional[str]
         if cfg.post_block_norms:  # Gemma 2's norms on the attention and MLP outputs
             act += 2 * 4 * d * (1 + blk.post_attn_norm.weight.requires_grad)
         if blk.cross_attn is not None:  # an encoder-decoder's decoder: a second attention (approximate)
-            act += norm(blk.cross_norm, 1) + a * (2 * qd + 2 * c) + 4 * H
+            act += norm(blk.cross_norm, 1) + (4 if fp32_attn else a) * (2 * qd + 2 * c) + 4 * H
         copies = a * sum(n for _, n, _ in (q, k, v, o, *mlp_in, down))
         blocks_act.append(act * n_tok)
         blocks_copy.append(copies)
     n_blocks = len(blocks_act)
     head = linear(model.lm_head)
-    final_act = norm(model.norm, int(head[0])) * n_tok if isinstance(model.norm, nn.Module) else 0.0
-    head_copy = a * model.lm_head.weight.numel() if cast else 0
-    # Cross-entropy (training/losses.py): float32 logits -> log_softmax keeps its float32 output;
-    # its backward holds that, the incoming gradient and its own output: 3 x 4 bytes per logit.
-    logits_kept = (4 + (a if cfg.final_softcap is not None else 0)) * cfg.vocab_size * n_tok  # + Gemma 2's tanh
-    logits = logits_kept + 8 * cfg.vocab_size * n_tok
     head_grad = 4 * model.lm_head.weight.numel() if model.lm_head.weight.requires_grad else 0
+    # The loss (training/losses.py -> Transformer.forward(labels=)): a plain output layer and its
+    # cross-entropy run block by block (cross_entropy.py), keeping only the gradients of the
+    # head's input (autocast's dtype), weight and bias (float32), computed in the forward; one
+    # block's logits exist at a time (in the output dtype, float32, and the gradient's cast) with
+    # the weight's autocast cast. Otherwise (LoRA on the head, Gemma 2's soft cap, a logit bias):
+    # float32 logits -> log_softmax keeps its float32 output; its backward holds that, the
+    # incoming gradient and its own output: 3 x 4 bytes per logit.
+    fused = type(model.lm_head) is nn.Linear and not cfg.logit_bias and cfg.final_softcap is None
+    n_norm = 0 if fused else int(head[0])  # the blockwise loss keeps no input of its own
+    final_act = norm(model.norm, n_norm) * n_tok if isinstance(model.norm, nn.Module) else 0.0
+    if fused:
+        from llmkit.cross_entropy import block_rows
+
+        bias = model.lm_head.bias
+        head_copy = 0.0
+        logits_kept = a * d * n_tok + head_grad + (4 * bias.numel() if bias is not None and bias.requires_grad else 0)
+        logits = block_rows(cfg.vocab_size, n_tok) * cfg.vocab_size * (4 + 2 * a) + (
+            a * model.lm_head.weight.numel() if cast else 0)
+    else:
+        head_copy = a * model.lm_head.weight.numel() if cast else 0
+        logits_kept = (4 + (a if cfg.final_softcap is not None else 0)) * cfg.vocab_size * n_tok  # + Gemma 2's tanh
+        logits = logits_kept + 8 * cfg.vocab_size * n_tok
     embed_grad = 4 * model.embed.weight.numel() if model.embed.weight.requires_grad else 0
     if activation_checkpointing:
         # Each block keeps only its input; its backward recomputes it (its activations and
@@ -378,14 +398,20 @@ def train_memory(cfg: ModelConfig, method: str = "full", quantize: Optional[str]
     static = mem.weights + mem.optimizer + mem.ddp_buckets + mem.fsdp_working
     gshare = 1 / sh
     V = cfg.vocab_size * n_tok
-    fwd_logits = logits_kept + 4 * V + (a * V if cast else 0)  # (+ the bf16 logits under autocast)
+    if fused:  # the saved gradients, and one block's buffers
+        fwd_logits = logits_kept + logits
+    else:
+        fwd_logits = logits_kept + 4 * V + (a * V if cast else 0)  # (+ the bf16 logits under autocast)
     copies_all = sum(blocks_copy)
     peak = static + sum(kept) + final_act + copies_all + head_copy + fwd_logits
     if activation_checkpointing:
         copies_all = 0.0  # nothing in the graph holds them: freed with autocast's cache
     mem.forward_saved = sum(kept) + final_act + copies_all + head_copy + logits_kept
     live = static + mem.forward_saved
-    peak = max(peak, live + logits - logits_kept)
+    if fused:  # backward: the saved gradients, scaled, in the input's and the weight's dtypes
+        peak = max(peak, live + r * d * n_tok + head_grad * gshare)
+    else:
+        peak = max(peak, live + logits - logits_kept)
     live += head_grad * gshare - logits_kept - final_act - head_copy
     peak = max(peak, live)
     for i in reversed(range(n_blocks)):
@@ -559,7 +585,7 @@ def plan(
     def memory(**over) -> Memory:
         kw = dict(method=method, quantize=quantize, lora=lora, train_last=train_last, precision=precision,
                   micro_batch_size=micro_batch_size, seq_len=T, activation_checkpointing=activation_checkpointing,
-                  devices=gpus, distributed=mode, shards=n_shards)
+                  devices=gpus, distributed=mode, shards=n_shards, device="cpu" if hard.name == "cpu" else "cuda")
         kw.update(over)
         return train_memory(cfg, **kw)
 

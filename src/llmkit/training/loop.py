@@ -28,8 +28,8 @@ from typing import Any, Callable, Iterator, Optional
 import torch
 import torch.distributed as dist
 
-from llmkit import hardware
 from llmkit.errors import LLMKitError
+from llmkit.hardware import for_device_name, measure_cpu_peak, tune_cpu_allocator
 from llmkit.training.optim import lr_at, make_optimizer
 
 
@@ -183,7 +183,7 @@ def setup_runtime(cfg: TrainConfig) -> Runtime:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     elif device.type == "cpu":
-        hardware.tune_cpu_allocator()  # steps reuse freed memory instead of faulting it in again
+        tune_cpu_allocator()  # steps reuse freed memory instead of faulting it in again
     mode = "none"
     if world > 1:
         if not dist.is_initialized():
@@ -220,7 +220,7 @@ def device_peak_flops(device: torch.device, dtype: Optional[torch.dtype]) -> Opt
     """Dense matmul peak of the device in the training dtype (None = float32): the table of
     llmkit.hardware for GPUs (the one `llmkit plan` reads), a quick measurement on CPU."""
     if device.type == "cuda":
-        entry = hardware.for_device_name(torch.cuda.get_device_name(device))
+        entry = for_device_name(torch.cuda.get_device_name(device))
         if entry is None:
             return None
         # The peak of the precision the matmuls run in: fp32 training is not held against the
@@ -228,7 +228,7 @@ def device_peak_flops(device: torch.device, dtype: Optional[torch.dtype]) -> Opt
         return entry.fp32 if dtype in (None, torch.float32) else entry.half
     if device.type != "cpu":
         return None
-    return hardware.measure_cpu_peak(dtype)
+    return measure_cpu_peak(dtype)
 
 
 # --- the loop -----------------------------------------------------------------------------------
