@@ -202,9 +202,10 @@ def cpu_attention_in_float32(head_dim: int) -> bool:
     """Whether, on this CPU, bf16 attention is faster done in float32: SDPA forward + backward
     on float32 copies of bf16 q/k/v (casts included) against SDPA in bf16, at a training-sized
     call (4 x 8 query / 4 key heads x 256 tokens, causal). PyTorch's bf16 CPU flash-attention
-    kernel ran 1.2-1.9x slower than its float32 one on a 2-core AVX-512 EPYC; a CPU whose bf16
-    kernel is faster (AMX) keeps it. Timed once per process, head size and thread count,
-    alternately, best of 3 each (~0.1 s); float32 must win by 10%, so noise keeps the default."""
+    kernel ran 1.4-2.1x slower than its float32 one at head sizes 32 and 16 on a 2-core AVX-512
+    EPYC, about even at 64 and 128; a CPU whose bf16 kernel is faster keeps it (not yet measured
+    on an AMX Xeon). Timed once per process, head size and thread count, alternately, best of 3
+    each (0.2-0.4 s); float32 must win by 10%, so noise keeps the default."""
     import torch
     import torch.nn.functional as F
 
