@@ -282,6 +282,12 @@ def main() -> None:
     ap.add_argument("--embed-batch", type=int, default=32, help="texts per embedding batch (both sides)")
     ap.add_argument("--skip", choices=["mlm", "embed"], default=None, help="leave one of the two measurements out")
     args = ap.parse_args()
+    # Both systems share this process: llmkit's Trainer raises glibc's malloc thresholds when it
+    # starts (hardware.tune_cpu_allocator), which would then also hold for every later round of
+    # transformers. Set once here, before any round, both run with it from the first round on,
+    # whatever the order (LLMKIT_MALLOC=default: neither does).
+    from llmkit.hardware import tune_cpu_allocator
+    print(f"glibc malloc thresholds raised for both systems: {tune_cpu_allocator()}")
     threads = args.threads or [torch.get_num_threads()]
 
     print(f"load at start: {loadavg()}")

@@ -330,6 +330,12 @@ def main() -> None:
     ap.add_argument("--skip-train", action="store_true")
     ap.add_argument("--skip-decode", action="store_true")
     args = ap.parse_args()
+    # Both systems share this process: llmkit's Trainer raises glibc's malloc thresholds when it
+    # starts (hardware.tune_cpu_allocator), which would then also hold for every later round of
+    # transformers. Set once here, before any round, both run with it from the first round on,
+    # whatever the order (LLMKIT_MALLOC=default: neither does).
+    from llmkit.hardware import tune_cpu_allocator
+    print(f"glibc malloc thresholds raised for both systems: {tune_cpu_allocator()}")
     command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
 
     print(f"load at start: {loadavg()}")
