@@ -1,7 +1,7 @@
 """LoRA finetuning step time and peak memory: llmkit vs Hugging Face `peft`, same weights, one run.
 
     python bench/bench_lora.py [--shape smollm2-135m|small] [--batch 4] [--seq-len 256] [--steps 6]
-                               [--dtype fp32|bf16] [--rounds 2] [--quantize int8|nf4]
+                               [--dtype fp32|bf16] [--rounds 2] [--quantize int8|nf4] [--threads N]
 
 A random-weight Llama of a real shape is saved by transformers; each measurement runs in a
 fresh process (so peak memory is that system's alone): transformers `LlamaForCausalLM` +
@@ -11,6 +11,9 @@ optimizer (torch AdamW, fused, over the adapter parameters only); bf16 means aut
 The loop is the same plain PyTorch loop for both: forward -> loss -> backward -> step. The
 llmkit process raises glibc's malloc thresholds first, as llmkit's Trainer does on a CPU
 (`hardware.tune_cpu_allocator`); peft's keeps glibc's defaults unless `--anchor-malloc tuned`.
+In bf16 llmkit's frozen base is held in bf16 as its Trainer holds it (`lora.hold_frozen_bases`:
+the same values as autocast's per-step cast; `--hold-base off` measures without it, `both` runs
+both in each round).
 
 Reported: median seconds per optimizer step (after 2 warm-up steps) and the process's peak
 resident memory during training (VmHWM, reset after loading) minus its resident memory
@@ -70,6 +73,8 @@ def worker(args) -> dict:
     import torch
 
     torch.manual_seed(0)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.system == "peft":
         from peft import LoraConfig, get_peft_model
         from transformers import AutoModelForCausalLM
@@ -88,6 +93,9 @@ def worker(args) -> dict:
         model = load_model(args.model_dir, dtype=torch.float32).model
         apply_lora(model, LoRAConfig(r=args.r, alpha=args.alpha, targets=TARGETS_LLMKIT),
                    quantize=args.quantize)
+        if args.dtype == "bf16" and args.hold_base == "on":
+            from llmkit.lora import hold_frozen_bases
+            hold_frozen_bases(model, torch.bfloat16)  # what llmkit's Trainer does under autocast
 
         def loss_fn(x, y):
             return causal_lm_loss(model, (x, y))["loss"]
@@ -126,14 +134,15 @@ def worker(args) -> dict:
         if i >= 2:
             times.append(dt)
     times.sort()
-    return {"system": args.system + (f"+{args.quantize}" if args.quantize else ""),
+    cast = args.system == "llmkit" and args.dtype == "bf16" and args.hold_base == "off"
+    return {"system": args.system + (f"+{args.quantize}" if args.quantize else "") + (" (base cast)" if cast else ""),
             "step_s": times[len(times) // 2], "added_mib": peak_mib() - base_rss, "peak_mib": peak_mib(),
             "weights_mib": weights_mib, "trainable": sum(p.numel() for p in params), "first_loss": losses[0]}
 
 
-def run(system: str, args, model_dir: str, quantize=None) -> dict:
+def run(system: str, args, model_dir: str, quantize=None, hold: str = "on") -> dict:
     cmd = [sys.executable, __file__, "--worker", system, "--model-dir", model_dir, "--shape", args.shape,
-           "--anchor-malloc", args.anchor_malloc,
+           "--anchor-malloc", args.anchor_malloc, "--hold-base", hold, "--threads", str(args.threads),
            "--batch", str(args.batch), "--seq-len", str(args.seq_len), "--steps", str(args.steps),
            "--dtype", args.dtype, "--r", str(args.r), "--alpha", str(args.alpha)]
     if quantize:
@@ -157,6 +166,10 @@ def main() -> None:
     ap.add_argument("--quantize", choices=["int8", "nf4"])
     ap.add_argument("--anchor-malloc", choices=["default", "tuned"], default="default",
                     help="tuned: peft's process gets the same glibc malloc thresholds as llmkit's")
+    ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads in every worker (0: torch's default)")
+    ap.add_argument("--hold-base", choices=["on", "off", "both"], default="on",
+                    help="bf16: llmkit's frozen base held in bf16, as its Trainer does (off: cast by autocast "
+                         "each step; both: each round runs both)")
     ap.add_argument("--worker", choices=["llmkit", "peft"], help=argparse.SUPPRESS)
     ap.add_argument("--model-dir", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -174,11 +187,13 @@ def main() -> None:
         LlamaForCausalLM(cfg).save_pretrained(tmp)
         best: dict[str, dict] = {}
         for rnd in range(args.rounds):
-            systems = [("peft", None), ("llmkit", None)] + ([("llmkit", args.quantize)] if args.quantize else [])
+            holds = ["on", "off"] if args.hold_base == "both" else [args.hold_base]
+            systems = [("peft", None, "on")] + [("llmkit", None, h) for h in holds] + (
+                [("llmkit", args.quantize, holds[0])] if args.quantize else [])
             if rnd % 2:
                 systems.reverse()
-            for system, q in systems:
-                r = run(system, args, tmp, q)
+            for system, q, hold in systems:
+                r = run(system, args, tmp, q, hold)
                 print(f"round {rnd + 1}: {r['system']:<12} {r['step_s']:.3f} s/step, +{r['added_mib']:.0f} MiB "
                       f"(peak {r['peak_mib']:.0f} MiB), first loss {r['first_loss']:.4f}", flush=True)
                 key = r["system"]
@@ -186,7 +201,8 @@ def main() -> None:
                     best[key] = {**r, "added_mib": min(r["added_mib"], best.get(key, r)["added_mib"])}
     ref = best["peft"]
     tokens = args.batch * args.seq_len
-    print(f"\n{args.shape}, batch {args.batch} x {args.seq_len} tokens, {args.dtype}, LoRA r={args.r} on "
+    threads = args.threads or torch.get_num_threads()
+    print(f"\n{args.shape}, batch {args.batch} x {args.seq_len} tokens, {args.dtype}, {threads} threads, LoRA r={args.r} on "
           f"{', '.join(TARGETS_LLMKIT)}; best of {args.rounds} rounds, median of {args.steps} steps\n")
     print("| system | trainable params | s/step | tokens/s | speed vs peft | weights MiB | training adds MiB | memory vs peft |")
     print("|---|---|---|---|---|---|---|---|")

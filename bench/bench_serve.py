@@ -107,7 +107,7 @@ def main() -> None:
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         cmd = [sys.executable, "-m", "llmkit", "serve", tmp, "--port", str(port), "--max-batch-size", "16",
-               "--dtype", args.dtype, "--max-seq-len", "512"]
+               "--dtype", args.dtype, "--max-seq-len", "512", "--model-name", "bench"]
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                 env={**os.environ, "HF_HUB_OFFLINE": "1"})
         try:

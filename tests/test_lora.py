@@ -15,6 +15,7 @@ from llmkit.lora import (
     NF4Linear,
     adapters_disabled,
     apply_lora,
+    hold_frozen_bases,
     merge_lora,
     weight_bytes,
 )
@@ -157,6 +158,41 @@ def test_frozen_base_path_gives_the_same_gradients_as_plain_autograd(base, autoc
             assert (a.float() - b.float()).norm() / b.float().norm() < 1e-2
         else:
             torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_frozen_base_held_in_bf16_trains_bit_for_bit_as_the_float32_base(base):
+    """The Trainer stores a LoRA model's frozen base in its autocast dtype once
+    (hold_frozen_bases) rather than letting autocast cast it in every forward and backward:
+    the same rounding, so losses and adapters must stay exactly equal over several steps; the
+    held weights take half the memory; float32 (no autocast) forward still runs."""
+    runs = []
+    for hold in (False, True):
+        model = load_model(base).model
+        torch.manual_seed(0)  # A's initialisation
+        apply_lora(model, LoRAConfig(r=4, alpha=8, targets=["all"]))
+        randomize_adapters(model)
+        before = weight_bytes(model)
+        if hold:
+            saved = hold_frozen_bases(model, torch.bfloat16)
+            assert saved > 0 and weight_bytes(model) == before - saved
+            assert all(m.base.weight.dtype == torch.bfloat16 for m in model.modules() if isinstance(m, LoRALinear))
+            assert model.embed.weight.dtype == torch.float32  # only the adapted layers' bases
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+        losses = []
+        for _ in range(3):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                loss = torch.nn.functional.cross_entropy(model(IDS[:, :-1]).flatten(0, 1).float(), IDS[:, 1:].flatten())
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            losses.append(loss.item())
+        with torch.no_grad():
+            plain = model(IDS)  # no autocast: the held weights are cast up on use
+        assert plain.dtype == torch.float32 and torch.isfinite(plain).all()
+        runs.append((losses, {k: v.clone() for k, v in model.state_dict().items() if "lora_" in k}))
+    assert runs[0][0] == runs[1][0]
+    for k, v in runs[0][1].items():
+        torch.testing.assert_close(runs[1][1][k], v, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("method,quantize", [("lora", None), ("lora", "int8"), ("lora", "nf4"), ("full", None),

@@ -197,8 +197,11 @@ class LoRALinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Under autocast, a plain nn.Linear would keep a bf16 copy of its frozen weight until
         # backward; `frozen_linear` keeps nothing (QuantLinear always takes that path).
+        # A base held in the autocast dtype (`hold_frozen_bases`) takes that path in every
+        # precision: it casts the weight to the input's dtype.
+        base = self.base
         casts = torch.is_autocast_enabled(x.device.type) and torch.is_grad_enabled()
-        lean = isinstance(self.base, nn.Linear) and casts and not self.base.weight.requires_grad
+        lean = isinstance(base, nn.Linear) and not base.weight.requires_grad and (casts or base.weight.dtype != x.dtype)
         y = frozen_linear(self.base, x) if lean else self.base(x)
         if not self.enabled:
             return y
@@ -220,6 +223,24 @@ class LoRALinear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"r={self.lora_a.shape[0]}, scaling={self.scaling:g}"
+
+
+def hold_frozen_bases(model: nn.Module, dtype: torch.dtype) -> int:
+    """Store the frozen float32 weight of every LoRA layer's plain base in `dtype`, the
+    training's autocast dtype (bf16 or fp16), once. Autocast would cast it to that dtype in each
+    forward and `_FrozenLinear` again in each backward: the same rounding, so the products, the
+    losses and the adapters' updates are bit for bit what they were, without the casts
+    (bench/bench_lora.py) and with half the memory for those weights. Only for training that
+    keeps just the adapters (the base on disk is untouched); other precisions cast the held
+    weight back on use. Returns the bytes saved."""
+    saved = 0
+    for layer in lora_layers(model):
+        w = layer.base.weight if type(layer.base) is nn.Linear else None
+        if w is None or w.requires_grad or w.dtype != torch.float32:
+            continue
+        w.data = w.data.to(dtype)  # the same Parameter: state_dict keys unchanged
+        saved += w.numel() * (4 - w.element_size())
+    return saved
 
 
 def _linears(model: nn.Module, names: list[str]) -> Iterator[tuple[nn.Module, str, nn.Module]]:

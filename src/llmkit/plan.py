@@ -271,6 +271,8 @@ def train_memory(cfg: ModelConfig, method: str = "full", quantize: Optional[str]
             parts[-2] in block_linears or (parts[-2] == "base" and parts[-3] in block_linears))
         if quantize and base_linear and not p.requires_grad:
             weight_bytes += _quantized_bytes(p.numel(), p.shape[0], quantize)
+        elif cast and name.endswith(".base.weight") and not p.requires_grad and distributed != "fsdp":
+            weight_bytes += a * p.numel()  # a LoRA base held in autocast's dtype (lora.hold_frozen_bases)
         else:
             weight_bytes += 4 * p.numel()
     weight_bytes += sum(b.numel() * b.element_size() for b in model.buffers())  # RoPE tables, BART's logit bias

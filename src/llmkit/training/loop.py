@@ -282,6 +282,12 @@ class Trainer:
         self.out = Path(out_dir)
         self.raw_model = model
         self.amp_dtype = resolve_precision(cfg.precision, self.rt.device)
+        if self.amp_dtype is not None and trainable_only and self.rt.mode != "fsdp":
+            # LoRA's frozen base in the autocast dtype: the same products without a cast of every
+            # frozen weight in each forward and backward (FSDP2 wants one dtype per shard group).
+            from llmkit.lora import hold_frozen_bases
+
+            hold_frozen_bases(model, self.amp_dtype)
         self.step, self.tokens, self.elapsed = 0, 0, 0.0
         self.history: list[dict] = []
         self._signal: Optional[int] = None
