@@ -2,6 +2,7 @@
 
     python bench/bench_lora.py [--shape smollm2-135m|small] [--batch 4] [--seq-len 256] [--steps 6]
                                [--dtype fp32|bf16] [--rounds 2] [--quantize int8|nf4] [--threads N]
+                               [--hold-base on|off|both] [--compile off|on|both]
 
 A random-weight Llama of a real shape is saved by transformers; each measurement runs in a
 fresh process (so peak memory is that system's alone): transformers `LlamaForCausalLM` +
@@ -99,6 +100,8 @@ def worker(args) -> dict:
 
         def loss_fn(x, y):
             return causal_lm_loss(model, (x, y))["loss"]
+    if args.compile == "on":  # the forward and the loss in one graph, as llmkit's Trainer compiles them
+        loss_fn = torch.compile(loss_fn)
     if args.system != "peft" or args.anchor_malloc == "tuned":
         from llmkit.hardware import tune_cpu_allocator
         tune_cpu_allocator()  # what llmkit's Trainer does when it starts on a CPU (setup_runtime)
@@ -135,16 +138,17 @@ def worker(args) -> dict:
             times.append(dt)
     times.sort()
     cast = args.system == "llmkit" and args.dtype == "bf16" and args.hold_base == "off"
-    return {"system": args.system + (f"+{args.quantize}" if args.quantize else "") + (" (base cast)" if cast else ""),
+    return {"system": args.system + (f"+{args.quantize}" if args.quantize else "") + (" (base cast)" if cast else "")
+            + (" compiled" if args.compile == "on" else ""),
             "step_s": times[len(times) // 2], "added_mib": peak_mib() - base_rss, "peak_mib": peak_mib(),
             "weights_mib": weights_mib, "trainable": sum(p.numel() for p in params), "first_loss": losses[0]}
 
 
-def run(system: str, args, model_dir: str, quantize=None, hold: str = "on") -> dict:
+def run(system: str, args, model_dir: str, quantize=None, hold: str = "on", comp: str = "off") -> dict:
     cmd = [sys.executable, __file__, "--worker", system, "--model-dir", model_dir, "--shape", args.shape,
            "--anchor-malloc", args.anchor_malloc, "--hold-base", hold, "--threads", str(args.threads),
            "--batch", str(args.batch), "--seq-len", str(args.seq_len), "--steps", str(args.steps),
-           "--dtype", args.dtype, "--r", str(args.r), "--alpha", str(args.alpha)]
+           "--dtype", args.dtype, "--r", str(args.r), "--alpha", str(args.alpha), "--compile", comp]
     if quantize:
         cmd += ["--quantize", quantize]
     out = subprocess.run(cmd, capture_output=True, text=True)
@@ -170,6 +174,8 @@ def main() -> None:
     ap.add_argument("--hold-base", choices=["on", "off", "both"], default="on",
                     help="bf16: llmkit's frozen base held in bf16, as its Trainer does (off: cast by autocast "
                          "each step; both: each round runs both)")
+    ap.add_argument("--compile", choices=["off", "on", "both"], default="off",
+                    help="torch.compile each system's forward + loss (both: each round runs each system both ways)")
     ap.add_argument("--worker", choices=["llmkit", "peft"], help=argparse.SUPPRESS)
     ap.add_argument("--model-dir", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -188,18 +194,20 @@ def main() -> None:
         best: dict[str, dict] = {}
         for rnd in range(args.rounds):
             holds = ["on", "off"] if args.hold_base == "both" else [args.hold_base]
-            systems = [("peft", None, "on")] + [("llmkit", None, h) for h in holds] + (
-                [("llmkit", args.quantize, holds[0])] if args.quantize else [])
+            comps = ["off", "on"] if args.compile == "both" else [args.compile]
+            systems = [(s, None, holds[0], c) for c in comps for s in ("peft", "llmkit")] + [
+                ("llmkit", None, h, c) for c in comps for h in holds[1:]] + (
+                [("llmkit", args.quantize, holds[0], comps[0])] if args.quantize else [])
             if rnd % 2:
                 systems.reverse()
-            for system, q, hold in systems:
-                r = run(system, args, tmp, q, hold)
+            for system, q, hold, comp in systems:
+                r = run(system, args, tmp, q, hold, comp)
                 print(f"round {rnd + 1}: {r['system']:<12} {r['step_s']:.3f} s/step, +{r['added_mib']:.0f} MiB "
                       f"(peak {r['peak_mib']:.0f} MiB), first loss {r['first_loss']:.4f}", flush=True)
                 key = r["system"]
                 if key not in best or r["step_s"] < best[key]["step_s"]:
                     best[key] = {**r, "added_mib": min(r["added_mib"], best.get(key, r)["added_mib"])}
-    ref = best["peft"]
+    ref = best["peft" if "peft" in best else "peft compiled"]
     tokens = args.batch * args.seq_len
     threads = args.threads or torch.get_num_threads()
     print(f"\n{args.shape}, batch {args.batch} x {args.seq_len} tokens, {args.dtype}, {threads} threads, LoRA r={args.r} on "
