@@ -175,7 +175,8 @@ def main() -> None:
                     help="bf16: llmkit's frozen base held in bf16, as its Trainer does (off: cast by autocast "
                          "each step; both: each round runs both)")
     ap.add_argument("--compile", choices=["off", "on", "both"], default="off",
-                    help="torch.compile each system's forward + loss (both: each round runs each system both ways)")
+                    help="torch.compile each system's forward + loss (both: each round runs each system both ways; "
+                         "compiled rows compare with compiled peft)")
     ap.add_argument("--worker", choices=["llmkit", "peft"], help=argparse.SUPPRESS)
     ap.add_argument("--model-dir", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -215,6 +216,7 @@ def main() -> None:
     print("| system | trainable params | s/step | tokens/s | speed vs peft | weights MiB | training adds MiB | memory vs peft |")
     print("|---|---|---|---|---|---|---|---|")
     for key, r in best.items():
+        ref = best.get("peft compiled" if key.endswith(" compiled") else "peft", ref)  # like against like
         print(f"| {key} | {r['trainable']:,} | {r['step_s']:.3f} | {tokens / r['step_s']:.0f} | "
               f"**{ref['step_s'] / r['step_s']:.2f}x** | {r['weights_mib']:.0f} | {r['added_mib']:.0f} | "
               f"{r['added_mib'] / ref['added_mib']:.2f}x |")
